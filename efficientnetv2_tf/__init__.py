@@ -1,0 +1,93 @@
+"""EfficientNet V1 and V2 in Keras 3 / TensorFlow 2.
+
+    >>> import efficientnetv2_tf
+    >>> model = efficientnetv2_tf.get_model(
+    ...     'efficientnetv2-b0', 'num_classes=10,width_coefficient=0.25')
+    >>> logits = model(images_in_minus_one_to_one, training=False)
+"""
+from typing import Any, Mapping, Optional, Union
+
+import keras
+
+import hparams
+from efficientnetv2_tf import checkpoints
+from efficientnetv2_tf.blockargs import BlockArgs
+from efficientnetv2_tf.blockargs import decode as decode_block
+from efficientnetv2_tf.blockargs import encode as encode_block
+from efficientnetv2_tf.model import EfficientNet
+from efficientnetv2_tf.preprocessing import Normalize
+from hparams.errors import UserError
+
+
+def list_models():
+  """The names `get_model` accepts."""
+  return hparams.list_models()
+
+
+def _model_overrides(model_config: Union[None, str, Mapping[str, Any]]):
+  if model_config is None:
+    return {}
+  if isinstance(model_config, Mapping):
+    return dict(model_config)
+  if isinstance(model_config, str) and ('=' in model_config or
+                                        not model_config.strip()):
+    return hparams.parse_overrides(model_config)
+  raise UserError(f"model_config must be 'key=value,...' pairs or a dict, "
+                  f'received: {model_config!r}')
+
+
+def get_model(model_name: str,
+              model_config: Union[None, str, Mapping[str, Any]] = None,
+              include_top: bool = True,
+              weights: Optional[str] = None,
+              training: bool = True,
+              with_endpoints: bool = False,
+              **kwargs) -> EfficientNet:
+  """Builds a named EfficientNet and optionally loads weights into it.
+
+  Args:
+    model_name: one of `list_models()`, e.g. 'efficientnetv2-s'.
+    model_config: overrides of the model section, as a dict or a
+      'key=value,...' string, e.g. 'num_classes=10,dropout_rate=0.3'.
+    include_top: whether to end in the classifier; if false the model
+      returns pooled features.
+    weights: None (random), 'imagenet', 'imagenet21k', 'imagenet21k-ft1k',
+      'jft' (V1 only), or a path: an official TF1 checkpoint (prefix or
+      directory), one of our TF2 checkpoints, or a `.weights.h5` file. Named
+      weights are downloaded once into `~/.keras/efficientnetv2_tf`; official
+      checkpoints load their EMA values. With 'imagenet21k' the classifier has
+      21,843 classes unless `num_classes` is given; a `num_classes` that
+      differs from the checkpoint's leaves the classifier freshly initialised.
+    training: if false, the model's variables are frozen (`trainable=False`).
+    with_endpoints: also output the feature maps `reduction_1..5`.
+    **kwargs: further `EfficientNet` arguments, e.g.
+      `include_preprocessing=True` to feed 0-255 pixels.
+
+  Returns:
+    An `EfficientNet` taking images in [-1, 1] and returning logits.
+  """
+  overrides = _model_overrides(model_config)
+  model_cfg = hparams.get_config(model_name, None, {'model': overrides}).model
+  path = weights
+  if weights in checkpoints.WEIGHT_NAMES:
+    path = checkpoints.download(model_name, weights)
+  kind = checkpoints.checkpoint_kind(path) if path else None
+  if kind == 'official' and include_top and 'num_classes' not in overrides:
+    model_cfg.num_classes = (checkpoints.official_head_classes(
+        path, model_name) or model_cfg.num_classes)
+  if weights == 'jft':
+    kwargs.setdefault('preprocessing_mode', 'imagenet')
+
+  model = EfficientNet.from_model_config(
+      model_cfg, include_top=include_top, with_endpoints=with_endpoints,
+      **kwargs)
+  if path:
+    checkpoints.load_weights(model, path, model_name)
+  model.trainable = training
+  return model
+
+
+__all__ = [
+    'BlockArgs', 'EfficientNet', 'Normalize', 'UserError', 'checkpoints',
+    'decode_block', 'encode_block', 'get_model', 'list_models',
+]

@@ -1,0 +1,282 @@
+"""The layers of EfficientNet: Stem, MBConv, Fused-MBConv, SE, Head.
+
+Each block is one Keras layer whose sub-layers have fixed names
+(`expand_conv`, `expand_bn`, `depthwise_conv`, `se`, `project_conv`, ...), so
+a variable's path says where it sits: `blocks_3/project_bn/gamma`. The
+official TF1 checkpoints use other names; `checkpoints.py` maps them.
+"""
+from typing import Optional
+
+import keras
+from keras import ops
+
+from hparams.errors import UserError
+
+# Normal with stddev sqrt(2 / fan_out), as in the original code.
+CONV_INITIALIZER = keras.initializers.VarianceScaling(
+    scale=2.0, mode='fan_out', distribution='untruncated_normal')
+# Uniform in +-1/sqrt(num_classes), as in the original code.
+DENSE_INITIALIZER = keras.initializers.VarianceScaling(
+    scale=1.0 / 3.0, mode='fan_out', distribution='uniform')
+
+_ACTIVATION_ALIASES = {'swish': 'silu', 'hswish': 'hard_silu'}
+_ACTIVATIONS = ('silu', 'swish', 'relu', 'relu6', 'elu', 'selu', 'gelu',
+                'mish', 'leaky_relu', 'hswish', 'hard_silu')
+
+serializable = keras.saving.register_keras_serializable('efficientnetv2_tf')
+
+
+def activation(name: str):
+  """The activation function called `name` (`act_fn` in the config)."""
+  if name not in _ACTIVATIONS:
+    raise UserError(f'unknown act_fn {name!r}; allowed: '
+                    f'{", ".join(_ACTIVATIONS)}')
+  return keras.activations.get(_ACTIVATION_ALIASES.get(name, name))
+
+
+def _conv(filters: int, kernel_size: int, strides: int, name: str,
+          use_bias: bool = False) -> keras.layers.Conv2D:
+  return keras.layers.Conv2D(
+      filters, kernel_size, strides=strides, padding='same', use_bias=use_bias,
+      kernel_initializer=CONV_INITIALIZER, name=name)
+
+
+class _Block(keras.layers.Layer):
+  """Holds the options shared by every block: activation and BatchNorm.
+
+  A block lists its weighted sub-layers in order in `sublayers()`; `build`
+  and `compute_output_shape` walk that chain, so Keras never has to trace
+  `call` to build the model (which makes building the large variants fast).
+  """
+
+  def __init__(self, act_fn: str = 'silu', bn_momentum: float = 0.9,
+               bn_epsilon: float = 1e-3, **kwargs):
+    super().__init__(**kwargs)
+    self.act_fn = act_fn
+    self.bn_momentum = bn_momentum
+    self.bn_epsilon = bn_epsilon
+    self.act = activation(act_fn)
+
+  def _bn(self, name: str) -> keras.layers.BatchNormalization:
+    return keras.layers.BatchNormalization(
+        momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name)
+
+  def sublayers(self):
+    raise NotImplementedError
+
+  def _chain_shape(self, shape, build: bool):
+    for layer in self.sublayers():
+      if layer is not None:
+        if build:
+          layer.build(shape)
+        shape = layer.compute_output_shape(shape)
+    return shape
+
+  def build(self, input_shape):
+    self._chain_shape(input_shape, build=True)
+
+  def compute_output_shape(self, input_shape):
+    return self._chain_shape(input_shape, build=False)
+
+  def get_config(self):
+    return {**super().get_config(), 'act_fn': self.act_fn,
+            'bn_momentum': self.bn_momentum, 'bn_epsilon': self.bn_epsilon}
+
+
+@serializable
+class StochasticDepth(keras.layers.Layer):
+  """Drops the whole residual branch of a sample with prob. 1 - survival_prob.
+
+  Kept branches are scaled by 1 / survival_prob, so inference is the
+  identity. Active only when `training` is true.
+  """
+
+  def __init__(self, survival_prob: float, seed: Optional[int] = None,
+               **kwargs):
+    super().__init__(**kwargs)
+    if not 0 < survival_prob <= 1:
+      raise UserError(f'survival_prob must be in (0, 1], received '
+                      f'survival_prob={survival_prob}')
+    self.survival_prob = survival_prob
+    self.seed = seed
+    self.seed_generator = keras.random.SeedGenerator(seed)
+
+  def call(self, inputs, training=False):
+    if not training or self.survival_prob == 1.0:
+      return inputs
+    noise_shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+    return keras.random.dropout(inputs, 1.0 - self.survival_prob,
+                                noise_shape=noise_shape,
+                                seed=self.seed_generator)
+
+  def get_config(self):
+    return {**super().get_config(), 'survival_prob': self.survival_prob,
+            'seed': self.seed}
+
+
+@serializable
+class SqueezeExcite(keras.layers.Layer):
+  """Rescales channels by a gate computed from their global average."""
+
+  def __init__(self, filters: int, reduced_filters: int, act_fn: str = 'silu',
+               **kwargs):
+    super().__init__(**kwargs)
+    self.filters = filters
+    self.reduced_filters = reduced_filters
+    self.act_fn = act_fn
+    self.act = activation(act_fn)
+    self.reduce = _conv(reduced_filters, 1, 1, 'reduce', use_bias=True)
+    self.expand = _conv(filters, 1, 1, 'expand', use_bias=True)
+
+  def build(self, input_shape):
+    pooled = (input_shape[0], 1, 1, input_shape[-1])
+    self.reduce.build(pooled)
+    self.expand.build(self.reduce.compute_output_shape(pooled))
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def call(self, inputs):
+    gate = ops.mean(inputs, axis=(1, 2), keepdims=True)
+    gate = self.expand(self.act(self.reduce(gate)))
+    return inputs * ops.sigmoid(gate)
+
+  def get_config(self):
+    return {**super().get_config(), 'filters': self.filters,
+            'reduced_filters': self.reduced_filters, 'act_fn': self.act_fn}
+
+
+@serializable
+class Stem(_Block):
+  """A strided 3x3 convolution, BatchNorm and activation."""
+
+  def __init__(self, filters: int, **kwargs):
+    super().__init__(**kwargs)
+    self.filters = filters
+    self.conv = _conv(filters, 3, 2, 'conv')
+    self.bn = self._bn('bn')
+
+  def sublayers(self):
+    return [self.conv, self.bn]
+
+  def call(self, inputs, training=False):
+    return self.act(self.bn(self.conv(inputs), training=training))
+
+  def get_config(self):
+    return {**super().get_config(), 'filters': self.filters}
+
+
+@serializable
+class MBConv(_Block):
+  """Inverted residual: 1x1 expand, depthwise conv, SE, 1x1 project.
+
+  With `fused=True` this is Fused-MBConv: a single kxk convolution replaces
+  the expansion and the depthwise convolution (when `expand_ratio` is 1, the
+  kxk convolution is the projection and the activation follows it).
+  """
+
+  def __init__(self, input_filters: int, output_filters: int,
+               kernel_size: int = 3, strides: int = 1, expand_ratio: int = 1,
+               se_ratio: Optional[float] = None, fused: bool = False,
+               survival_prob: Optional[float] = None,
+               conv_dropout: float = 0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.input_filters = input_filters
+    self.output_filters = output_filters
+    self.kernel_size = kernel_size
+    self.strides = strides
+    self.expand_ratio = expand_ratio
+    self.se_ratio = se_ratio
+    self.fused = fused
+    self.survival_prob = survival_prob
+    self.conv_dropout = conv_dropout
+
+    expanded = input_filters * expand_ratio
+    expands = expand_ratio != 1
+    self.expand_conv = self.expand_bn = None
+    self.depthwise_conv = self.depthwise_bn = None
+    if expands:
+      # Fused: the kxk conv both expands and strides.
+      self.expand_conv = (_conv(expanded, kernel_size, strides, 'expand_conv')
+                          if fused else _conv(expanded, 1, 1, 'expand_conv'))
+      self.expand_bn = self._bn('expand_bn')
+    if not fused:
+      self.depthwise_conv = keras.layers.DepthwiseConv2D(
+          kernel_size, strides=strides, padding='same', use_bias=False,
+          depthwise_initializer=CONV_INITIALIZER, name='depthwise_conv')
+      self.depthwise_bn = self._bn('depthwise_bn')
+    self.dropout = (keras.layers.Dropout(conv_dropout, name='conv_dropout')
+                    if conv_dropout and expand_ratio > 1 else None)
+    self.se = None
+    if se_ratio is not None and 0 < se_ratio <= 1:
+      self.se = SqueezeExcite(expanded, max(1, int(input_filters * se_ratio)),
+                              self.act_fn, name='se')
+    if fused and not expands:
+      self.project_conv = _conv(output_filters, kernel_size, strides,
+                                'project_conv')
+    else:
+      self.project_conv = _conv(output_filters, 1, 1, 'project_conv')
+    self.project_bn = self._bn('project_bn')
+    self.drop_path = None
+    if self.has_residual and survival_prob and survival_prob < 1:
+      self.drop_path = StochasticDepth(survival_prob, name='drop_path')
+
+  def sublayers(self):
+    return [self.expand_conv, self.expand_bn, self.depthwise_conv,
+            self.depthwise_bn, self.se, self.project_conv, self.project_bn]
+
+  @property
+  def has_residual(self) -> bool:
+    return self.strides == 1 and self.input_filters == self.output_filters
+
+  def call(self, inputs, training=False):
+    x = inputs
+    if self.expand_conv is not None:
+      x = self.act(self.expand_bn(self.expand_conv(x), training=training))
+    if self.depthwise_conv is not None:
+      x = self.act(self.depthwise_bn(self.depthwise_conv(x),
+                                     training=training))
+    if self.dropout is not None:
+      x = self.dropout(x, training=training)
+    if self.se is not None:
+      x = self.se(x)
+    x = self.project_bn(self.project_conv(x), training=training)
+    if self.fused and self.expand_conv is None:
+      x = self.act(x)
+    if self.has_residual:
+      if self.drop_path is not None:
+        x = self.drop_path(x, training=training)
+      x = x + inputs
+    return x
+
+  def get_config(self):
+    return {**super().get_config(), 'input_filters': self.input_filters,
+            'output_filters': self.output_filters,
+            'kernel_size': self.kernel_size, 'strides': self.strides,
+            'expand_ratio': self.expand_ratio, 'se_ratio': self.se_ratio,
+            'fused': self.fused, 'survival_prob': self.survival_prob,
+            'conv_dropout': self.conv_dropout}
+
+
+@serializable
+class Head(_Block):
+  """1x1 convolution to the feature size, BatchNorm, activation, pooling."""
+
+  def __init__(self, filters: int, **kwargs):
+    super().__init__(**kwargs)
+    self.filters = filters
+    self.conv = _conv(filters, 1, 1, 'conv')
+    self.bn = self._bn('bn')
+
+  def sublayers(self):
+    return [self.conv, self.bn]
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], self.filters)
+
+  def call(self, inputs, training=False):
+    x = self.act(self.bn(self.conv(inputs), training=training))
+    return ops.mean(x, axis=(1, 2))
+
+  def get_config(self):
+    return {**super().get_config(), 'filters': self.filters}

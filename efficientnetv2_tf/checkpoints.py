@@ -1,0 +1,289 @@
+"""Weights: the official TF1 checkpoints, their downloads, and our own.
+
+The published checkpoints are TF1 name-based. A variable is named
+`<model_name>/<layer>/<sublayer>/<weight>`, for instance
+`efficientnetv2-s/blocks_0/tpu_batch_normalization/gamma`, beside its
+`.../ExponentialMovingAverage` shadow, `global_step` and sometimes optimizer
+slots. `official_variable_map` spells out where each one goes in our model.
+
+Our own checkpoints are TF2 object-based (`tf.train.Checkpoint`).
+"""
+import dataclasses
+import os
+import re
+from typing import Dict, List, Optional
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from efficientnetv2_tf.blocks import MBConv
+from hparams.errors import UserError
+
+_V2_URL = 'https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/v2/'
+_V1_URL = ('https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/'
+           'advprop/')
+_V1_JFT_URL = ('https://storage.googleapis.com/cloud-tpu-checkpoints/'
+               'efficientnet/noisystudent/')
+
+IMAGENET21K_CLASSES = 21843
+EMA_SUFFIX = '/ExponentialMovingAverage'
+# Optimizer slots and bookkeeping that a checkpoint may hold beside weights.
+_IGNORED = re.compile(r'(/(RMSProp|Momentum|Adam|ExponentialMovingAverage)'
+                      r'(_\d+)?$)|(^global_step$)')
+
+
+def _pretrained_urls() -> Dict[str, Dict[str, str]]:
+  urls = {}
+  for size in ('s', 'm', 'l', 'xl', 'b0', 'b1', 'b2', 'b3'):
+    name = f'efficientnetv2-{size}'
+    urls[name] = {
+        'imagenet21k': f'{_V2_URL}{name}-21k.tgz',
+        'imagenet21k-ft1k': f'{_V2_URL}{name}-21k-ft1k.tgz',
+    }
+    if size != 'xl':  # XL was only published with ImageNet-21k
+      urls[name]['imagenet'] = f'{_V2_URL}{name}.tgz'
+  for idx in range(8):
+    name = f'efficientnet-b{idx}'
+    urls[name] = {
+        'imagenet': f'{_V1_URL}{name}.tar.gz',
+        'jft': f'{_V1_JFT_URL}noisy_student_{name}.tar.gz',
+    }
+  return urls
+
+
+PRETRAINED_URLS = _pretrained_urls()
+WEIGHT_NAMES = ('imagenet', 'imagenet21k', 'imagenet21k-ft1k', 'jft')
+
+
+def pretrained_url(model_name: str, weights: str) -> str:
+  available = PRETRAINED_URLS.get(model_name, {})
+  if weights not in available:
+    choices = ', '.join(sorted(available)) or 'none'
+    raise UserError(f'no {weights!r} weights are published for {model_name}; '
+                    f'available: {choices}')
+  return available[weights]
+
+
+def _find_checkpoint(path: str) -> str:
+  """The checkpoint prefix at `path`: a prefix, or a directory holding one."""
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest:
+      return latest
+    indexes = sorted(tf.io.gfile.glob(os.path.join(path, '**', '*.index')) +
+                     tf.io.gfile.glob(os.path.join(path, '*.index')))
+    if not indexes:
+      raise UserError(f'no checkpoint found in directory {path!r}')
+    return indexes[0][:-len('.index')]
+  if tf.io.gfile.exists(path + '.index'):
+    return path
+  raise UserError(f'weights path {path!r} does not exist; pass a checkpoint '
+                  'prefix, a directory holding one, or a .weights.h5 file')
+
+
+def download(model_name: str, weights: str,
+             cache_dir: Optional[str] = None) -> str:
+  """Downloads and unpacks named weights once; returns the checkpoint prefix."""
+  url = pretrained_url(model_name, weights)
+  archive = os.path.basename(url)
+  try:
+    unpacked = keras.utils.get_file(
+        archive, url, extract=True, cache_dir=cache_dir,
+        cache_subdir='efficientnetv2_tf')
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(
+        f'could not download {weights!r} weights for {model_name} from {url} '
+        f'({type(e).__name__}). Offline? Fetch and unpack that archive '
+        "elsewhere, then pass its directory: weights='/path/to/dir'") from None
+  return _find_checkpoint(unpacked)
+
+
+def _layer_weights(layer: keras.layers.Layer) -> Dict[str, keras.Variable]:
+  """The TF1 weight names of one Keras layer."""
+  if isinstance(layer, keras.layers.DepthwiseConv2D):
+    return {'depthwise_kernel': layer.kernel}
+  if isinstance(layer, keras.layers.BatchNormalization):
+    return {'gamma': layer.gamma, 'beta': layer.beta,
+            'moving_mean': layer.moving_mean,
+            'moving_variance': layer.moving_variance}
+  names = {'kernel': layer.kernel}
+  if layer.use_bias:
+    names['bias'] = layer.bias
+  return names
+
+
+def _block_layers(block: MBConv) -> Dict[str, keras.layers.Layer]:
+  """TF1 sub-layer names of a block: convs and BNs are numbered in order."""
+  names = {}
+  convs = bns = 0
+  for layer in block.sublayers():
+    if layer is None:
+      continue
+    if layer is block.se:
+      names['se/conv2d'] = layer.reduce
+      names['se/conv2d_1'] = layer.expand
+    elif isinstance(layer, keras.layers.DepthwiseConv2D):
+      names['depthwise_conv2d'] = layer
+    elif isinstance(layer, keras.layers.BatchNormalization):
+      names['tpu_batch_normalization' + (f'_{bns}' if bns else '')] = layer
+      bns += 1
+    else:
+      names['conv2d' + (f'_{convs}' if convs else '')] = layer
+      convs += 1
+  return names
+
+
+def official_variable_map(model: keras.Model,
+                          prefix: str) -> Dict[str, keras.Variable]:
+  """Maps each official TF1 variable name to the variable of `model`."""
+  layers = {
+      'stem/conv2d': model.get_layer('stem').conv,
+      'stem/tpu_batch_normalization': model.get_layer('stem').bn,
+      'head/conv2d': model.get_layer('head').conv,
+      'head/tpu_batch_normalization': model.get_layer('head').bn,
+  }
+  for layer in model.layers:
+    if isinstance(layer, MBConv):
+      for sub_name, sub_layer in _block_layers(layer).items():
+        layers[f'{layer.name}/{sub_name}'] = sub_layer
+  if getattr(model, 'include_top', False):
+    layers['head/dense'] = model.get_layer('predictions')
+  return {f'{prefix}/{layer_name}/{weight_name}': variable
+          for layer_name, layer in layers.items()
+          for weight_name, variable in _layer_weights(layer).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+  """What a checkpoint load did: variables loaded, and how many from EMA."""
+  checkpoint: str
+  loaded: int
+  from_ema: int
+  skipped_head: bool
+
+
+def _checkpoint_model_name(path: str, names: List[str]) -> str:
+  stems = [n[:-len('/stem/conv2d/kernel')] for n in names
+           if n.endswith('/stem/conv2d/kernel')]
+  if len(stems) != 1:
+    raise UserError(f'{path!r} is not an EfficientNet TF1 checkpoint: no '
+                    "'<model_name>/stem/conv2d/kernel' variable in it")
+  return stems[0]
+
+
+def _listing(title: str, items: List[str], limit: int = 5) -> str:
+  shown = ', '.join(items[:limit]) + (', ...' if len(items) > limit else '')
+  return f'{len(items)} {title} ({shown})'
+
+
+def load_official(model: keras.Model, path: str, model_name: str,
+                  prefer_ema: bool = True,
+                  skip_head: bool = False) -> LoadReport:
+  """Loads an official TF1 checkpoint into `model`.
+
+  EMA shadows are used where present (and `prefer_ema`); optimizer slots and
+  the step are ignored. With `skip_head`, the classifier keeps its values.
+  Raises UserError listing missing, unexpected and wrong-shape variables.
+  """
+  path = _find_checkpoint(path)
+  reader = tf.train.load_checkpoint(path)
+  shapes = reader.get_variable_to_shape_map()
+  found = _checkpoint_model_name(path, list(shapes))
+  if found != model_name:
+    raise UserError(f'checkpoint {path!r} holds {found!r} weights; this model '
+                    f'is {model_name!r}. Build {found!r} or pass a checkpoint '
+                    f'of {model_name!r}')
+  head = f'{model_name}/head/dense/'
+  expected = {name: var for name, var in official_variable_map(
+      model, model_name).items() if not (skip_head and name.startswith(head))}
+  missing = sorted(n for n in expected if n not in shapes)
+  wrong_shape = sorted(
+      f'{n} {tuple(shapes[n])} vs {tuple(v.shape)}'
+      for n, v in expected.items()
+      if n in shapes and tuple(shapes[n]) != tuple(v.shape))
+  unexpected = sorted(
+      n for n in shapes if n.startswith(model_name + '/') and
+      not _IGNORED.search(n) and n not in expected and
+      not (n.startswith(head) and (skip_head or not model.include_top)))
+  if missing or wrong_shape or unexpected:
+    problems = [_listing(title, items) for title, items in (
+        ('missing', missing), ('unexpected', unexpected),
+        ('of the wrong shape (checkpoint vs model)', wrong_shape)) if items]
+    raise UserError(f'checkpoint {path!r} does not fit {model_name} as built: '
+                    + '; '.join(problems))
+  from_ema = 0
+  for name, variable in expected.items():
+    source = name
+    if prefer_ema and name + EMA_SUFFIX in shapes:
+      source, from_ema = name + EMA_SUFFIX, from_ema + 1
+    variable.assign(reader.get_tensor(source))
+  logging.info('Loaded %d variables (%d from EMA) from %s', len(expected),
+               from_ema, path)
+  return LoadReport(path, len(expected), from_ema, skip_head)
+
+
+def official_head_classes(path: str, model_name: str) -> Optional[int]:
+  """The number of classes of an official checkpoint's head, if it has one."""
+  shapes = tf.train.load_checkpoint(_find_checkpoint(path)) \
+      .get_variable_to_shape_map()
+  bias = shapes.get(f'{model_name}/head/dense/bias')
+  return int(bias[0]) if bias else None
+
+
+def checkpoint_kind(path: str) -> str:
+  """'keras' (.weights.h5), 'tf2' (our tf.train.Checkpoint) or 'official'."""
+  if path.endswith(('.weights.h5', '.keras')):
+    if not tf.io.gfile.exists(path):
+      raise UserError(f'weights file {path!r} does not exist')
+    return 'keras'
+  reader = tf.train.load_checkpoint(_find_checkpoint(path))
+  return 'tf2' if reader.has_tensor('_CHECKPOINTABLE_OBJECT_GRAPH') else \
+      'official'
+
+
+def load_weights(model: keras.Model, path: str, model_name: str) -> None:
+  """Loads any kind of checkpoint into `model`.
+
+  For an official checkpoint whose classifier has another number of classes
+  than the model, the classifier is skipped and keeps its initial values.
+  """
+  kind = checkpoint_kind(path)
+  if kind == 'keras':
+    model.load_weights(path)
+  elif kind == 'tf2':
+    restore(model, path)
+  else:
+    head_classes = official_head_classes(path, model_name)
+    skip_head = bool(model.include_top and head_classes and
+                     head_classes != model.num_classes)
+    if skip_head:
+      logging.warning('Checkpoint head has %d classes, the model %d: the '
+                      'classifier is not loaded.', head_classes,
+                      model.num_classes)
+    load_official(model, path, model_name, skip_head=skip_head)
+
+
+def save(model: keras.Model, path: str) -> str:
+  """Writes the model's weights as a TF2 checkpoint; returns its prefix.
+
+  The write goes to a temporary prefix that is renamed into place, so a
+  killed process never leaves a half-written checkpoint under `path`.
+  """
+  tmp = tf.train.Checkpoint(model=model).write(path + '.tmp')
+  # Data shards first, the index last: a prefix with an index is complete.
+  for src in sorted(tf.io.gfile.glob(tmp + '.*')):
+    tf.io.gfile.rename(src, path + src[len(tmp):], overwrite=True)
+  return path
+
+
+def restore(model: keras.Model, path: str) -> str:
+  """Restores weights that `save` wrote; raises UserError on a mismatch."""
+  path = _find_checkpoint(path)
+  try:
+    tf.train.Checkpoint(model=model).read(path).assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    first_line = str(e).strip().splitlines()[0]
+    raise UserError(f'checkpoint {path!r} does not fit {model.name}: '
+                    f'{first_line}') from None
+  return path

@@ -1,0 +1,37 @@
+"""Configuration: the base config, model and dataset presets, overrides.
+
+    >>> import hparams
+    >>> cfg = hparams.get_config('efficientnetv2-s', None, 'train.epochs=10')
+    >>> cfg.model.blocks_args[0], cfg.train.epochs
+    ('r2_k3_s1_e1_i24_o24_c1', 10)
+"""
+from typing import Optional
+
+import ml_collections
+
+from hparams.config import base_config
+from hparams.config import load_yaml
+from hparams.config import override
+from hparams.config import Overrides
+from hparams.config import parse_overrides
+from hparams.config import parse_value
+from hparams.config import resolve
+from hparams.config import save_yaml
+from hparams.config import to_yaml
+from hparams.config import train_image_size
+from hparams.datasets import dataset_preset
+from hparams.datasets import list_dataset_presets
+from hparams.datasets import register_dataset_preset
+from hparams.errors import UserError
+from hparams.models import list_models
+from hparams.models import model_preset
+from hparams.registry import Registry
+
+
+def get_config(model_name: str = 'efficientnetv2-b0',
+               dataset_cfg: Optional[str] = None,
+               *overrides: Overrides) -> ml_collections.ConfigDict:
+  """Base config, then the model preset, the dataset preset, the overrides."""
+  return resolve(model_preset(model_name),
+                 dataset_preset(dataset_cfg) if dataset_cfg else None,
+                 *overrides)
