@@ -1,0 +1,1 @@
+"""Dataset sources that yield ready batches for the trainer."""

@@ -1,0 +1,97 @@
+import keras
+import numpy as np
+import pytest
+
+from efficientnetv2_tf import blocks
+from hparams.errors import UserError
+
+
+def test_stochastic_depth_is_identity_at_inference():
+  layer = blocks.StochasticDepth(0.5)
+  x = np.random.rand(8, 4, 4, 2).astype('float32')
+  np.testing.assert_array_equal(layer(x, training=False), x)
+
+
+def test_stochastic_depth_drops_whole_samples_and_rescales_in_training():
+  layer = blocks.StochasticDepth(0.5, seed=1)
+  out = keras.ops.convert_to_numpy(
+      layer(np.ones((64, 4, 4, 2), 'float32'), training=True))
+  per_sample = out.reshape(64, -1)
+  assert set(np.unique(per_sample)) <= {0.0, 2.0}  # kept ones scaled by 1/0.5
+  assert (per_sample.min(1) == per_sample.max(1)).all()  # all or nothing
+  assert 10 < (per_sample[:, 0] == 0).sum() < 54
+
+
+@pytest.mark.parametrize('survival_prob', [0.0, 1.5])
+def test_stochastic_depth_rejects_bad_survival_prob(survival_prob):
+  with pytest.raises(UserError, match='survival_prob must be in'):
+    blocks.StochasticDepth(survival_prob)
+
+
+def test_squeeze_excite_scales_each_channel_by_one_gate_in_0_1():
+  layer = blocks.SqueezeExcite(6, 2)
+  x = np.random.rand(2, 5, 5, 6).astype('float32') + 0.1
+  ratio = keras.ops.convert_to_numpy(layer(x)) / x
+  assert ((ratio > 0) & (ratio < 1)).all()
+  np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:, :1, :1], x.shape),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize('fused, expand, strides, expected', [
+    (False, 4, 2, (2, 8, 8, 16)), (True, 4, 2, (2, 8, 8, 16)),
+    (True, 1, 1, (2, 16, 16, 16)), (False, 1, 1, (2, 16, 16, 16))])
+def test_mbconv_output_shape(fused, expand, strides, expected):
+  block = blocks.MBConv(8 if expand != 1 else 16, 16, 3, strides, expand,
+                        0.25, fused=fused)
+  x = np.random.rand(2, 16, 16, block.input_filters).astype('float32')
+  assert tuple(block(x).shape) == expected
+  assert block.compute_output_shape(x.shape) == expected
+
+
+@pytest.mark.parametrize('fused', [False, True])
+def test_residual_block_passes_its_input_when_the_branch_is_zeroed(fused):
+  block = blocks.MBConv(8, 8, 3, 1, 4, 0.25, fused=fused, survival_prob=0.5)
+  x = np.random.rand(2, 8, 8, 8).astype('float32')
+  block(x)
+  block.project_bn.gamma.assign(np.zeros(8))
+  block.project_bn.beta.assign(np.zeros(8))
+  np.testing.assert_allclose(block(x, training=False), x, atol=1e-6)
+
+
+def test_block_without_residual_has_no_drop_path():
+  block = blocks.MBConv(8, 16, 3, 1, 4, survival_prob=0.5)
+  assert not block.has_residual and block.drop_path is None
+
+
+def test_fused_block_without_expansion_activates_after_projection():
+  silu_min = -0.2785
+  fused = blocks.MBConv(8, 16, 3, 2, 1, fused=True)
+  plain = blocks.MBConv(8, 16, 3, 2, 1, fused=False)
+  x = np.random.randn(4, 8, 8, 8).astype('float32') * 3
+  assert keras.ops.convert_to_numpy(fused(x)).min() >= silu_min
+  assert keras.ops.convert_to_numpy(plain(x)).min() < silu_min
+
+
+@pytest.mark.parametrize('layer', [
+    blocks.Stem(16, act_fn='relu', bn_momentum=0.99, name='stem'),
+    blocks.MBConv(8, 16, 5, 2, 6, 0.25, survival_prob=0.9, conv_dropout=0.1),
+    blocks.MBConv(8, 8, 3, 1, 1, None, fused=True, survival_prob=0.7),
+    blocks.SqueezeExcite(12, 3, act_fn='relu'),
+    blocks.Head(32, bn_epsilon=1e-5),
+    blocks.StochasticDepth(0.8, seed=3),
+], ids=lambda layer: type(layer).__name__)
+def test_block_config_round_trips(layer):
+  config = layer.get_config()
+  clone = type(layer).from_config(config)
+  assert clone.get_config() == config
+  x = np.zeros((1, 8, 8, 12 if isinstance(layer, blocks.SqueezeExcite) else 8),
+               'float32')
+  layer(x)
+  clone(x)
+  assert [tuple(w.shape) for w in clone.weights] == [
+      tuple(w.shape) for w in layer.weights]
+
+
+def test_unknown_activation_lists_allowed_ones():
+  with pytest.raises(UserError, match="unknown act_fn 'swishh'; allowed: silu"):
+    blocks.Stem(8, act_fn='swishh')

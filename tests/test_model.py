@@ -1,0 +1,200 @@
+import keras
+import numpy as np
+import pytest
+
+import efficientnetv2_tf
+import hparams
+from efficientnetv2_tf import EfficientNet
+from hparams.errors import UserError
+from tests.conftest import TINY
+
+# All variables at 1000 classes, as the original implementation counts them.
+PARAMS = {
+    'efficientnetv2-b0': 7_200_312, 'efficientnetv2-b1': 8_212_124,
+    'efficientnetv2-b2': 10_178_374, 'efficientnetv2-b3': 14_467_622,
+    'efficientnetv2-s': 21_612_360, 'efficientnetv2-m': 54_431_388,
+    'efficientnetv2-l': 119_027_848, 'efficientnetv2-xl': 208_896_832,
+    'efficientnet-b0': 5_330_564, 'efficientnet-b1': 7_856_232,
+    'efficientnet-b2': 9_177_562, 'efficientnet-b3': 12_314_268,
+    'efficientnet-b4': 19_466_816, 'efficientnet-b5': 30_562_520,
+    'efficientnet-b6': 43_265_136, 'efficientnet-b7': 66_658_680,
+}
+TRAINABLE = {'efficientnetv2-b0': 7_139_704, 'efficientnetv2-s': 21_458_488}
+LARGE = {'efficientnetv2-m', 'efficientnetv2-l', 'efficientnetv2-xl',
+         'efficientnet-b5', 'efficientnet-b6', 'efficientnet-b7'}
+
+
+def _count(weights):
+  return sum(int(np.prod(w.shape)) for w in weights)
+
+
+def test_every_model_name_has_a_parameter_count_test():
+  assert sorted(PARAMS) == efficientnetv2_tf.list_models()
+
+
+@pytest.mark.parametrize('name', [
+    pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n
+    for n in sorted(PARAMS)])
+def test_parameter_count_and_output_shape(name):
+  model = efficientnetv2_tf.get_model(name)
+  assert model.count_params() == PARAMS[name]
+  if name in TRAINABLE:
+    assert _count(model.trainable_weights) == TRAINABLE[name]
+  assert tuple(model(np.zeros((1, 32, 32, 3)), training=False).shape) == (
+      1, 1000)
+
+
+def test_endpoints_have_strides_2_to_32():
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                      with_endpoints=True)
+  logits, *features = model(np.zeros((2, 64, 64, 3)), training=False)
+  assert tuple(logits.shape) == (2, 10)
+  assert [tuple(f.shape[1:3]) for f in features] == [
+      (32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+  assert [f.shape[-1] for f in features] == [8, 8, 16, 32, 48]
+
+
+def test_without_top_the_model_returns_pooled_features():
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                      include_top=False)
+  assert tuple(model(np.zeros((2, 32, 32, 3))).shape) == (2, 320)
+  assert model.num_features == 320
+  assert 'predictions' not in [layer.name for layer in model.layers]
+
+
+def test_layer_names_are_predictable():
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  assert [layer.name for layer in model.layers] == [
+      'images', 'stem'] + [f'blocks_{i}' for i in range(7)] + [
+          'head', 'top_dropout', 'predictions']
+  assert model.name == 'efficientnetv2-b0'
+  assert 'blocks_3/project_bn/gamma' in [w.path for w in model.weights]
+
+
+@pytest.mark.parametrize('dropout, survival, random', [
+    (0.5, 0.5, True), (0.0, None, False)])
+def test_dropout_and_stochastic_depth_act_only_in_training(
+    dropout, survival, random):
+  model = efficientnetv2_tf.get_model(
+      'efficientnetv2-b0', {'dropout_rate': dropout, 'survival_prob': survival,
+                            'width_coefficient': 0.25, 'num_classes': 10})
+  x = np.random.rand(4, 32, 32, 3).astype('float32')
+  np.testing.assert_array_equal(model(x, training=False),
+                                model(x, training=False))
+  a, b = model(x, training=True), model(x, training=True)
+  assert (not np.allclose(a, b)) == random
+
+
+def test_survival_probability_falls_linearly_with_depth():
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', 'survival_prob=0.8')
+  blocks = [layer for layer in model.layers if layer.name.startswith('blocks')]
+  assert len(blocks) == 21
+  for idx, block in enumerate(blocks):
+    assert block.survival_prob == pytest.approx(1 - 0.2 * idx / 21)
+    assert (block.drop_path is not None) == (block.has_residual and idx > 0)
+
+
+def test_get_config_round_trips_with_identical_outputs():
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  clone = EfficientNet.from_config(model.get_config())
+  assert clone.get_config() == model.get_config()
+  clone.set_weights(model.get_weights())
+  x = np.random.rand(2, 32, 32, 3).astype('float32')
+  np.testing.assert_allclose(clone(x, training=False),
+                             model(x, training=False), atol=1e-6)
+
+
+def test_keras_file_round_trips(tmp_path):
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  model.save(tmp_path / 'model.keras')
+  loaded = keras.models.load_model(tmp_path / 'model.keras')
+  x = np.random.rand(2, 32, 32, 3).astype('float32')
+  np.testing.assert_allclose(loaded(x, training=False),
+                             model(x, training=False), atol=1e-6)
+
+
+def test_preprocessing_layer_takes_0_255_pixels():
+  plain = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  raw = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                    include_preprocessing=True)
+  raw.set_weights(plain.get_weights())
+  pixels = np.random.randint(0, 256, (2, 32, 32, 3)).astype('float32')
+  np.testing.assert_allclose(raw(pixels, training=False),
+                             plain((pixels - 128) / 128, training=False),
+                             atol=1e-5)
+
+
+def test_training_false_freezes_the_variables():
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                      training=False)
+  assert not model.trainable_weights
+
+
+S_FUSED = ['r2_k3_s1_e1_i24_o24_c1', 'r4_k3_s2_e4_i24_o48_c1',
+           'r4_k3_s2_e4_i48_o64_c1']
+S_MB = ['r6_k3_s2_e4_i64_o128_se0.25', 'r9_k3_s1_e6_i128_o160_se0.25',
+        'r15_k3_s2_e6_i160_o256_se0.25']
+ABLATIONS = {
+    'all_fused': ([s.split('_se')[0].replace('_c1', '') + '_c1'
+                   for s in S_FUSED + S_MB], 40, 40),
+    'all_mbconv': ([s.replace('_c1', '') for s in S_FUSED] + S_MB, 40, 0),
+    'halved_repeats': (['r1_k3_s1_e1_i24_o24_c1', 'r2_k3_s2_e4_i24_o48_c1',
+                        'r2_k3_s2_e4_i48_o64_c1',
+                        'r3_k3_s2_e4_i64_o128_se0.25',
+                        'r4_k3_s1_e6_i128_o160_se0.25',
+                        'r7_k3_s2_e6_i160_o256_se0.25'], 19, 5),
+    'two_stages_dropped': (['r2_k3_s2_e4_i24_o48_c1', 'r4_k3_s2_e4_i48_o64_c1',
+                            'r6_k3_s2_e4_i64_o128_se0.25',
+                            'r15_k3_s2_e6_i128_o256_se0.25'], 27, 6),
+}
+
+
+@pytest.mark.parametrize('ablation', sorted(ABLATIONS))
+def test_ablation_from_config_alone(ablation):
+  blocks_args, num_blocks, num_fused = ABLATIONS[ablation]
+  cfg = hparams.get_config(
+      'efficientnetv2-s', None,
+      'model.blocks_args=' + '|'.join(blocks_args) + ',model.num_classes=10')
+  with keras.StatelessScope():  # structure only; skip initialising weights
+    model = EfficientNet.from_model_config(cfg.model)
+  blocks = [layer for layer in model.layers if layer.name.startswith('blocks')]
+  assert len(blocks) == num_blocks
+  assert sum(block.fused for block in blocks) == num_fused
+
+
+def test_width_0_1_ablation_runs():
+  model = efficientnetv2_tf.get_model('efficientnetv2-s',
+                                      'width_coefficient=0.1,num_classes=10')
+  assert model.get_layer('stem').filters == 8  # floored at min_depth
+  assert model.num_features == 128
+  assert tuple(model(np.zeros((1, 32, 32, 3)), training=True).shape) == (1, 10)
+
+
+@pytest.mark.parametrize('num_classes', [0, -3])
+def test_non_positive_num_classes_is_rejected(num_classes):
+  with pytest.raises(UserError, match=f'received num_classes={num_classes}'):
+    efficientnetv2_tf.get_model('efficientnetv2-b0',
+                                {'num_classes': num_classes})
+
+
+def test_unknown_model_name_lists_known_names():
+  with pytest.raises(UserError, match="unknown model name 'efficientnetv3-s'.*"
+                     'Known: efficientnet-b0'):
+    efficientnetv2_tf.get_model('efficientnetv3-s')
+
+
+@pytest.mark.parametrize('model_config, expected', [
+    ('num_classes10', "model_config must be 'key=value,...'"),
+    ('num_clases=10', "unknown config key 'model.num_clases'"),
+    ('dropout_rate=high', 'model.dropout_rate=.high. has the wrong type'),
+    (42, "model_config must be 'key=value,...'"),
+])
+def test_malformed_model_config_is_rejected(model_config, expected):
+  with pytest.raises(UserError, match=expected):
+    efficientnetv2_tf.get_model('efficientnetv2-b0', model_config)
+
+
+def test_bad_block_string_in_model_config_is_rejected():
+  with pytest.raises(UserError, match="unknown key in 'q3'"):
+    efficientnetv2_tf.get_model('efficientnetv2-b0',
+                                {'blocks_args': ['r1_k3_s1_e1_i32_o16_q3']})
