@@ -12,12 +12,21 @@ from keras import ops
 
 from hparams.errors import UserError
 
-# Normal with stddev sqrt(2 / fan_out), as in the original code.
-CONV_INITIALIZER = keras.initializers.VarianceScaling(
-    scale=2.0, mode='fan_out', distribution='untruncated_normal')
-# Uniform in +-1/sqrt(num_classes), as in the original code.
-DENSE_INITIALIZER = keras.initializers.VarianceScaling(
-    scale=1.0 / 3.0, mode='fan_out', distribution='uniform')
+
+
+# Each layer needs its own initializer: Keras draws the same values from an
+# unseeded instance every time it is called.
+def conv_initializer() -> keras.initializers.Initializer:
+  """Normal with stddev sqrt(2 / fan_out), as in the original code."""
+  return keras.initializers.VarianceScaling(
+      scale=2.0, mode='fan_out', distribution='untruncated_normal')
+
+
+def dense_initializer() -> keras.initializers.Initializer:
+  """Uniform in +-1/sqrt(num_classes), as in the original code."""
+  return keras.initializers.VarianceScaling(
+      scale=1.0 / 3.0, mode='fan_out', distribution='uniform')
+
 
 _ACTIVATION_ALIASES = {'swish': 'silu', 'hswish': 'hard_silu'}
 _ACTIVATIONS = ('silu', 'swish', 'relu', 'relu6', 'elu', 'selu', 'gelu',
@@ -38,7 +47,7 @@ def _conv(filters: int, kernel_size: int, strides: int, name: str,
           use_bias: bool = False) -> keras.layers.Conv2D:
   return keras.layers.Conv2D(
       filters, kernel_size, strides=strides, padding='same', use_bias=use_bias,
-      kernel_initializer=CONV_INITIALIZER, name=name)
+      kernel_initializer=conv_initializer(), name=name)
 
 
 class _Block(keras.layers.Layer):
@@ -203,7 +212,7 @@ class MBConv(_Block):
     if not fused:
       self.depthwise_conv = keras.layers.DepthwiseConv2D(
           kernel_size, strides=strides, padding='same', use_bias=False,
-          depthwise_initializer=CONV_INITIALIZER, name='depthwise_conv')
+          depthwise_initializer=conv_initializer(), name='depthwise_conv')
       self.depthwise_bn = self._bn('depthwise_bn')
     self.dropout = (keras.layers.Dropout(conv_dropout, name='conv_dropout')
                     if conv_dropout and expand_ratio > 1 else None)

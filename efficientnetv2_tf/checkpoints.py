@@ -26,7 +26,7 @@ _V1_URL = ('https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/'
 _V1_JFT_URL = ('https://storage.googleapis.com/cloud-tpu-checkpoints/'
                'efficientnet/noisystudent/')
 
-IMAGENET21K_CLASSES = 21843
+CACHE_ENV = 'EFFICIENTNETV2_TF_CACHE'
 EMA_SUFFIX = '/ExponentialMovingAverage'
 # Optimizer slots and bookkeeping that a checkpoint may hold beside weights.
 _IGNORED = re.compile(r'(/(RMSProp|Momentum|Adam|ExponentialMovingAverage)'
@@ -82,15 +82,18 @@ def _find_checkpoint(path: str) -> str:
                   'prefix, a directory holding one, or a .weights.h5 file')
 
 
-def download(model_name: str, weights: str,
-             cache_dir: Optional[str] = None) -> str:
-  """Downloads and unpacks named weights once; returns the checkpoint prefix."""
+def download(model_name: str, weights: str) -> str:
+  """Downloads and unpacks named weights once; returns the checkpoint prefix.
+
+  The archives are kept in `$EFFICIENTNETV2_TF_CACHE` if set, else in
+  `~/.keras/efficientnetv2_tf`.
+  """
   url = pretrained_url(model_name, weights)
   archive = os.path.basename(url)
   try:
     unpacked = keras.utils.get_file(
-        archive, url, extract=True, cache_dir=cache_dir,
-        cache_subdir='efficientnetv2_tf')
+        archive, url, extract=True,
+        cache_dir=os.environ.get(CACHE_ENV), cache_subdir='efficientnetv2_tf')
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(
         f'could not download {weights!r} weights for {model_name} from {url} '
@@ -137,16 +140,14 @@ def _block_layers(block: MBConv) -> Dict[str, keras.layers.Layer]:
 def official_variable_map(model: keras.Model,
                           prefix: str) -> Dict[str, keras.Variable]:
   """Maps each official TF1 variable name to the variable of `model`."""
-  layers = {
-      'stem/conv2d': model.get_layer('stem').conv,
-      'stem/tpu_batch_normalization': model.get_layer('stem').bn,
-      'head/conv2d': model.get_layer('head').conv,
-      'head/tpu_batch_normalization': model.get_layer('head').bn,
-  }
+  stem, head = model.get_layer('stem'), model.get_layer('head')
+  layers = {'stem/conv2d': stem.conv, 'stem/tpu_batch_normalization': stem.bn}
   for layer in model.layers:
     if isinstance(layer, MBConv):
       for sub_name, sub_layer in _block_layers(layer).items():
         layers[f'{layer.name}/{sub_name}'] = sub_layer
+  layers['head/conv2d'] = head.conv
+  layers['head/tpu_batch_normalization'] = head.bn
   if getattr(model, 'include_top', False):
     layers['head/dense'] = model.get_layer('predictions')
   return {f'{prefix}/{layer_name}/{weight_name}': variable
@@ -197,11 +198,15 @@ def load_official(model: keras.Model, path: str, model_name: str,
   head = f'{model_name}/head/dense/'
   expected = {name: var for name, var in official_variable_map(
       model, model_name).items() if not (skip_head and name.startswith(head))}
-  missing = sorted(n for n in expected if n not in shapes)
-  wrong_shape = sorted(
-      f'{n} {tuple(shapes[n])} vs {tuple(v.shape)}'
-      for n, v in expected.items()
-      if n in shapes and tuple(shapes[n]) != tuple(v.shape))
+  sources = {}  # our variable name -> the checkpoint tensor to load
+  for name in expected:
+    ema = name + EMA_SUFFIX
+    sources[name] = ema if prefer_ema and ema in shapes else name
+  missing = [n for n in expected if n not in shapes]
+  wrong_shape = [
+      f'{src} {tuple(shapes[src])} vs {tuple(expected[n].shape)}'
+      for n, src in sources.items()
+      if src in shapes and tuple(shapes[src]) != tuple(expected[n].shape)]
   unexpected = sorted(
       n for n in shapes if n.startswith(model_name + '/') and
       not _IGNORED.search(n) and n not in expected and
@@ -212,12 +217,9 @@ def load_official(model: keras.Model, path: str, model_name: str,
         ('of the wrong shape (checkpoint vs model)', wrong_shape)) if items]
     raise UserError(f'checkpoint {path!r} does not fit {model_name} as built: '
                     + '; '.join(problems))
-  from_ema = 0
   for name, variable in expected.items():
-    source = name
-    if prefer_ema and name + EMA_SUFFIX in shapes:
-      source, from_ema = name + EMA_SUFFIX, from_ema + 1
-    variable.assign(reader.get_tensor(source))
+    variable.assign(reader.get_tensor(sources[name]))
+  from_ema = sum(src != name for name, src in sources.items())
   logging.info('Loaded %d variables (%d from EMA) from %s', len(expected),
                from_ema, path)
   return LoadReport(path, len(expected), from_ema, skip_head)

@@ -99,7 +99,7 @@ class EfficientNet(keras.Model):
     if include_top:
       outputs = keras.layers.Dropout(dropout_rate, name='top_dropout')(outputs)
       outputs = keras.layers.Dense(
-          num_classes, kernel_initializer=blocks.DENSE_INITIALIZER,
+          num_classes, kernel_initializer=blocks.dense_initializer(),
           bias_initializer=keras.initializers.Constant(headbias or 0.0),
           name='predictions')(outputs)
     if with_endpoints:

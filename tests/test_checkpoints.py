@@ -1,0 +1,229 @@
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import efficientnetv2_tf
+from efficientnetv2_tf import checkpoints
+from hparams import models
+from hparams.errors import UserError
+from tests import tf1_reference
+from tests.conftest import TINY
+
+IMAGE = np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)).astype(
+    'float32')
+
+
+def _official_fixture(directory, model_name, blocks_args, num_classes=1000,
+                      width=1.0, depth=1.0, extra=None, drop=(), state=True):
+  """Writes an official-style checkpoint; returns (dir, EMA logits, values).
+
+  Every variable gets an EMA shadow holding the values the reference logits
+  were computed with; the raw values are shifted so that loading them
+  instead would change the logits. Optimizer slots and the step are added
+  as in the published files.
+  """
+  weights = tf1_reference.RandomWeights()
+  logits = tf1_reference.forward(IMAGE, weights, model_name, blocks_args,
+                                 num_classes, width, depth).numpy()
+  tensors = {'global_step': np.array(1000, np.int64)}
+  for name, value in weights.values.items():
+    tensors[name] = value + 0.5
+    tensors[name + '/ExponentialMovingAverage'] = value
+    tensors[name + '/RMSProp'] = np.ones_like(value)
+  tensors.update(extra or {})
+  for name in drop:
+    del tensors[name]
+  os.makedirs(directory, exist_ok=True)
+  prefix = os.path.join(directory, 'model')
+  tf1_reference.write_checkpoint(prefix, tensors)
+  if state:
+    with open(os.path.join(directory, 'checkpoint'), 'w') as f:
+      f.write('model_checkpoint_path: "model"\n')
+  return directory, logits, weights.values
+
+
+@pytest.fixture(scope='module')
+def v2_b0(tmp_path_factory):
+  return _official_fixture(tmp_path_factory.mktemp('v2b0'),
+                           'efficientnetv2-b0', models.V2_BASE_BLOCKS)
+
+
+@pytest.mark.parametrize('model_name, blocks_args', [
+    ('efficientnetv2-b0', models.V2_BASE_BLOCKS),
+    ('efficientnet-b0', models.V1_BLOCKS),
+    ('efficientnetv2-s', models.V2_S_BLOCKS[:4]),
+])
+def test_official_checkpoint_reproduces_reference_logits(
+    tmp_path, model_name, blocks_args):
+  path, expected, _ = _official_fixture(tmp_path, model_name, blocks_args)
+  model = efficientnetv2_tf.get_model(
+      model_name, {'blocks_args': blocks_args}, weights=str(path))
+  logits = model(IMAGE, training=False).numpy()
+  max_diff = np.abs(logits - expected).max()
+  print(f'{model_name}: max |logit difference| = {max_diff:.2e}')
+  assert max_diff < 1e-4
+  assert np.abs(expected).max() > 0.1  # the comparison is not trivially 0
+
+
+def test_ema_values_are_preferred_and_slots_ignored(v2_b0):
+  path, _, values = v2_b0
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0')
+  report = checkpoints.load_official(model, path, 'efficientnetv2-b0')
+  assert report.loaded == report.from_ema == len(values) == len(model.weights)
+  kernel = model.get_layer('stem').conv.kernel.numpy()
+  np.testing.assert_array_equal(kernel,
+                                values['efficientnetv2-b0/stem/conv2d/kernel'])
+
+
+def test_raw_values_load_when_ema_is_not_wanted(v2_b0):
+  path, _, values = v2_b0
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0')
+  report = checkpoints.load_official(model, path, 'efficientnetv2-b0',
+                                     prefer_ema=False)
+  assert report.from_ema == 0
+  np.testing.assert_allclose(
+      model.get_layer('head').bn.gamma.numpy(),
+      values['efficientnetv2-b0/head/tpu_batch_normalization/gamma'] + 0.5)
+
+
+def test_other_num_classes_skips_the_head_and_loads_the_rest(v2_b0):
+  path, _, values = v2_b0
+  fresh = efficientnetv2_tf.get_model('efficientnetv2-b0', 'num_classes=10')
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', 'num_classes=10',
+                                      weights=str(path))
+  dense = model.get_layer('predictions')
+  assert tuple(dense.kernel.shape) == (1280, 10)
+  assert np.abs(dense.kernel.numpy()).max() <= 1 / np.sqrt(10)  # initialiser
+  assert not np.array_equal(dense.kernel.numpy(),
+                            fresh.get_layer('predictions').kernel.numpy())
+  np.testing.assert_array_equal(
+      model.get_layer('blocks_15').project_bn.moving_variance.numpy(),
+      values['efficientnetv2-b0/blocks_15/tpu_batch_normalization_2/'
+             'moving_variance'])
+
+
+def test_without_top_the_head_is_not_needed(v2_b0):
+  path, _, _ = v2_b0
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', include_top=False,
+                                      weights=str(path))
+  assert tuple(model(IMAGE).shape) == (2, 1280)
+
+
+def test_default_num_classes_follows_the_checkpoint_head(tmp_path):
+  path, expected, _ = _official_fixture(
+      tmp_path, 'efficientnetv2-b0', models.V2_BASE_BLOCKS[:2], num_classes=21,
+      state=False)  # no `checkpoint` file: the prefix is found by its index
+  model = efficientnetv2_tf.get_model(
+      'efficientnetv2-b0', {'blocks_args': models.V2_BASE_BLOCKS[:2]},
+      weights=str(path))
+  assert model.num_classes == 21
+  np.testing.assert_allclose(model(IMAGE, training=False), expected, atol=1e-4)
+
+
+def test_mismatch_lists_missing_unexpected_and_wrong_shape(tmp_path):
+  name = 'efficientnetv2-b0'
+  path, _, _ = _official_fixture(
+      tmp_path, name, models.V2_BASE_BLOCKS,
+      drop=[f'{name}/blocks_2/conv2d_1/kernel',
+            f'{name}/blocks_2/conv2d_1/kernel/ExponentialMovingAverage'],
+      extra={f'{name}/blocks_99/conv2d/kernel': np.zeros((1,), np.float32),
+             f'{name}/head/conv2d/kernel/ExponentialMovingAverage':
+                 np.zeros((1, 1, 192, 7), np.float32)})
+  model = efficientnetv2_tf.get_model(name)
+  with pytest.raises(UserError) as err:
+    checkpoints.load_official(model, str(path), name)
+  message = str(err.value)
+  assert '1 missing (efficientnetv2-b0/blocks_2/conv2d_1/kernel)' in message
+  assert '1 unexpected (efficientnetv2-b0/blocks_99/conv2d/kernel)' in message
+  assert ('1 of the wrong shape (checkpoint vs model) (efficientnetv2-b0/'
+          'head/conv2d/kernel/ExponentialMovingAverage (1, 1, 192, 7) vs '
+          '(1, 1, 192, 1280))') in message
+  assert '\n' not in message
+
+
+def test_wrong_shape_is_reported(tmp_path):
+  name = 'efficientnetv2-b0'
+  path, _, _ = _official_fixture(tmp_path, name, models.V2_BASE_BLOCKS,
+                                 width=1.1)
+  model = efficientnetv2_tf.get_model(name)
+  with pytest.raises(UserError, match=r'of the wrong shape \(checkpoint vs '
+                     r'model\) \(efficientnetv2-b0/blocks_3/conv2d_1/kernel/'
+                     r'ExponentialMovingAverage \(1, 1, 128, 56\) vs '
+                     r'\(1, 1, 128, 48\), '):
+    checkpoints.load_official(model, str(path), name)
+
+
+def test_checkpoint_of_another_variant_is_refused(v2_b0):
+  path, _, _ = v2_b0
+  with pytest.raises(UserError, match="holds 'efficientnetv2-b0' weights; "
+                     "this model is 'efficientnetv2-b1'"):
+    efficientnetv2_tf.get_model('efficientnetv2-b1', weights=str(path))
+
+
+def test_weights_path_that_does_not_exist_is_reported(tmp_path):
+  missing = str(tmp_path / 'nope')
+  with pytest.raises(UserError, match=f"weights path '{missing}' does not"):
+    efficientnetv2_tf.get_model('efficientnetv2-b0', TINY, weights=missing)
+
+
+def test_unpublished_weights_are_reported():
+  with pytest.raises(UserError, match="no 'jft' weights are published for "
+                     'efficientnetv2-s; available: imagenet, imagenet21k'):
+    efficientnetv2_tf.get_model('efficientnetv2-s', weights='jft')
+
+
+def test_offline_download_names_the_url_and_how_to_pass_a_path(
+    monkeypatch, tmp_path):
+  url = 'http://127.0.0.1:9/efficientnetv2-b0.tgz'  # nothing listens here
+  monkeypatch.setitem(checkpoints.PRETRAINED_URLS, 'efficientnetv2-b0',
+                      {'imagenet': url})
+  monkeypatch.setenv(checkpoints.CACHE_ENV, str(tmp_path))
+  with pytest.raises(UserError) as err:
+    efficientnetv2_tf.get_model('efficientnetv2-b0', weights='imagenet')
+  assert url in str(err.value)
+  assert "weights='/path/to/dir'" in str(err.value)
+
+
+def test_named_weights_are_fetched_unpacked_and_loaded(v2_b0, monkeypatch,
+                                                       tmp_path):
+  path, expected, _ = v2_b0
+  archive = tmp_path / 'efficientnetv2-b0.tgz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(path, arcname='efficientnetv2-b0')
+  monkeypatch.setitem(checkpoints.PRETRAINED_URLS, 'efficientnetv2-b0',
+                      {'imagenet': archive.as_uri()})
+  monkeypatch.setenv(checkpoints.CACHE_ENV, str(tmp_path / 'cache'))
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', weights='imagenet')
+  np.testing.assert_allclose(model(IMAGE, training=False), expected,
+                             atol=1e-4)
+
+
+def test_own_checkpoint_saves_and_restores(tmp_path):
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  prefix = checkpoints.save(model, str(tmp_path / 'ckpt'))
+  assert not tf.io.gfile.glob(prefix + '.tmp*')
+  restored = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                         weights=str(tmp_path))
+  for a, b in zip(model.weights, restored.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_own_checkpoint_of_another_shape_is_refused(tmp_path):
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  checkpoints.save(model, str(tmp_path / 'ckpt'))
+  with pytest.raises(UserError, match='does not fit efficientnetv2-b0: '):
+    efficientnetv2_tf.get_model(
+        'efficientnetv2-b0', TINY.replace('0.25', '0.5'),
+        weights=str(tmp_path / 'ckpt'))
+
+
+def test_keras_weights_file_loads(tmp_path):
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  model.save_weights(tmp_path / 'w.weights.h5')
+  loaded = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                       weights=str(tmp_path / 'w.weights.h5'))
+  np.testing.assert_array_equal(loaded.get_weights()[0],
+                                model.get_weights()[0])
