@@ -19,6 +19,18 @@ from efficientnetv2_tf.preprocessing import Normalize
 from hparams.errors import UserError
 
 
+def load_weights(model: keras.Model, weights: str,
+                 model_name: Optional[str] = None) -> None:
+  """Loads named weights ('imagenet', ...) or a checkpoint path into `model`.
+
+  `model_name` is the variant whose official weights to use; it defaults to
+  the model's name, which `get_model` sets to the variant's.
+  """
+  model_name = model_name or model.name
+  checkpoints.load_weights(model, checkpoints.weights_path(model_name, weights),
+                           model_name)
+
+
 def list_models():
   """The names `get_model` accepts."""
   return hparams.list_models()
@@ -54,7 +66,8 @@ def get_model(model_name: str,
     weights: None (random), 'imagenet', 'imagenet21k', 'imagenet21k-ft1k',
       'jft' (V1 only), or a path: an official TF1 checkpoint (prefix or
       directory), one of our TF2 checkpoints, or a `.weights.h5` file. Named
-      weights are downloaded once into `~/.keras/efficientnetv2_tf`; official
+      weights are downloaded once into `$EFFICIENTNETV2_TF_CACHE` (default
+      `~/.keras/efficientnetv2_tf`); official
       checkpoints load their EMA values. With 'imagenet21k' the classifier has
       21,843 classes unless `num_classes` is given; a `num_classes` that
       differs from the checkpoint's leaves the classifier freshly initialised.
@@ -68,13 +81,10 @@ def get_model(model_name: str,
   """
   overrides = _model_overrides(model_config)
   model_cfg = hparams.get_config(model_name, None, {'model': overrides}).model
-  path = weights
-  if weights in checkpoints.WEIGHT_NAMES:
-    path = checkpoints.download(model_name, weights)
-  kind = checkpoints.checkpoint_kind(path) if path else None
-  if kind == 'official' and include_top and 'num_classes' not in overrides:
-    model_cfg.num_classes = (checkpoints.official_head_classes(
-        path, model_name) or model_cfg.num_classes)
+  path = checkpoints.weights_path(model_name, weights) if weights else None
+  if path and include_top and 'num_classes' not in overrides:
+    model_cfg.num_classes = (checkpoints.head_classes(path, model_name) or
+                             model_cfg.num_classes)
   if weights == 'jft':
     kwargs.setdefault('preprocessing_mode', 'imagenet')
 
@@ -90,4 +100,5 @@ def get_model(model_name: str,
 __all__ = [
     'BlockArgs', 'EfficientNet', 'Normalize', 'UserError', 'checkpoints',
     'decode_block', 'encode_block', 'get_model', 'list_models',
+    'load_weights',
 ]

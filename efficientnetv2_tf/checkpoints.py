@@ -225,8 +225,17 @@ def load_official(model: keras.Model, path: str, model_name: str,
   return LoadReport(path, len(expected), from_ema, skip_head)
 
 
-def official_head_classes(path: str, model_name: str) -> Optional[int]:
-  """The number of classes of an official checkpoint's head, if it has one."""
+def weights_path(model_name: str, weights: str) -> str:
+  """The checkpoint path of `weights`: named weights are downloaded first."""
+  if weights in WEIGHT_NAMES:
+    return download(model_name, weights)
+  return weights
+
+
+def head_classes(path: str, model_name: str) -> Optional[int]:
+  """The classes of an official checkpoint's head; None for other kinds."""
+  if checkpoint_kind(path) != 'official':
+    return None
   shapes = tf.train.load_checkpoint(_find_checkpoint(path)) \
       .get_variable_to_shape_map()
   bias = shapes.get(f'{model_name}/head/dense/bias')
@@ -256,13 +265,12 @@ def load_weights(model: keras.Model, path: str, model_name: str) -> None:
   elif kind == 'tf2':
     restore(model, path)
   else:
-    head_classes = official_head_classes(path, model_name)
-    skip_head = bool(model.include_top and head_classes and
-                     head_classes != model.num_classes)
+    classes = head_classes(path, model_name)
+    skip_head = bool(model.include_top and classes and
+                     classes != model.num_classes)
     if skip_head:
       logging.warning('Checkpoint head has %d classes, the model %d: the '
-                      'classifier is not loaded.', head_classes,
-                      model.num_classes)
+                      'classifier is not loaded.', classes, model.num_classes)
     load_official(model, path, model_name, skip_head=skip_head)
 
 

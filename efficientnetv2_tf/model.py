@@ -175,5 +175,4 @@ class EfficientNet(keras.Model):
         bn_epsilon=model_cfg.bn_epsilon,
         conv_dropout=model_cfg.conv_dropout,
         headbias=model_cfg.headbias,
-        name=model_cfg.model_name,
-        **kwargs)
+        **{'name': model_cfg.model_name, **kwargs})

@@ -1,0 +1,69 @@
+"""Command-line entry point: flags, then the config, then one library call.
+
+    python main.py --model_name=efficientnetv2-s \
+        --hparam_str='model.num_classes=10,model.dropout_rate=0.3'
+
+Resolves the run config (base, model preset, dataset preset, overrides),
+builds the model, optionally loads `--weights`, prints what it built and
+saves the resolved config as `<model_dir>/config.yaml`.
+
+Bad input ends with a one-line `error: ...` on stderr and exit status 2.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import hparams  # pylint: disable=g-import-not-at-top
+from hparams.errors import UserError  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('model_name', 'efficientnetv2-b0',
+                    'One of efficientnetv2_tf.list_models().')
+flags.DEFINE_string('dataset_cfg', None,
+                    'Dataset preset, matched case-insensitively.')
+flags.DEFINE_string('hparam_str', '',
+                    "Overrides: 'section.key=value,...' or a YAML file.")
+flags.DEFINE_string('model_dir', None,
+                    'Where to write the resolved config.yaml.')
+flags.DEFINE_string('weights', None,
+                    "None, 'imagenet', 'imagenet21k', 'imagenet21k-ft1k', "
+                    "'jft', or a checkpoint path.")
+
+
+def run() -> None:
+  cfg = hparams.get_config(FLAGS.model_name, FLAGS.dataset_cfg,
+                           FLAGS.hparam_str)
+  import efficientnetv2_tf  # pylint: disable=g-import-not-at-top
+  model = efficientnetv2_tf.EfficientNet.from_model_config(cfg.model)
+  if FLAGS.weights:
+    efficientnetv2_tf.load_weights(model, FLAGS.weights, cfg.model.model_name)
+  print(f'{model.name}: {model.count_params():,} parameters, '
+        f'{len([l for l in model.layers if l.name.startswith("blocks_")])} '
+        f'blocks, {cfg.model.num_classes} classes, train size '
+        f'{hparams.train_image_size(cfg)}, eval size {cfg.eval.isize}')
+  if FLAGS.model_dir:
+    os.makedirs(FLAGS.model_dir, exist_ok=True)
+    path = os.path.join(FLAGS.model_dir, 'config.yaml')
+    hparams.save_yaml(cfg, path)
+    print(f'config: {path}')
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    run()
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:
+    print(f'error: {e.strerror}: {e.filename}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
