@@ -3,7 +3,9 @@
     >>> import efficientnetv2_tf
     >>> model = efficientnetv2_tf.get_model(
     ...     'efficientnetv2-b0', 'num_classes=10,width_coefficient=0.25')
-    >>> logits = model(images_in_minus_one_to_one, training=False)
+    >>> images = keras.random.uniform((2, 64, 64, 3), -1, 1)  # in [-1, 1]
+    >>> tuple(model(images, training=False).shape)
+    (2, 10)
 """
 from typing import Any, Mapping, Optional, Union
 

@@ -112,8 +112,8 @@ def encode(args: BlockArgs) -> str:
   return '_'.join(tokens)
 
 
-def round_filters(filters: int, width_coefficient: float, depth_divisor: int = 8,
-                  min_depth: Optional[int] = 8) -> int:
+def round_filters(filters: int, width_coefficient: float,
+                  depth_divisor: int = 8, min_depth: Optional[int] = 8) -> int:
   """Scales a channel count by width and rounds to a multiple of the divisor."""
   if not width_coefficient:
     return filters

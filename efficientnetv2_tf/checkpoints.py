@@ -20,11 +20,11 @@ import tensorflow as tf
 from efficientnetv2_tf.blocks import MBConv
 from hparams.errors import UserError
 
-_V2_URL = 'https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/v2/'
-_V1_URL = ('https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/'
-           'advprop/')
-_V1_JFT_URL = ('https://storage.googleapis.com/cloud-tpu-checkpoints/'
-               'efficientnet/noisystudent/')
+_BUCKET = 'https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/'
+_V2_URL = _BUCKET + 'v2/'
+_V1_URL = _BUCKET + 'advprop/'
+_V1_JFT_URL = _BUCKET + 'noisystudent/'
+
 
 CACHE_ENV = 'EFFICIENTNETV2_TF_CACHE'
 EMA_SUFFIX = '/ExponentialMovingAverage'
@@ -291,7 +291,8 @@ def restore(model: keras.Model, path: str) -> str:
   """Restores weights that `save` wrote; raises UserError on a mismatch."""
   path = _find_checkpoint(path)
   try:
-    tf.train.Checkpoint(model=model).read(path).assert_existing_objects_matched()
+    status = tf.train.Checkpoint(model=model).read(path)
+    status.assert_existing_objects_matched()
   except (AssertionError, ValueError, tf.errors.OpError) as e:
     first_line = str(e).strip().splitlines()[0]
     raise UserError(f'checkpoint {path!r} does not fit {model.name}: '

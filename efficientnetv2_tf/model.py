@@ -31,8 +31,8 @@ class EfficientNet(keras.Model):
       >>> from hparams.models import V2_BASE_BLOCKS
       >>> model = EfficientNet(V2_BASE_BLOCKS, num_classes=10,
       ...                      width_coefficient=0.25, depth_coefficient=0.2)
-      >>> model(np.zeros((1, 32, 32, 3))).shape
-      TensorShape([1, 10])
+      >>> tuple(model(keras.ops.zeros((1, 32, 32, 3))).shape)
+      (1, 10)
   """
 
   def __init__(self,

@@ -1,4 +1,4 @@
-"""The run configuration: a locked `ml_collections.ConfigDict` and its overrides.
+"""The run configuration: a locked `ml_collections.ConfigDict`, overridden.
 
 A config is built in layers, each overriding the one before:
 

@@ -6,10 +6,12 @@ Registering a name twice is an error; looking up an unknown name raises a
     >>> optimizers = Registry('optimizer')
     >>> @optimizers.register('sgd')
     ... def make_sgd(): ...
-    >>> optimizers.get('sdg')
+    >>> optimizers.get('SGD') is make_sgd
+    True
+    >>> optimizers.get('sdg')  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    hparams.errors.UserError: unknown optimizer 'sdg'; did you mean 'sgd'? Known: sgd
+    hparams.errors.UserError: unknown optimizer 'sdg'; did you mean 'sgd'? ...
 """
 import difflib
 from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, TypeVar

@@ -1,6 +1,3 @@
-import os
-import tarfile
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,39 +13,11 @@ IMAGE = np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)).astype(
     'float32')
 
 
-def _official_fixture(directory, model_name, blocks_args, num_classes=1000,
-                      width=1.0, depth=1.0, extra=None, drop=(), state=True):
-  """Writes an official-style checkpoint; returns (dir, EMA logits, values).
-
-  Every variable gets an EMA shadow holding the values the reference logits
-  were computed with; the raw values are shifted so that loading them
-  instead would change the logits. Optimizer slots and the step are added
-  as in the published files.
-  """
-  weights = tf1_reference.RandomWeights()
-  logits = tf1_reference.forward(IMAGE, weights, model_name, blocks_args,
-                                 num_classes, width, depth).numpy()
-  tensors = {'global_step': np.array(1000, np.int64)}
-  for name, value in weights.values.items():
-    tensors[name] = value + 0.5
-    tensors[name + '/ExponentialMovingAverage'] = value
-    tensors[name + '/RMSProp'] = np.ones_like(value)
-  tensors.update(extra or {})
-  for name in drop:
-    del tensors[name]
-  os.makedirs(directory, exist_ok=True)
-  prefix = os.path.join(directory, 'model')
-  tf1_reference.write_checkpoint(prefix, tensors)
-  if state:
-    with open(os.path.join(directory, 'checkpoint'), 'w') as f:
-      f.write('model_checkpoint_path: "model"\n')
-  return directory, logits, weights.values
-
-
 @pytest.fixture(scope='module')
 def v2_b0(tmp_path_factory):
-  return _official_fixture(tmp_path_factory.mktemp('v2b0'),
-                           'efficientnetv2-b0', models.V2_BASE_BLOCKS)
+  return tf1_reference.official_checkpoint(
+      IMAGE, tmp_path_factory.mktemp('v2b0'), 'efficientnetv2-b0',
+      models.V2_BASE_BLOCKS)
 
 
 @pytest.mark.parametrize('model_name, blocks_args', [
@@ -58,7 +27,8 @@ def v2_b0(tmp_path_factory):
 ])
 def test_official_checkpoint_reproduces_reference_logits(
     tmp_path, model_name, blocks_args):
-  path, expected, _ = _official_fixture(tmp_path, model_name, blocks_args)
+  path, expected, _ = tf1_reference.official_checkpoint(
+      IMAGE, tmp_path, model_name, blocks_args)
   model = efficientnetv2_tf.get_model(
       model_name, {'blocks_args': blocks_args}, weights=str(path))
   logits = model(IMAGE, training=False).numpy()
@@ -113,9 +83,9 @@ def test_without_top_the_head_is_not_needed(v2_b0):
 
 
 def test_default_num_classes_follows_the_checkpoint_head(tmp_path):
-  path, expected, _ = _official_fixture(
-      tmp_path, 'efficientnetv2-b0', models.V2_BASE_BLOCKS[:2], num_classes=21,
-      state=False)  # no `checkpoint` file: the prefix is found by its index
+  path, expected, _ = tf1_reference.official_checkpoint(
+      IMAGE, tmp_path, 'efficientnetv2-b0', models.V2_BASE_BLOCKS[:2],
+      num_classes=21, state=False)  # no `checkpoint` file: found by index
   model = efficientnetv2_tf.get_model(
       'efficientnetv2-b0', {'blocks_args': models.V2_BASE_BLOCKS[:2]},
       weights=str(path))
@@ -125,8 +95,8 @@ def test_default_num_classes_follows_the_checkpoint_head(tmp_path):
 
 def test_mismatch_lists_missing_unexpected_and_wrong_shape(tmp_path):
   name = 'efficientnetv2-b0'
-  path, _, _ = _official_fixture(
-      tmp_path, name, models.V2_BASE_BLOCKS,
+  path, _, _ = tf1_reference.official_checkpoint(
+      IMAGE, tmp_path, name, models.V2_BASE_BLOCKS,
       drop=[f'{name}/blocks_2/conv2d_1/kernel',
             f'{name}/blocks_2/conv2d_1/kernel/ExponentialMovingAverage'],
       extra={f'{name}/blocks_99/conv2d/kernel': np.zeros((1,), np.float32),
@@ -146,8 +116,8 @@ def test_mismatch_lists_missing_unexpected_and_wrong_shape(tmp_path):
 
 def test_wrong_shape_is_reported(tmp_path):
   name = 'efficientnetv2-b0'
-  path, _, _ = _official_fixture(tmp_path, name, models.V2_BASE_BLOCKS,
-                                 width=1.1)
+  path, _, _ = tf1_reference.official_checkpoint(
+      IMAGE, tmp_path, name, models.V2_BASE_BLOCKS, width=1.1)
   model = efficientnetv2_tf.get_model(name)
   with pytest.raises(UserError, match=r'of the wrong shape \(checkpoint vs '
                      r'model\) \(efficientnetv2-b0/blocks_3/conv2d_1/kernel/'
@@ -190,9 +160,7 @@ def test_offline_download_names_the_url_and_how_to_pass_a_path(
 def test_named_weights_are_fetched_unpacked_and_loaded(v2_b0, monkeypatch,
                                                        tmp_path):
   path, expected, _ = v2_b0
-  archive = tmp_path / 'efficientnetv2-b0.tgz'
-  with tarfile.open(archive, 'w:gz') as tar:
-    tar.add(path, arcname='efficientnetv2-b0')
+  archive = tf1_reference.archive(path, tmp_path / 'efficientnetv2-b0.tgz')
   monkeypatch.setitem(checkpoints.PRETRAINED_URLS, 'efficientnetv2-b0',
                       {'imagenet': archive.as_uri()})
   monkeypatch.setenv(checkpoints.CACHE_ENV, str(tmp_path / 'cache'))

@@ -5,6 +5,9 @@ them, through a `get(name, shape)` callback. Given a callback that makes up
 values, the same pass both defines a checkpoint's contents and computes the
 logits that checkpoint must produce: the fixture for the parity test.
 """
+import os
+import tarfile
+
 import numpy as np
 import tensorflow as tf
 
@@ -116,3 +119,40 @@ def write_checkpoint(prefix, tensors):
   tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
                     shape_and_slices=[''] * len(names),
                     tensors=[tf.constant(tensors[n]) for n in names])
+
+
+def official_checkpoint(images, directory, model_name, blocks_args,
+                        num_classes=1000, width=1.0, depth=1.0, extra=None,
+                        drop=(), state=True):
+  """Writes an official-style checkpoint; returns (dir, EMA logits, values).
+
+  Every variable gets an EMA shadow holding the values the reference logits
+  were computed with; the raw values are shifted so that loading them
+  instead would change the logits. Optimizer slots and the step are added
+  as in the published files.
+  """
+  weights = RandomWeights()
+  logits = forward(images, weights, model_name, blocks_args, num_classes,
+                   width, depth).numpy()
+  tensors = {'global_step': np.array(1000, np.int64)}
+  for name, value in weights.values.items():
+    tensors[name] = value + 0.5
+    tensors[name + '/ExponentialMovingAverage'] = value
+    tensors[name + '/RMSProp'] = np.ones_like(value)
+  tensors.update(extra or {})
+  for name in drop:
+    del tensors[name]
+  os.makedirs(directory, exist_ok=True)
+  prefix = os.path.join(directory, 'model')
+  write_checkpoint(prefix, tensors)
+  if state:
+    with open(os.path.join(directory, 'checkpoint'), 'w') as f:
+      f.write('model_checkpoint_path: "model"\n')
+  return directory, logits, weights.values
+
+
+def archive(directory, path):
+  """Packs a checkpoint directory as the published .tgz files are packed."""
+  with tarfile.open(path, 'w:gz') as tar:
+    tar.add(directory, arcname=os.path.basename(str(path)).split('.')[0])
+  return path
