@@ -98,10 +98,11 @@ class EfficientNet(keras.Model):
     outputs = blocks.Head(head_filters, name='head', **common)(x)
     if include_top:
       outputs = keras.layers.Dropout(dropout_rate, name='top_dropout')(outputs)
+      # float32 logits under mixed precision keep the loss numerically sound.
       outputs = keras.layers.Dense(
           num_classes, kernel_initializer=blocks.dense_initializer(),
           bias_initializer=keras.initializers.Constant(headbias or 0.0),
-          name='predictions')(outputs)
+          dtype='float32', name='predictions')(outputs)
     if with_endpoints:
       outputs = [outputs] + reductions[:NUM_REDUCTIONS]
     super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)

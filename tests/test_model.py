@@ -130,6 +130,20 @@ def test_training_false_freezes_the_variables():
   assert not model.trainable_weights
 
 
+def test_mixed_bfloat16_computes_in_bf16_and_returns_float32_logits():
+  keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    model = efficientnetv2_tf.get_model(
+        'efficientnetv2-b0', TINY + ',survival_prob=0.5')
+    logits = model(np.zeros((2, 32, 32, 3), 'float32'), training=True)
+    assert model.get_layer('blocks_3').compute_dtype == 'bfloat16'
+    assert model.get_layer('blocks_3').project_bn.gamma.dtype == 'float32'
+    assert logits.dtype == 'float32'
+    assert np.isfinite(keras.ops.convert_to_numpy(logits)).all()
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+
+
 S_FUSED = ['r2_k3_s1_e1_i24_o24_c1', 'r4_k3_s2_e4_i24_o48_c1',
            'r4_k3_s2_e4_i48_o64_c1']
 S_MB = ['r6_k3_s2_e4_i64_o128_se0.25', 'r9_k3_s1_e6_i128_o160_se0.25',
