@@ -38,9 +38,8 @@ def run() -> None:
   cfg = hparams.get_config(FLAGS.model_name, FLAGS.dataset_cfg,
                            FLAGS.hparam_str)
   import efficientnetv2_tf  # pylint: disable=g-import-not-at-top
-  model = efficientnetv2_tf.EfficientNet.from_model_config(cfg.model)
-  if FLAGS.weights:
-    efficientnetv2_tf.load_weights(model, FLAGS.weights, cfg.model.model_name)
+  model = efficientnetv2_tf.get_model(cfg.model.model_name, cfg.model.to_dict(),
+                                      weights=FLAGS.weights)
   print(f'{model.name}: {model.count_params():,} parameters, '
         f'{len([l for l in model.layers if l.name.startswith("blocks_")])} '
         f'blocks, {cfg.model.num_classes} classes, train size '
@@ -61,7 +60,8 @@ def main(argv) -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except OSError as e:
-    print(f'error: {e.strerror}: {e.filename}', file=sys.stderr)
+    detail = f'{e.strerror}: {e.filename}' if e.strerror else str(e)
+    print(f'error: {detail}', file=sys.stderr)
     sys.exit(2)
 
 

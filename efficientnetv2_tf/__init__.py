@@ -29,25 +29,13 @@ def load_weights(model: keras.Model, weights: str,
   the model's name, which `get_model` sets to the variant's.
   """
   model_name = model_name or model.name
-  checkpoints.load_weights(model, checkpoints.weights_path(model_name, weights),
+  checkpoints.load_weights(model, checkpoints.locate(weights, model_name),
                            model_name)
 
 
 def list_models():
   """The names `get_model` accepts."""
   return hparams.list_models()
-
-
-def _model_overrides(model_config: Union[None, str, Mapping[str, Any]]):
-  if model_config is None:
-    return {}
-  if isinstance(model_config, Mapping):
-    return dict(model_config)
-  if isinstance(model_config, str) and ('=' in model_config or
-                                        not model_config.strip()):
-    return hparams.parse_overrides(model_config)
-  raise UserError(f"model_config must be 'key=value,...' pairs or a dict, "
-                  f'received: {model_config!r}')
 
 
 def get_model(model_name: str,
@@ -81,20 +69,21 @@ def get_model(model_name: str,
   Returns:
     An `EfficientNet` taking images in [-1, 1] and returning logits.
   """
-  overrides = _model_overrides(model_config)
+  overrides = hparams.as_mapping(model_config)
   model_cfg = hparams.get_config(model_name, None, {'model': overrides}).model
-  path = checkpoints.weights_path(model_name, weights) if weights else None
-  if path and include_top and 'num_classes' not in overrides:
-    model_cfg.num_classes = (checkpoints.head_classes(path, model_name) or
-                             model_cfg.num_classes)
+  model_name = model_cfg.model_name  # the canonical spelling
+  checkpoint = checkpoints.locate(weights, model_name) if weights else None
+  if checkpoint and checkpoint.head_classes and include_top and \
+      'num_classes' not in overrides:
+    model_cfg.num_classes = checkpoint.head_classes
   if weights == 'jft':
     kwargs.setdefault('preprocessing_mode', 'imagenet')
 
   model = EfficientNet.from_model_config(
       model_cfg, include_top=include_top, with_endpoints=with_endpoints,
       **kwargs)
-  if path:
-    checkpoints.load_weights(model, path, model_name)
+  if checkpoint:
+    checkpoints.load_weights(model, checkpoint, model_name)
   model.trainable = training
   return model
 

@@ -30,6 +30,7 @@ from hparams.errors import UserError
 _REQUIRED = {'r': 'num_repeat', 'k': 'kernel_size', 's': 'strides',
              'e': 'expand_ratio', 'i': 'input_filters', 'o': 'output_filters'}
 _OPTIONAL = {'se': 'se_ratio', 'c': 'conv_type'}
+_KEYS = {**_REQUIRED, **_OPTIONAL}
 _TOKEN = re.compile(r'^([a-z]+)(\d.*)$')
 
 MBCONV, FUSED_MBCONV = 0, 1
@@ -67,8 +68,8 @@ def decode(block_string: str) -> BlockArgs:
   for token in block_string.split('_'):
     match = _TOKEN.match(token)
     key = match.group(1) if match else token
-    if not match or key not in {**_REQUIRED, **_OPTIONAL}:
-      allowed = ', '.join(sorted({**_REQUIRED, **_OPTIONAL}))
+    if not match or key not in _KEYS:
+      allowed = ', '.join(sorted(_KEYS))
       raise UserError(f'block string {block_string!r} has an unknown key in '
                       f'{token!r}; allowed keys: {allowed}')
     value = match.group(2)
@@ -82,7 +83,7 @@ def decode(block_string: str) -> BlockArgs:
                         f'(0, 1], received {value!r}')
       fields['se_ratio'] = ratio
     else:
-      fields[{**_REQUIRED, **_OPTIONAL}[key]] = _parse_int(
+      fields[_KEYS[key]] = _parse_int(
           block_string, token, value)
   missing = [k for k, name in _REQUIRED.items() if name not in fields]
   if missing:
@@ -113,14 +114,23 @@ def encode(args: BlockArgs) -> str:
 
 
 def round_filters(filters: int, width_coefficient: float,
-                  depth_divisor: int = 8, min_depth: Optional[int] = 8) -> int:
-  """Scales a channel count by width and rounds to a multiple of the divisor."""
+                  depth_divisor: int = 8, min_depth: Optional[int] = 8,
+                  rounding_floor: float = 0.0) -> int:
+  """Scales a channel count by width and rounds to a multiple of the divisor.
+
+  If rounding lost more than `1 - rounding_floor` of the scaled count, one
+  divisor is added back. EfficientNet V1 was trained with a floor of 0.9;
+  the V2 code has none (0.0). Of the presets only efficientnet-b3 differs.
+  """
   if not width_coefficient:
     return filters
   scaled = filters * width_coefficient
   min_depth = min_depth or depth_divisor
   rounded = int(scaled + depth_divisor / 2) // depth_divisor * depth_divisor
-  return int(max(min_depth, rounded))
+  rounded = max(min_depth, rounded)
+  if rounded < rounding_floor * scaled:
+    rounded += depth_divisor
+  return int(rounded)
 
 
 def round_repeats(repeats: int, depth_coefficient: float) -> int:
@@ -132,7 +142,8 @@ def round_repeats(repeats: int, depth_coefficient: float) -> int:
 
 def scale_stages(blocks_args: Sequence[str], width_coefficient: float,
                  depth_coefficient: float, depth_divisor: int = 8,
-                 min_depth: Optional[int] = 8) -> List[List[BlockArgs]]:
+                 min_depth: Optional[int] = 8,
+                 rounding_floor: float = 0.0) -> List[List[BlockArgs]]:
   """Decodes and scales every stage; returns the blocks of each stage.
 
   In each stage the first block takes the stage's stride and input filters;
@@ -147,9 +158,9 @@ def scale_stages(blocks_args: Sequence[str], width_coefficient: float,
     args = dataclasses.replace(
         args,
         input_filters=round_filters(args.input_filters, width_coefficient,
-                                    depth_divisor, min_depth),
+                                    depth_divisor, min_depth, rounding_floor),
         output_filters=round_filters(args.output_filters, width_coefficient,
-                                     depth_divisor, min_depth),
+                                     depth_divisor, min_depth, rounding_floor),
         num_repeat=round_repeats(args.num_repeat, depth_coefficient))
     rest = dataclasses.replace(args, strides=1,
                                input_filters=args.output_filters)

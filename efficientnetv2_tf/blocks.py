@@ -155,14 +155,14 @@ class SqueezeExcite(keras.layers.Layer):
             'reduced_filters': self.reduced_filters, 'act_fn': self.act_fn}
 
 
-@serializable
-class Stem(_Block):
-  """A strided 3x3 convolution, BatchNorm and activation."""
+class _ConvBNAct(_Block):
+  """A convolution, BatchNorm and activation; subclasses fix kernel, stride."""
+  kernel_size = strides = 1
 
   def __init__(self, filters: int, **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
-    self.conv = _conv(filters, 3, 2, 'conv')
+    self.conv = _conv(filters, self.kernel_size, self.strides, 'conv')
     self.bn = self._bn('bn')
 
   def sublayers(self):
@@ -173,6 +173,12 @@ class Stem(_Block):
 
   def get_config(self):
     return {**super().get_config(), 'filters': self.filters}
+
+
+@serializable
+class Stem(_ConvBNAct):
+  """A strided 3x3 convolution, BatchNorm and activation."""
+  kernel_size, strides = 3, 2
 
 
 @serializable
@@ -268,24 +274,11 @@ class MBConv(_Block):
 
 
 @serializable
-class Head(_Block):
+class Head(_ConvBNAct):
   """1x1 convolution to the feature size, BatchNorm, activation, pooling."""
-
-  def __init__(self, filters: int, **kwargs):
-    super().__init__(**kwargs)
-    self.filters = filters
-    self.conv = _conv(filters, 1, 1, 'conv')
-    self.bn = self._bn('bn')
-
-  def sublayers(self):
-    return [self.conv, self.bn]
 
   def compute_output_shape(self, input_shape):
     return (input_shape[0], self.filters)
 
   def call(self, inputs, training=False):
-    x = self.act(self.bn(self.conv(inputs), training=training))
-    return ops.mean(x, axis=(1, 2))
-
-  def get_config(self):
-    return {**super().get_config(), 'filters': self.filters}
+    return ops.mean(super().call(inputs, training=training), axis=(1, 2))

@@ -19,6 +19,8 @@ import tensorflow as tf
 
 from efficientnetv2_tf.blocks import MBConv
 from hparams.errors import UserError
+from hparams.registry import close_matches
+from hparams.registry import unknown_name_message
 
 _BUCKET = 'https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/'
 _V2_URL = _BUCKET + 'v2/'
@@ -66,20 +68,30 @@ def pretrained_url(model_name: str, weights: str) -> str:
 
 
 def _find_checkpoint(path: str) -> str:
-  """The checkpoint prefix at `path`: a prefix, or a directory holding one."""
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
+  """The checkpoint prefix at `path`: a prefix, or a directory holding one.
+
+  In a directory (searched recursively, as archives unpack into a folder) a
+  `checkpoint` state file names the latest; otherwise there must be exactly
+  one checkpoint.
+  """
+  if not tf.io.gfile.isdir(path):
+    if tf.io.gfile.exists(path + '.index'):
+      return path
+    raise UserError(f'weights path {path!r} does not exist; pass one of '
+                    f'{", ".join(WEIGHT_NAMES)}, a checkpoint prefix, a '
+                    'directory holding one, or a .weights.h5 file')
+  prefixes = []
+  for root, _, files in tf.io.gfile.walk(path):
+    latest = tf.train.latest_checkpoint(root) if 'checkpoint' in files else None
     if latest:
       return latest
-    indexes = sorted(tf.io.gfile.glob(os.path.join(path, '**', '*.index')) +
-                     tf.io.gfile.glob(os.path.join(path, '*.index')))
-    if not indexes:
-      raise UserError(f'no checkpoint found in directory {path!r}')
-    return indexes[0][:-len('.index')]
-  if tf.io.gfile.exists(path + '.index'):
-    return path
-  raise UserError(f'weights path {path!r} does not exist; pass a checkpoint '
-                  'prefix, a directory holding one, or a .weights.h5 file')
+    prefixes += [os.path.join(root, f[:-len('.index')]) for f in files
+                 if f.endswith('.index')]
+  if len(prefixes) != 1:
+    found = f'{len(prefixes)} checkpoints ({", ".join(sorted(prefixes))})' \
+        if prefixes else 'no checkpoint'
+    raise UserError(f'directory {path!r} holds {found}; pass one prefix')
+  return prefixes[0]
 
 
 def download(model_name: str, weights: str) -> str:
@@ -95,10 +107,11 @@ def download(model_name: str, weights: str) -> str:
         archive, url, extract=True,
         cache_dir=os.environ.get(CACHE_ENV), cache_subdir='efficientnetv2_tf')
   except Exception as e:  # pylint: disable=broad-except
+    cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise UserError(
         f'could not download {weights!r} weights for {model_name} from {url} '
-        f'({type(e).__name__}). Offline? Fetch and unpack that archive '
-        "elsewhere, then pass its directory: weights='/path/to/dir'") from None
+        f'({cause}). Offline? Fetch and unpack that archive elsewhere, then '
+        "pass its directory: weights='/path/to/dir'") from None
   return _find_checkpoint(unpacked)
 
 
@@ -165,12 +178,13 @@ class LoadReport:
 
 
 def _checkpoint_model_name(path: str, names: List[str]) -> str:
-  stems = [n[:-len('/stem/conv2d/kernel')] for n in names
-           if n.endswith('/stem/conv2d/kernel')]
+  suffix = '/stem/conv2d/kernel'
+  stems = {n[:n.index(suffix)] for n in names
+           if n.endswith((suffix, suffix + EMA_SUFFIX))}
   if len(stems) != 1:
     raise UserError(f'{path!r} is not an EfficientNet TF1 checkpoint: no '
                     "'<model_name>/stem/conv2d/kernel' variable in it")
-  return stems[0]
+  return stems.pop()
 
 
 def _listing(title: str, items: List[str], limit: int = 5) -> str:
@@ -201,8 +215,9 @@ def load_official(model: keras.Model, path: str, model_name: str,
   sources = {}  # our variable name -> the checkpoint tensor to load
   for name in expected:
     ema = name + EMA_SUFFIX
-    sources[name] = ema if prefer_ema and ema in shapes else name
-  missing = [n for n in expected if n not in shapes]
+    use_ema = ema in shapes and (prefer_ema or name not in shapes)
+    sources[name] = ema if use_ema else name
+  missing = [n for n, src in sources.items() if src not in shapes]
   wrong_shape = [
       f'{src} {tuple(shapes[src])} vs {tuple(expected[n].shape)}'
       for n, src in sources.items()
@@ -225,53 +240,63 @@ def load_official(model: keras.Model, path: str, model_name: str,
   return LoadReport(path, len(expected), from_ema, skip_head)
 
 
-def weights_path(model_name: str, weights: str) -> str:
-  """The checkpoint path of `weights`: named weights are downloaded first."""
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """A located checkpoint: its path, its kind and its classifier's size.
+
+  `kind` is 'official' (TF1 name-based), 'tf2' (`tf.train.Checkpoint`, as
+  `save` writes) or 'keras' (a `.weights.h5` or `.keras` file).
+  """
+  path: str
+  kind: str
+  head_classes: Optional[int] = None
+
+
+def locate(weights: str, model_name: str) -> Checkpoint:
+  """Finds (downloading named weights first) and inspects a checkpoint."""
   if weights in WEIGHT_NAMES:
-    return download(model_name, weights)
-  return weights
+    weights = download(model_name, weights)
+  if weights.endswith(('.weights.h5', '.keras')):
+    if not tf.io.gfile.exists(weights):
+      raise UserError(f'weights file {weights!r} does not exist')
+    return Checkpoint(weights, 'keras')
+  if not tf.io.gfile.exists(weights) and os.sep not in weights and \
+      close_matches(weights, WEIGHT_NAMES):
+    raise UserError(unknown_name_message('weights', weights, WEIGHT_NAMES) +
+                    ', or a checkpoint path')
+  path = _find_checkpoint(weights)
+  reader = tf.train.load_checkpoint(path)
+  if reader.has_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'):
+    return Checkpoint(path, 'tf2')
+  bias = reader.get_variable_to_shape_map().get(
+      f'{model_name}/head/dense/bias')
+  return Checkpoint(path, 'official', int(bias[0]) if bias else None)
 
 
-def head_classes(path: str, model_name: str) -> Optional[int]:
-  """The classes of an official checkpoint's head; None for other kinds."""
-  if checkpoint_kind(path) != 'official':
-    return None
-  shapes = tf.train.load_checkpoint(_find_checkpoint(path)) \
-      .get_variable_to_shape_map()
-  bias = shapes.get(f'{model_name}/head/dense/bias')
-  return int(bias[0]) if bias else None
-
-
-def checkpoint_kind(path: str) -> str:
-  """'keras' (.weights.h5), 'tf2' (our tf.train.Checkpoint) or 'official'."""
-  if path.endswith(('.weights.h5', '.keras')):
-    if not tf.io.gfile.exists(path):
-      raise UserError(f'weights file {path!r} does not exist')
-    return 'keras'
-  reader = tf.train.load_checkpoint(_find_checkpoint(path))
-  return 'tf2' if reader.has_tensor('_CHECKPOINTABLE_OBJECT_GRAPH') else \
-      'official'
-
-
-def load_weights(model: keras.Model, path: str, model_name: str) -> None:
-  """Loads any kind of checkpoint into `model`.
+def load_weights(model: keras.Model, checkpoint: Checkpoint,
+                 model_name: str) -> None:
+  """Loads a located checkpoint into `model`.
 
   For an official checkpoint whose classifier has another number of classes
   than the model, the classifier is skipped and keeps its initial values.
   """
-  kind = checkpoint_kind(path)
-  if kind == 'keras':
-    model.load_weights(path)
-  elif kind == 'tf2':
-    restore(model, path)
+  if checkpoint.kind == 'keras':
+    try:
+      model.load_weights(checkpoint.path)
+    except ValueError as e:
+      raise UserError(f'weights file {checkpoint.path!r} does not fit '
+                      f'{model.name}: {str(e).strip().splitlines()[0]}'
+                      ) from None
+  elif checkpoint.kind == 'tf2':
+    restore(model, checkpoint.path)
   else:
-    classes = head_classes(path, model_name)
+    classes = checkpoint.head_classes
     skip_head = bool(model.include_top and classes and
                      classes != model.num_classes)
     if skip_head:
       logging.warning('Checkpoint head has %d classes, the model %d: the '
                       'classifier is not loaded.', classes, model.num_classes)
-    load_official(model, path, model_name, skip_head=skip_head)
+    load_official(model, checkpoint.path, model_name, skip_head=skip_head)
 
 
 def save(model: keras.Model, path: str) -> str:

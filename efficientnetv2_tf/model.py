@@ -47,6 +47,7 @@ class EfficientNet(keras.Model):
                feature_size: int = 1280,
                depth_divisor: int = 8,
                min_depth: Optional[int] = 8,
+               rounding_floor: float = 0.0,
                act_fn: str = 'silu',
                bn_momentum: float = 0.9,
                bn_epsilon: float = 1e-3,
@@ -57,18 +58,14 @@ class EfficientNet(keras.Model):
                input_shape: Tuple[Optional[int], ...] = (None, None, 3),
                name: str = 'efficientnet',
                **kwargs):
-    if include_top and (not isinstance(num_classes, int) or num_classes <= 0):
-      raise UserError(f'num_classes must be a positive int, received '
-                      f'num_classes={num_classes!r}')
-    if not 0 <= dropout_rate < 1:
-      raise UserError(f'dropout_rate must be in [0, 1), received '
-                      f'dropout_rate={dropout_rate}')
-    if survival_prob is not None and not 0 <= survival_prob <= 1:
-      raise UserError(f'survival_prob must be in [0, 1], received '
-                      f'survival_prob={survival_prob}')
+    arguments = {k: v for k, v in locals().items()
+                 if k not in ('self', 'kwargs', '__class__')}
+    arguments.update(blocks_args=list(blocks_args),
+                     input_shape=tuple(input_shape))
+    _check_arguments(arguments)
     stages = blockargs.scale_stages(blocks_args, width_coefficient,
                                     depth_coefficient, depth_divisor,
-                                    min_depth)
+                                    min_depth, rounding_floor)
     common = dict(act_fn=act_fn, bn_momentum=bn_momentum,
                   bn_epsilon=bn_epsilon)
 
@@ -94,7 +91,8 @@ class EfficientNet(keras.Model):
         reductions.append(x)
 
     head_filters = blockargs.round_filters(feature_size, width_coefficient,
-                                           depth_divisor, min_depth)
+                                           depth_divisor, min_depth,
+                                           rounding_floor)
     outputs = blocks.Head(head_filters, name='head', **common)(x)
     if include_top:
       outputs = keras.layers.Dropout(dropout_rate, name='top_dropout')(outputs)
@@ -107,51 +105,13 @@ class EfficientNet(keras.Model):
       outputs = [outputs] + reductions[:NUM_REDUCTIONS]
     super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
 
-    self.blocks_args = list(blocks_args)
-    self.width_coefficient = width_coefficient
-    self.depth_coefficient = depth_coefficient
-    self.num_classes = num_classes
+    self.arguments = arguments
     self.include_top = include_top
-    self.with_endpoints = with_endpoints
-    self.dropout_rate = dropout_rate
-    self.survival_prob = survival_prob
-    self.feature_size = feature_size
+    self.num_classes = num_classes
     self.num_features = head_filters
-    self.depth_divisor = depth_divisor
-    self.min_depth = min_depth
-    self.act_fn = act_fn
-    self.bn_momentum = bn_momentum
-    self.bn_epsilon = bn_epsilon
-    self.conv_dropout = conv_dropout
-    self.headbias = headbias
-    self.include_preprocessing = include_preprocessing
-    self.preprocessing_mode = preprocessing_mode
-    self.image_input_shape = tuple(input_shape)
 
   def get_config(self):
-    return {
-        'name': self.name,
-        'blocks_args': self.blocks_args,
-        'width_coefficient': self.width_coefficient,
-        'depth_coefficient': self.depth_coefficient,
-        'num_classes': self.num_classes,
-        'include_top': self.include_top,
-        'with_endpoints': self.with_endpoints,
-        'dropout_rate': self.dropout_rate,
-        'survival_prob': self.survival_prob,
-        'feature_size': self.feature_size,
-        'depth_divisor': self.depth_divisor,
-        'min_depth': self.min_depth,
-        'act_fn': self.act_fn,
-        'bn_momentum': self.bn_momentum,
-        'bn_epsilon': self.bn_epsilon,
-        'conv_dropout': self.conv_dropout,
-        'headbias': self.headbias,
-        'include_preprocessing': self.include_preprocessing,
-        'preprocessing_mode': self.preprocessing_mode,
-        'input_shape': self.image_input_shape,
-        'trainable': self.trainable,
-    }
+    return {**self.arguments, 'trainable': self.trainable}
 
   @classmethod
   def from_config(cls, config):
@@ -161,19 +121,48 @@ class EfficientNet(keras.Model):
   def from_model_config(cls, model_cfg: ml_collections.ConfigDict,
                         **kwargs) -> 'EfficientNet':
     """Builds the model that the `model` section of a run config describes."""
-    return cls(
-        blocks_args=list(model_cfg.blocks_args),
-        width_coefficient=model_cfg.width_coefficient,
-        depth_coefficient=model_cfg.depth_coefficient,
-        num_classes=model_cfg.num_classes,
-        dropout_rate=model_cfg.dropout_rate,
-        survival_prob=model_cfg.survival_prob,
-        feature_size=model_cfg.feature_size,
-        depth_divisor=model_cfg.depth_divisor,
-        min_depth=model_cfg.min_depth,
-        act_fn=model_cfg.act_fn,
-        bn_momentum=model_cfg.bn_momentum,
-        bn_epsilon=model_cfg.bn_epsilon,
-        conv_dropout=model_cfg.conv_dropout,
-        headbias=model_cfg.headbias,
-        **{'name': model_cfg.model_name, **kwargs})
+    arguments = {key: model_cfg[key] for key in MODEL_CONFIG_KEYS}
+    arguments['name'] = model_cfg.model_name
+    return cls(**{**arguments, **kwargs})
+
+
+# The keys of the config's `model` section that are EfficientNet arguments.
+MODEL_CONFIG_KEYS = (
+    'blocks_args', 'width_coefficient', 'depth_coefficient', 'num_classes',
+    'dropout_rate', 'survival_prob', 'feature_size', 'depth_divisor',
+    'min_depth', 'rounding_floor', 'act_fn', 'bn_momentum', 'bn_epsilon',
+    'conv_dropout', 'headbias')
+
+# name: (test, what is allowed), for the numeric arguments.
+_ALLOWED = {
+    'width_coefficient': (lambda v: v > 0, '> 0'),
+    'depth_coefficient': (lambda v: v > 0, '> 0'),
+    'dropout_rate': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'survival_prob': (lambda v: v is None or 0 <= v <= 1,
+                      'in [0, 1], 0 or None to disable'),
+    'feature_size': (lambda v: v > 0, '> 0'),
+    'depth_divisor': (lambda v: v > 0, '> 0'),
+    'min_depth': (lambda v: v is None or v > 0, '> 0 or None'),
+    'rounding_floor': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'bn_momentum': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'bn_epsilon': (lambda v: v > 0, '> 0'),
+    'conv_dropout': (lambda v: v is None or 0 <= v < 1, 'in [0, 1)'),
+}
+
+
+def _check_arguments(arguments) -> None:
+  """Raises UserError naming the first argument outside its allowed range."""
+  if arguments['include_top'] and (
+      not isinstance(arguments['num_classes'], int) or
+      isinstance(arguments['num_classes'], bool) or
+      arguments['num_classes'] <= 0):
+    raise UserError(f'num_classes must be a positive int, received '
+                    f'num_classes={arguments["num_classes"]!r}')
+  for name, (test, allowed) in _ALLOWED.items():
+    value = arguments[name]
+    try:
+      ok = test(value)
+    except TypeError:
+      ok = False
+    if not ok:
+      raise UserError(f'{name} must be {allowed}, received {name}={value!r}')

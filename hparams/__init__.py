@@ -9,6 +9,7 @@ from typing import Optional
 
 import ml_collections
 
+from hparams.config import as_mapping
 from hparams.config import base_config
 from hparams.config import load_yaml
 from hparams.config import override

@@ -27,7 +27,7 @@ clipping norm, 0 for none).
 """
 import ast
 import copy
-import difflib
+import functools
 import os
 import re
 from typing import Any, Dict, Mapping, Optional, Union
@@ -37,7 +37,7 @@ from ml_collections import config_dict
 import yaml
 
 from hparams.errors import UserError
-from hparams.registry import closest
+from hparams.registry import close_matches
 
 Overrides = Union[None, str, Mapping[str, Any]]
 
@@ -56,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
           'feature_size': 1280,  # head channels before width scaling
           'depth_divisor': 8,
           'min_depth': 8,
+          # Channel rounding may not lose more than 1 - this; V1 used 0.9.
+          'rounding_floor': 0.0,
           'act_fn': 'silu',
           'bn_momentum': 0.9,
           'bn_epsilon': 1e-3,
@@ -170,7 +172,8 @@ def save_yaml(cfg: ml_collections.ConfigDict, path: str) -> None:
     f.write(to_yaml(cfg))
 
 
-def _as_mapping(overrides: Overrides) -> Mapping[str, Any]:
+def as_mapping(overrides: Overrides) -> Mapping[str, Any]:
+  """Overrides in any accepted form as a (possibly dotted-key) mapping."""
   if overrides is None:
     return {}
   if isinstance(overrides, Mapping):
@@ -184,7 +187,7 @@ def _as_mapping(overrides: Overrides) -> Mapping[str, Any]:
     if '=' in text:
       return parse_overrides(text)
   raise UserError(
-      f'overrides must be a dict, a YAML file path or "key=value,..." pairs; '
+      "overrides must be a dict, a YAML file path or 'key=value,...' pairs; "
       f'received: {overrides!r}')
 
 
@@ -200,11 +203,11 @@ def _leaf_paths(cfg: ml_collections.ConfigDict, prefix: str = ''):
 def _unknown_key(path: str, root: ml_collections.ConfigDict) -> UserError:
   """Names the unknown key and up to three valid keys that look like it."""
   valid = list(_leaf_paths(root))
-  hints = difflib.get_close_matches(path, valid, n=3, cutoff=0.6)
+  hints = close_matches(path, valid, n=3)
   if not hints:  # a misspelt key in the wrong section: match the last part
     by_leaf = {p.rsplit('.', 1)[-1]: p for p in valid}
-    leaf = closest(path.rsplit('.', 1)[-1], by_leaf)
-    hints = [by_leaf[leaf]] if leaf else []
+    hints = [by_leaf[leaf] for leaf in
+             close_matches(path.rsplit('.', 1)[-1], by_leaf)]
   hint = f"; closest valid: {', '.join(hints)}" if hints else ''
   return UserError(f'unknown config key {path!r}{hint}')
 
@@ -213,9 +216,18 @@ _TYPE_NAMES = {bool: 'a bool (true/false)', int: 'an int', float: 'a number',
                str: 'a string', list: 'a list (a|b|c)'}
 
 
+@functools.lru_cache(maxsize=1)
+def _optional_paths() -> frozenset:
+  """The keys whose default is None: the only ones that may be set to None."""
+  cfg = base_config()
+  return frozenset(p for p in _leaf_paths(cfg)
+                   if functools.reduce(getattr, p.split('.'), cfg) is None)
+
+
 def _coerce(path: str, field_type: type, value: Any) -> Any:
   """Checks `value` against the field's type; returns the value to store."""
-  if value is None or field_type is type(None):
+  if field_type is type(None) or (value is None and
+                                  path in _optional_paths()):
     return value
   ok = True
   if field_type is bool:
@@ -232,7 +244,7 @@ def _coerce(path: str, field_type: type, value: Any) -> Any:
       value = [value]
     ok = isinstance(value, (list, tuple))
     value = list(value) if ok else value
-  if not ok:
+  if not ok or value is None:
     expected = _TYPE_NAMES.get(field_type, field_type.__name__)
     raise UserError(f'{path}={value!r} has the wrong type: expected '
                     f'{expected}, got {type(value).__name__}')
@@ -263,7 +275,7 @@ def _apply(root: ml_collections.ConfigDict, section: ml_collections.ConfigDict,
 
 def override(cfg: ml_collections.ConfigDict, overrides: Overrides) -> None:
   """Applies overrides in place; see the module docstring for the forms."""
-  _apply(cfg, cfg, '', _as_mapping(overrides))
+  _apply(cfg, cfg, '', as_mapping(overrides))
 
 
 def resolve(model_preset: Optional[Mapping[str, Any]] = None,

@@ -106,6 +106,7 @@ for _name, (_width, _depth, _size, _dropout) in V1_VARIANTS.items():
           'width_coefficient': _width,
           'depth_coefficient': _depth,
           'dropout_rate': _dropout,
+          'rounding_floor': 0.9,
       },
       'train': {'isize': 0.8},  # 80% of the eval size
       'eval': {'isize': _size},

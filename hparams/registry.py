@@ -14,24 +14,23 @@ Registering a name twice is an error; looking up an unknown name raises a
     hparams.errors.UserError: unknown optimizer 'sdg'; did you mean 'sgd'? ...
 """
 import difflib
-from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterable, List, TypeVar
 
 from hparams.errors import UserError
 
 T = TypeVar('T')
 
 
-def closest(name: str, candidates: Iterable[str]) -> Optional[str]:
-  """The candidate most similar to `name`, or None if none is close."""
-  matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
-  return matches[0] if matches else None
+def close_matches(name: str, candidates: Iterable[str], n: int = 1) -> List[str]:
+  """Up to `n` candidates most similar to `name`, best first."""
+  return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
 
 
 def unknown_name_message(kind: str, name: Any, known: Iterable[str]) -> str:
   """One line: the unknown value, the closest known one, and all known ones."""
   known = sorted(known)
-  hint = closest(str(name), known)
-  did_you_mean = f"; did you mean '{hint}'?" if hint else ''
+  hint = close_matches(str(name), known)
+  did_you_mean = f"; did you mean '{hint[0]}'?" if hint else ''
   return f"unknown {kind} {name!r}{did_you_mean} Known: {', '.join(known)}"
 
 

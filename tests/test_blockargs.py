@@ -49,6 +49,15 @@ def test_round_filters_matches_the_original(filters, width, expected):
   assert blockargs.round_filters(filters, width) == expected
 
 
+@pytest.mark.parametrize('filters, width, floor, expected', [
+    (16, 1.2, 0.0, 16), (16, 1.2, 0.9, 24), (40, 1.2, 0.9, 48),
+    (16, 0.1, 0.9, 8)])
+def test_v1_rounding_floor_adds_a_divisor_when_rounding_loses_over_10pc(
+    filters, width, floor, expected):
+  assert blockargs.round_filters(filters, width, rounding_floor=floor) == (
+      expected)
+
+
 @pytest.mark.parametrize('repeats, depth, expected', [
     (1, 1.0, 1), (2, 1.1, 3), (3, 3.1, 10), (15, 0.5, 8), (8, 0.2, 2)])
 def test_round_repeats_rounds_up(repeats, depth, expected):

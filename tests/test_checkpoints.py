@@ -20,15 +20,18 @@ def v2_b0(tmp_path_factory):
       models.V2_BASE_BLOCKS)
 
 
-@pytest.mark.parametrize('model_name, blocks_args', [
-    ('efficientnetv2-b0', models.V2_BASE_BLOCKS),
-    ('efficientnet-b0', models.V1_BLOCKS),
-    ('efficientnetv2-s', models.V2_S_BLOCKS[:4]),
+@pytest.mark.parametrize('model_name, blocks_args, scaling', [
+    ('efficientnetv2-b0', models.V2_BASE_BLOCKS, {}),
+    ('efficientnet-b0', models.V1_BLOCKS, {}),
+    ('efficientnetv2-s', models.V2_S_BLOCKS[:4], {}),
+    pytest.param('efficientnet-b3', models.V1_BLOCKS,
+                 {'width': 1.2, 'depth': 1.4, 'floor': 0.9},
+                 marks=pytest.mark.slow),
 ])
 def test_official_checkpoint_reproduces_reference_logits(
-    tmp_path, model_name, blocks_args):
+    tmp_path, model_name, blocks_args, scaling):
   path, expected, _ = tf1_reference.official_checkpoint(
-      IMAGE, tmp_path, model_name, blocks_args)
+      IMAGE, tmp_path, model_name, blocks_args, **scaling)
   model = efficientnetv2_tf.get_model(
       model_name, {'blocks_args': blocks_args}, weights=str(path))
   logits = model(IMAGE, training=False).numpy()
@@ -61,14 +64,11 @@ def test_raw_values_load_when_ema_is_not_wanted(v2_b0):
 
 def test_other_num_classes_skips_the_head_and_loads_the_rest(v2_b0):
   path, _, values = v2_b0
-  fresh = efficientnetv2_tf.get_model('efficientnetv2-b0', 'num_classes=10')
   model = efficientnetv2_tf.get_model('efficientnetv2-b0', 'num_classes=10',
                                       weights=str(path))
   dense = model.get_layer('predictions')
   assert tuple(dense.kernel.shape) == (1280, 10)
-  assert np.abs(dense.kernel.numpy()).max() <= 1 / np.sqrt(10)  # initialiser
-  assert not np.array_equal(dense.kernel.numpy(),
-                            fresh.get_layer('predictions').kernel.numpy())
+  assert not dense.bias.numpy().any()  # as initialised; the checkpoint's != 0
   np.testing.assert_array_equal(
       model.get_layer('blocks_15').project_bn.moving_variance.numpy(),
       values['efficientnetv2-b0/blocks_15/tpu_batch_normalization_2/'
@@ -76,10 +76,13 @@ def test_other_num_classes_skips_the_head_and_loads_the_rest(v2_b0):
 
 
 def test_without_top_the_head_is_not_needed(v2_b0):
-  path, _, _ = v2_b0
+  path, _, values = v2_b0
   model = efficientnetv2_tf.get_model('efficientnetv2-b0', include_top=False,
                                       weights=str(path))
   assert tuple(model(IMAGE).shape) == (2, 1280)
+  np.testing.assert_array_equal(
+      model.get_layer('head').bn.gamma.numpy(),
+      values['efficientnetv2-b0/head/tpu_batch_normalization/gamma'])
 
 
 def test_default_num_classes_follows_the_checkpoint_head(tmp_path):
@@ -193,5 +196,44 @@ def test_keras_weights_file_loads(tmp_path):
   model.save_weights(tmp_path / 'w.weights.h5')
   loaded = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
                                        weights=str(tmp_path / 'w.weights.h5'))
-  np.testing.assert_array_equal(loaded.get_weights()[0],
-                                model.get_weights()[0])
+  for a, b in zip(loaded.get_weights(), model.get_weights()):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_keras_weights_file_of_another_shape_is_refused(tmp_path):
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  model.save_weights(tmp_path / 'w.weights.h5')
+  with pytest.raises(UserError, match='w.weights.h5.* does not fit'):
+    efficientnetv2_tf.get_model('efficientnetv2-b0', 'num_classes=3',
+                                weights=str(tmp_path / 'w.weights.h5'))
+
+
+def test_mistyped_weights_name_suggests_the_named_weights():
+  with pytest.raises(UserError, match="unknown weights 'imagenet21'; did you "
+                     "mean 'imagenet21k'?.*or a checkpoint path"):
+    efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                weights='imagenet21')
+
+
+def test_directory_with_several_checkpoints_and_no_state_is_refused(
+    tmp_path):
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  checkpoints.save(model, str(tmp_path / 'a'))
+  checkpoints.save(model, str(tmp_path / 'b'))
+  with pytest.raises(UserError, match='holds 2 checkpoints .*; pass one'):
+    efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                weights=str(tmp_path))
+
+
+def test_checkpoint_with_only_ema_values_loads(tmp_path):
+  name = 'efficientnetv2-b0'
+  blocks_args = models.V2_BASE_BLOCKS[:2]
+  weights = tf1_reference.RandomWeights()
+  expected = tf1_reference.forward(IMAGE, weights, name, blocks_args, 1000)
+  tf1_reference.write_checkpoint(
+      str(tmp_path / 'model'),
+      {n + checkpoints.EMA_SUFFIX: v for n, v in weights.values.items()})
+  model = efficientnetv2_tf.get_model(name, {'blocks_args': blocks_args},
+                                      weights=str(tmp_path / 'model'))
+  np.testing.assert_allclose(model(IMAGE, training=False), expected,
+                             atol=1e-4)

@@ -4,9 +4,11 @@ import hparams
 from hparams.errors import UserError
 
 
-def test_layers_apply_in_order_base_model_dataset_user():
-  hparams.register_dataset_preset('test_layers_ds', {
+def test_layers_apply_in_order_base_model_dataset_user(monkeypatch):
+  presets = hparams.Registry('dataset config')
+  presets.add('test_layers_ds', {
       'model': {'num_classes': 7, 'dropout_rate': 0.5}})
+  monkeypatch.setattr(hparams.datasets, 'DATASET_PRESETS', presets)
   cfg = hparams.get_config('efficientnetv2-s', 'TEST_LAYERS_DS',
                            'model.dropout_rate=0.1')
   assert cfg.model.blocks_args[0] == 'r2_k3_s1_e1_i24_o24_c1'  # model preset
@@ -58,10 +60,20 @@ def test_unknown_section_is_rejected():
     ('model.num_classes=true', 'expected an int, got bool'),
     ('train.sched=1', 'expected a bool'),
     ('model.act_fn=3', 'expected a string, got int'),
+    ('model.blocks_args=None', 'expected a list'),
+    ('eval.isize=None', 'expected an int, got NoneType'),
 ])
 def test_wrong_type_is_rejected(override, expected):
   with pytest.raises(UserError, match=expected):
     hparams.get_config('efficientnetv2-b0', None, override)
+
+
+def test_none_is_accepted_where_the_default_is_none():
+  cfg = hparams.get_config('efficientnetv2-b0', None,
+                           'train.ft_init_ckpt=/ckpt,model.headbias=-2')
+  assert cfg.model.headbias == -2.0
+  hparams.override(cfg, 'train.ft_init_ckpt=None')
+  assert cfg.train.ft_init_ckpt is None
 
 
 def test_setting_a_section_to_a_value_is_rejected():

@@ -8,14 +8,16 @@ from efficientnetv2_tf import EfficientNet
 from hparams.errors import UserError
 from tests.conftest import TINY
 
-# All variables at 1000 classes, as the original implementation counts them.
+# All variables at 1000 classes, as the original implementation counts them,
+# except efficientnet-b3: the V1 checkpoints were trained with V1's channel
+# rounding, which the V2 code (12,314,268) dropped.
 PARAMS = {
     'efficientnetv2-b0': 7_200_312, 'efficientnetv2-b1': 8_212_124,
     'efficientnetv2-b2': 10_178_374, 'efficientnetv2-b3': 14_467_622,
     'efficientnetv2-s': 21_612_360, 'efficientnetv2-m': 54_431_388,
     'efficientnetv2-l': 119_027_848, 'efficientnetv2-xl': 208_896_832,
     'efficientnet-b0': 5_330_564, 'efficientnet-b1': 7_856_232,
-    'efficientnet-b2': 9_177_562, 'efficientnet-b3': 12_314_268,
+    'efficientnet-b2': 9_177_562, 'efficientnet-b3': 12_320_528,
     'efficientnet-b4': 19_466_816, 'efficientnet-b5': 30_562_520,
     'efficientnet-b6': 43_265_136, 'efficientnet-b7': 66_658_680,
 }
@@ -72,7 +74,7 @@ def test_layer_names_are_predictable():
 
 
 @pytest.mark.parametrize('dropout, survival, random', [
-    (0.5, 0.5, True), (0.0, None, False)])
+    (0.5, 1.0, True), (0.0, 0.5, True), (0.0, 1.0, False)])
 def test_dropout_and_stochastic_depth_act_only_in_training(
     dropout, survival, random):
   model = efficientnetv2_tf.get_model(
@@ -191,6 +193,11 @@ def test_non_positive_num_classes_is_rejected(num_classes):
                                 {'num_classes': num_classes})
 
 
+def test_model_name_is_matched_case_insensitively():
+  model = efficientnetv2_tf.get_model('EfficientNetV2-B0', TINY)
+  assert model.name == 'efficientnetv2-b0'
+
+
 def test_unknown_model_name_lists_known_names():
   with pytest.raises(UserError, match="unknown model name 'efficientnetv3-s'.*"
                      'Known: efficientnet-b0'):
@@ -198,10 +205,13 @@ def test_unknown_model_name_lists_known_names():
 
 
 @pytest.mark.parametrize('model_config, expected', [
-    ('num_classes10', "model_config must be 'key=value,...'"),
+    ('num_classes10', "must be a dict, a YAML file path or 'key=value,...'"),
     ('num_clases=10', "unknown config key 'model.num_clases'"),
     ('dropout_rate=high', 'model.dropout_rate=.high. has the wrong type'),
-    (42, "model_config must be 'key=value,...'"),
+    (42, "must be a dict, a YAML file path or 'key=value,...'"),
+    ('depth_divisor=0', 'depth_divisor must be > 0, received depth_divisor=0'),
+    ('conv_dropout=1.5', r'conv_dropout must be in \[0, 1\)'),
+    ('dropout_rate=None', 'model.dropout_rate=None has the wrong type'),
 ])
 def test_malformed_model_config_is_rejected(model_config, expected):
   with pytest.raises(UserError, match=expected):

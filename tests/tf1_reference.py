@@ -8,10 +8,12 @@ logits that checkpoint must produce: the fixture for the parity test.
 import os
 import tarfile
 
+import math
+import re
+import types
+
 import numpy as np
 import tensorflow as tf
-
-from efficientnetv2_tf import blockargs
 
 BN_EPSILON = 1e-3
 
@@ -39,6 +41,32 @@ def _se(x, get, prefix, reduced):
   s = _silu(_conv(s, get, prefix + '/conv2d', reduced, 1, bias=True))
   s = _conv(s, get, prefix + '/conv2d_1', x.shape[-1], 1, bias=True)
   return x * tf.sigmoid(s)
+
+
+def _round(filters, width, floor):
+  """Channel rounding of the original code (floor 0.9 in the V1 code)."""
+  scaled = filters * width
+  rounded = max(8, int(scaled + 4) // 8 * 8)
+  return rounded + 8 if rounded < floor * scaled else rounded
+
+
+def _blocks(blocks_args, width, depth, floor):
+  """Every block's arguments, from the block strings, as the original does."""
+  flat = []
+  for text in blocks_args:
+    opts = dict(re.match(r'([a-z]+)(.*)', t).groups() for t in text.split('_'))
+    args = types.SimpleNamespace(
+        kernel_size=int(opts['k']), strides=int(opts['s']),
+        expand_ratio=int(opts['e']), conv_type=int(opts.get('c', 0)),
+        se_ratio=float(opts['se']) if 'se' in opts else None,
+        input_filters=_round(int(opts['i']), width, floor),
+        output_filters=_round(int(opts['o']), width, floor))
+    args.has_se = args.se_ratio is not None
+    for rep in range(int(math.ceil(depth * int(opts['r'])))):
+      flat.append(types.SimpleNamespace(**vars(args)))
+      if rep == 0:
+        args.strides, args.input_filters = 1, args.output_filters
+  return flat
 
 
 def _block(x, get, p, args):
@@ -73,18 +101,16 @@ def _block(x, get, p, args):
 
 
 def forward(images, get, model_name, blocks_args, num_classes,
-            width=1.0, depth=1.0, feature_size=1280):
+            width=1.0, depth=1.0, floor=0.0, feature_size=1280):
   """Logits of the original model in inference mode."""
-  stages = blockargs.scale_stages(blocks_args, width, depth)
+  flat = _blocks(blocks_args, width, depth, floor)
   x = _conv(images, get, f'{model_name}/stem/conv2d',
-            stages[0][0].input_filters, 3, 2)
+            flat[0].input_filters, 3, 2)
   x = _silu(_bn(x, get, f'{model_name}/stem/tpu_batch_normalization'))
-  flat = [args for stage in stages for args in stage]
   for idx, args in enumerate(flat):
     x = _block(x, get, f'{model_name}/blocks_{idx}', args)
   head = f'{model_name}/head'
-  x = _conv(x, get, head + '/conv2d',
-            blockargs.round_filters(feature_size, width), 1)
+  x = _conv(x, get, head + '/conv2d', _round(feature_size, width, floor), 1)
   x = tf.reduce_mean(_silu(_bn(x, get, head + '/tpu_batch_normalization')),
                      [1, 2])
   w = get(head + '/dense/kernel', (x.shape[-1], num_classes))
@@ -122,8 +148,8 @@ def write_checkpoint(prefix, tensors):
 
 
 def official_checkpoint(images, directory, model_name, blocks_args,
-                        num_classes=1000, width=1.0, depth=1.0, extra=None,
-                        drop=(), state=True):
+                        num_classes=1000, width=1.0, depth=1.0, floor=0.0,
+                        extra=None, drop=(), state=True):
   """Writes an official-style checkpoint; returns (dir, EMA logits, values).
 
   Every variable gets an EMA shadow holding the values the reference logits
@@ -133,7 +159,7 @@ def official_checkpoint(images, directory, model_name, blocks_args,
   """
   weights = RandomWeights()
   logits = forward(images, weights, model_name, blocks_args, num_classes,
-                   width, depth).numpy()
+                   width, depth, floor).numpy()
   tensors = {'global_step': np.array(1000, np.int64)}
   for name, value in weights.values.items():
     tensors[name] = value + 0.5
