@@ -161,7 +161,7 @@ def official_variable_map(model: keras.Model,
         layers[f'{layer.name}/{sub_name}'] = sub_layer
   layers['head/conv2d'] = head.conv
   layers['head/tpu_batch_normalization'] = head.bn
-  if getattr(model, 'include_top', False):
+  if model.include_top:
     layers['head/dense'] = model.get_layer('predictions')
   return {f'{prefix}/{layer_name}/{weight_name}': variable
           for layer_name, layer in layers.items()
