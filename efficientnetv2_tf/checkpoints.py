@@ -94,6 +94,15 @@ def _find_checkpoint(path: str) -> str:
   return prefixes[0]
 
 
+def _reader(path: str):
+  """Opens the checkpoint at prefix `path`; an unreadable one is a UserError."""
+  try:
+    return tf.train.load_checkpoint(path)
+  except tf.errors.OpError as e:
+    raise UserError(f'checkpoint {path!r} cannot be read: '
+                    f'{str(e).strip().splitlines()[0]}') from None
+
+
 def download(model_name: str, weights: str) -> str:
   """Downloads and unpacks named weights once; returns the checkpoint prefix.
 
@@ -202,7 +211,7 @@ def load_official(model: keras.Model, path: str, model_name: str,
   Raises UserError listing missing, unexpected and wrong-shape variables.
   """
   path = _find_checkpoint(path)
-  reader = tf.train.load_checkpoint(path)
+  reader = _reader(path)
   shapes = reader.get_variable_to_shape_map()
   found = _checkpoint_model_name(path, list(shapes))
   if found != model_name:
@@ -265,7 +274,7 @@ def locate(weights: str, model_name: str) -> Checkpoint:
     raise UserError(unknown_name_message('weights', weights, WEIGHT_NAMES) +
                     ', or a checkpoint path')
   path = _find_checkpoint(weights)
-  reader = tf.train.load_checkpoint(path)
+  reader = _reader(path)
   if reader.has_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'):
     return Checkpoint(path, 'tf2')
   bias = reader.get_variable_to_shape_map().get(

@@ -142,6 +142,14 @@ def test_weights_path_that_does_not_exist_is_reported(tmp_path):
     efficientnetv2_tf.get_model('efficientnetv2-b0', TINY, weights=missing)
 
 
+def test_corrupt_checkpoint_is_reported(tmp_path):
+  for suffix in ('.index', '.data-00000-of-00001'):
+    (tmp_path / ('model' + suffix)).write_bytes(b'not a checkpoint')
+  with pytest.raises(UserError, match="checkpoint '.*model' cannot be read: "):
+    efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                weights=str(tmp_path / 'model'))
+
+
 def test_unpublished_weights_are_reported():
   with pytest.raises(UserError, match="no 'jft' weights are published for "
                      'efficientnetv2-s; available: imagenet, imagenet21k'):
