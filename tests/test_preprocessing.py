@@ -1,0 +1,131 @@
+"""Decoding, the three preprocessing recipes, and their settings."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnetv2_tf import preprocessing
+from efficientnetv2_tf.preprocessing import Augmentation
+from efficientnetv2_tf.preprocessing import preprocess_image
+from hparams.errors import UserError
+from tests import image_files
+
+SEED = tf.constant([3, 4])
+
+
+@pytest.mark.parametrize('fmt, channels', [
+    ('jpeg', 1), ('jpeg', 3), ('png', 1), ('png', 4), ('bmp', 3),
+    ('gif', 3)])
+def test_encoded_images_decode_to_rgb(fmt, channels):
+  pixels = image_files.pixels(12, 20, channels)
+  decoded = preprocessing.decode_rgb(tf.constant(image_files.encode(pixels,
+                                                                    fmt)))
+  assert decoded.dtype == tf.uint8 and decoded.shape == (12, 20, 3)
+  if fmt == 'png':  # lossless: the colour channels come back exactly
+    np.testing.assert_array_equal(
+        decoded, np.broadcast_to(pixels[..., :3], (12, 20, 3)))
+
+
+@pytest.mark.parametrize('channels', [1, 2, 4])
+def test_pixel_arrays_become_rgb(channels):
+  pixels = image_files.pixels(5, 6, channels)
+  rgb = preprocessing.decode_rgb(tf.constant(pixels))
+  assert rgb.shape == (5, 6, 3)
+  np.testing.assert_array_equal(rgb[..., 0], pixels[..., 0])
+
+
+def _bordered(size, border, inner=200, outer=0):
+  image = np.full([size, size, 3], outer, np.uint8)
+  image[border:-border, border:-border] = inner
+  return tf.constant(image)
+
+
+def test_eval_crops_size_over_size_plus_32_below_320_px():
+  # 256 / (256 + 32) of 288 px is the central 256 px: the border goes.
+  out = preprocess_image(_bordered(288, 16), 256, training=False)
+  assert out.shape == (256, 256, 3)
+  np.testing.assert_allclose(out, (200 - 128) / 128, atol=1e-5)
+
+
+def test_eval_resizes_whole_images_from_320_px():
+  out = preprocess_image(_bordered(400, 20), 320, training=False)
+  assert float(tf.reduce_min(out)) == pytest.approx(-1.0)  # border kept
+
+
+@pytest.mark.parametrize('augname', ['none', 'randaug', 'autoaug', 'ra_aa',
+                                     'ft', 'ft_randaug_cutout',
+                                     'effnetv1_autoaug'])
+def test_training_output_shape_range_and_repeatability(augname):
+  image = tf.constant(image_files.pixels(50, 70))
+  augmentation = Augmentation(augname, magnitude=10.0)
+  out = preprocess_image(image, 32, True, augmentation, SEED)
+  assert out.shape == (32, 32, 3) and out.dtype == tf.float32
+  limit = 1.0 if not augname.startswith('effnetv1') else 2.7
+  assert float(tf.reduce_max(tf.abs(out))) <= limit + 1e-5
+  np.testing.assert_array_equal(
+      out, preprocess_image(image, 32, True, augmentation, SEED))
+  assert not np.array_equal(
+      out, preprocess_image(image, 32, True, augmentation,
+                            tf.constant([5, 6])))
+
+
+def test_training_preprocessing_inside_dataset_map_matches_eager():
+  image = tf.constant(image_files.pixels(40, 40))
+  augmentation = Augmentation('randaug', 2, 12.0)
+  eager = preprocess_image(image, 24, True, augmentation, SEED)
+  mapped = tf.data.Dataset.from_tensors(image).map(
+      lambda x: preprocess_image(x, 24, True, augmentation, SEED))
+  np.testing.assert_allclose(next(iter(mapped)), eager, atol=1e-6)
+
+
+def test_effnetv1_normalises_with_imagenet_mean_and_stddev():
+  mean = np.array(preprocessing.MEAN_RGB).round().astype(np.uint8)
+  image = tf.constant(np.broadcast_to(mean, (64, 64, 3)).copy())
+  out = preprocess_image(image, 32, False, Augmentation('effnetv1'))
+  np.testing.assert_allclose(out, 0.0, atol=0.01)
+
+
+def test_finetune_path_does_not_crop_and_cutout_adds_noise():
+  image = _bordered(64, 8)
+  out = preprocess_image(image, 64, False, Augmentation('ft'))
+  assert float(tf.reduce_min(out)) == -1.0  # the border survives
+  train = preprocess_image(tf.fill([64, 64, 3], tf.constant(0, tf.uint8)), 64,
+                           True, Augmentation('ft'), SEED)
+  noisy = tf.reduce_any(train > -1.0, axis=-1)  # cut-out pixels are in [0, 1)
+  assert 0 < int(tf.reduce_sum(tf.cast(noisy, tf.int32))) <= 32 * 32
+  assert float(tf.reduce_max(train)) < 1.0
+
+
+def test_flip_can_be_turned_off():
+  image = np.zeros([16, 16, 3], np.uint8)
+  image[:, :8] = 255
+  flipped = set()
+  for seed in range(8):
+    out = preprocess_image(tf.constant(image), 16, True,
+                           Augmentation('ft_randaug', 0, flip=False),
+                           tf.constant([seed, 0]))
+    flipped.add(bool(out[0, 0, 0] < 0))
+  assert flipped == {False}
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'augname': 'randaugment'},
+     r"unknown augmentation 'randaugment'; did you mean 'ft_randaug'\?|"
+     r"unknown augmentation 'randaugment'"),
+    ({'magnitude': 31.0}, r'31'),
+    ({'magnitude': -1.0}, r'-1'),
+    ({'num_layers': -1}, r'data.ra_num_layers must be an integer >= 0; '
+                         r'received: -1'),
+    ({'mixup_alpha': -0.1}, r'data.mixup_alpha must be a number >= 0'),
+])
+def test_bad_settings_get_one_line_errors(kwargs, message):
+  with pytest.raises(UserError, match=message):
+    Augmentation(**kwargs)
+
+
+def test_every_augmentation_name_has_a_known_recipe():
+  names = preprocessing.AUGMENTATIONS.names()
+  assert {'none', 'randaug', 'autoaug', 'ra_aa', 'ft', 'ft_randaug',
+          'effnetv1_autoaug', 'effnetv1_randaug'} <= set(names)
+  for name in names:
+    pipeline = preprocessing.AUGMENTATIONS.get(name)
+    assert pipeline.path in ('default', 'ft', 'effnetv1')
