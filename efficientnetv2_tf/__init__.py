@@ -76,7 +76,7 @@ def get_model(model_name: str,
   model_name = model_cfg.model_name  # the canonical spelling
   checkpoint = checkpoints.locate(weights, model_name) if weights else None
   if checkpoint and checkpoint.head_classes and include_top and \
-      'num_classes' not in overrides:
+      model_cfg.num_classes is None:
     model_cfg.num_classes = checkpoint.head_classes
   if weights == 'jft':
     kwargs.setdefault('preprocessing_mode', 'imagenet')

@@ -120,8 +120,13 @@ class EfficientNet(keras.Model):
   @classmethod
   def from_model_config(cls, model_cfg: ml_collections.ConfigDict,
                         **kwargs) -> 'EfficientNet':
-    """Builds the model that the `model` section of a run config describes."""
+    """Builds the model that the `model` section of a run config describes.
+
+    An unset `num_classes` means ImageNet's 1,000.
+    """
     arguments = {key: model_cfg[key] for key in MODEL_CONFIG_KEYS}
+    if arguments['num_classes'] is None:
+      arguments['num_classes'] = 1000
     arguments['name'] = model_cfg.model_name
     return cls(**{**arguments, **kwargs})
 

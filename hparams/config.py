@@ -16,7 +16,7 @@ stays a string:
 
 Unknown keys and values of the wrong type raise `UserError`, naming the key
 and the closest valid ones. `num_classes` lives in `model.num_classes` only;
-dataset presets set it there.
+left unset, a run takes it from its dataset (`data.dataset`).
 
 Keys that mirror the original code keep its short names; they are:
 `train.isize`/`eval.isize` (image size in pixels; a train size <= 16 is a
@@ -63,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
           'bn_epsilon': 1e-3,
           'conv_dropout': 0.0,
           'headbias': config_dict.placeholder(float),
-          'num_classes': 1000,
+          # None: from the dataset or the checkpoint, else 1000 (ImageNet).
+          'num_classes': config_dict.placeholder(int),
       },
       'train': {
           'epochs': 350,
@@ -78,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
           'lr_decay_factor': 0.97,
           'lr_warmup_epoch': 5.0,
           'lr_min': 0.0,
+          'min_steps': 0,  # epochs grow until training has this many steps
           'ema_decay': 0.9999,
           'weight_decay': 1e-5,
           'weight_decay_inc': 0.0,
@@ -92,6 +94,18 @@ def base_config() -> ml_collections.ConfigDict:
           'isize': 224,
       },
       'data': {
+          'dataset': 'imagenet',  # a name from `datasets.list_datasets()`
+          'data_dir': config_dict.placeholder(str),  # --data_dir wins
+          'train_split': 'train',
+          'eval_split': 'eval',
+          'per_class': config_dict.placeholder(int),  # at most N per class
+          'fraction': 1.0,  # of each split
+          'val_fraction': 0.2,  # held out where a source has no eval split
+          'seed': config_dict.placeholder(int),  # repeatable order and aug
+          'strict': False,  # fail on an unreadable image instead of skipping
+          'cache': 'auto',  # auto | memory | none
+          'shuffle_buffer': 16384,
+          'flip': True,  # random horizontal flips in training
           'augname': 'randaug',
           'ra_num_layers': 2,
           'ram': 15.0,

@@ -1,0 +1,402 @@
+"""The dataset base class and the `tf.data` pipeline every dataset shares.
+
+A dataset is a subclass of `Dataset`. Defining one with a `name` registers
+it; nothing else is edited:
+
+    >>> import numpy as np
+    >>> class Squares(Dataset):
+    ...   name = 'doc-squares'
+    ...   splits = ('train', 'eval')
+    ...   def load_class_names(self):
+    ...     return ['dark', 'light']
+    ...   def source(self, split):
+    ...     images = np.repeat([0, 255], 4).astype('uint8').reshape(-1, 1, 1, 1)
+    ...     return tf.data.Dataset.from_tensor_slices((images, np.repeat([0, 1], 4)))
+    >>> dataset = get_dataset('doc-squares')
+    >>> dataset.num_classes, dataset.split_size('train')
+    (2, 8)
+    >>> images, labels = next(iter(dataset.pipeline(
+    ...     'eval', batch_size=4, training=False, image_size=8)))
+    >>> images.shape, labels.shape
+    (TensorShape([4, 8, 8, 3]), TensorShape([4, 2]))
+
+A subclass says where its examples come from (`source`), what the classes
+are called (`load_class_names`) and which splits it has; the base class
+takes subsets (`per_class`, `fraction`), shards, caches, shuffles,
+preprocesses, batches and mixes.
+"""
+import dataclasses
+import math
+import random
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from efficientnetv2_tf.augment import mix_batch
+from efficientnetv2_tf.preprocessing import Augmentation
+from efficientnetv2_tf.preprocessing import preprocess_image
+from hparams.errors import UserError
+from hparams.registry import Registry
+
+DATASETS: Registry = Registry('dataset')
+
+# `cache='auto'` keeps a split in memory when its stored size is below this.
+AUTO_CACHE_BYTES = 2 * 1024**3
+CACHE_MODES = ('auto', 'memory', 'none')
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+  """Which part of a split to use: a fraction, then at most N per class."""
+  per_class: Optional[int] = None
+  fraction: float = 1.0
+
+  def __post_init__(self):
+    if self.per_class is not None and (
+        not isinstance(self.per_class, int) or self.per_class <= 0):
+      raise UserError(f'data.per_class must be a positive integer (or None '
+                      f'for all images); received: {self.per_class!r}')
+    if not isinstance(self.fraction, (int, float)) or not (
+        0 < self.fraction <= 1):
+      raise UserError(f'data.fraction must be in (0, 1]; received: '
+                      f'{self.fraction!r}')
+
+  @property
+  def everything(self) -> bool:
+    return self.per_class is None and self.fraction == 1
+
+
+class Dataset:
+  """A labelled image dataset; subclasses register themselves by `name`.
+
+  Class attributes a subclass sets:
+    name: the registry name; a subclass without one is an abstract base.
+    aliases: further names it is registered under.
+    splits: the split names it serves, e.g. ('train', 'minival', 'eval').
+    num_classes: the number of classes, where it is known in advance; it is
+      checked against the source's class names. Otherwise it is the number
+      of class names the source has.
+    multi_label: True when an image has several labels (sigmoid loss);
+      `source` then yields multi-hot label vectors.
+    augname: the default preprocessing (an `AUGMENTATIONS` name).
+    download_hint: how to get the data when it is missing.
+
+  Constructor arguments: `data_dir` where the data is; `per_class` and
+  `fraction` take a subset of every split; `strict` fails on an unreadable
+  image instead of skipping it; `cache` is 'auto' (in memory when the split
+  is under 2 GiB), 'memory' or 'none'; `val_fraction` is the share of each
+  class held out for evaluation by sources that have no evaluation split.
+
+  Subclasses implement `load_class_names()` and `source(split)`, and may
+  override `count(split)` and `stored_bytes(split)` when the source knows
+  them without a pass over the data.
+  """
+  name: ClassVar[Optional[str]] = None
+  aliases: ClassVar[Sequence[str]] = ()
+  splits: ClassVar[Sequence[str]] = ('train', 'eval')
+  multi_label: ClassVar[bool] = False
+  augname: ClassVar[str] = 'randaug'
+  download_hint: ClassVar[str] = ''
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    if cls.__dict__.get('name'):
+      for name in (cls.name, *cls.__dict__.get('aliases', ())):
+        DATASETS.add(name, cls)
+
+  def __init__(self, data_dir: Optional[str] = None, *,
+               per_class: Optional[int] = None, fraction: float = 1.0,
+               strict: bool = False, cache: str = 'auto',
+               shuffle_buffer: int = 16384, val_fraction: float = 0.2):
+    if cache not in CACHE_MODES:
+      raise UserError(f'data.cache must be one of {", ".join(CACHE_MODES)}; '
+                      f'received: {cache!r}')
+    self.data_dir = data_dir
+    self.subset = Subset(per_class, fraction)
+    if self.multi_label and per_class is not None:
+      raise UserError(f'data.per_class does not apply to the multi-label '
+                      f'dataset {self.name!r}; use data.fraction')
+    if not isinstance(val_fraction, (int, float)) or not (
+        0 < val_fraction < 1):
+      raise UserError(f'data.val_fraction must be in (0, 1); received: '
+                      f'{val_fraction!r}')
+    self.strict = strict
+    self.val_fraction = val_fraction
+    self.cache = cache
+    self.shuffle_buffer = shuffle_buffer
+    self._class_names: Optional[List[str]] = None
+    self._sizes: Dict[str, int] = {}
+
+  # What a subclass provides. ------------------------------------------------
+
+  def load_class_names(self) -> List[str]:
+    raise NotImplementedError
+
+  def source(self, split: str) -> tf.data.Dataset:
+    """(image, label) pairs of a whole split in a fixed order.
+
+    An image is encoded bytes or uint8 pixels [H, W, C] with C in 1..4; a
+    label is an integer class id, or a multi-hot vector if `multi_label`.
+    """
+    raise NotImplementedError
+
+  def count(self, split: str) -> int:
+    """The number of examples in a whole split; by default, counted."""
+    return int(self.source(split).reduce(0, lambda n, _: n + 1))
+
+  def stored_bytes(self, split: str) -> Optional[int]:
+    """About how many bytes a split's source takes, if known cheaply."""
+    del split
+    return None
+
+  def shard_source(self, split: str, num_shards: int,
+                   index: int) -> tf.data.Dataset:
+    """One shard of a whole split; sources with files shard by file."""
+    return self.source(split).shard(num_shards, index)
+
+  # What every dataset gets. -------------------------------------------------
+
+  @property
+  def class_names(self) -> List[str]:
+    if self._class_names is None:
+      names = list(self.load_class_names())
+      expected = type(self).num_classes  # an int where a subclass declares it
+      if isinstance(expected, int) and len(names) != expected:
+        raise UserError(f'dataset {self.name!r} should have {expected} '
+                        f'classes but {self.where()} has {len(names)}')
+      self._class_names = names
+    return self._class_names
+
+  @property
+  def num_classes(self) -> int:
+    """Subclasses that know their number of classes declare it instead."""
+    return len(self.class_names)
+
+  def where(self) -> str:
+    return repr(self.data_dir) if self.data_dir else 'its source'
+
+  def check_split(self, split: str) -> None:
+    if split not in self.splits:
+      raise UserError(f'dataset {self.name!r} has no split {split!r}; '
+                      f'it has: {", ".join(self.splits)}')
+
+  def examples(self, split: str) -> tf.data.Dataset:
+    """The split after `per_class` and `fraction`, in a fixed order."""
+    self.check_split(split)
+    examples = self.source(split)
+    if self.subset.fraction < 1:
+      examples = examples.take(self._fraction_count(split))
+    if self.subset.per_class is not None:
+      examples = _cap_per_class(examples, self.num_classes,
+                                self.subset.per_class)
+    return examples
+
+  def split_size(self, split: str) -> int:
+    """The number of examples `pipeline` draws from per epoch."""
+    self.check_split(split)
+    if split not in self._sizes:
+      if self.subset.per_class is not None:
+        size = self._count_capped(split)
+      elif self.subset.fraction < 1:
+        size = self._fraction_count(split)
+      else:
+        size = self.count(split)
+      if size == 0:
+        raise UserError(f'split {split!r} of dataset {self.name!r} in '
+                        f'{self.where()} has no images')
+      self._sizes[split] = size
+    return self._sizes[split]
+
+  def _fraction_count(self, split: str) -> int:
+    return max(1, math.ceil(self.count(split) * self.subset.fraction))
+
+  def _count_capped(self, split: str) -> int:
+    labels = self.examples(split).map(lambda image, label: label)
+    return int(labels.reduce(0, lambda n, _: n + 1))
+
+  def pipeline(self,
+               split: str,
+               batch_size: int,
+               *,
+               training: bool,
+               image_size: int,
+               augmentation: Optional[Augmentation] = None,
+               seed: Optional[int] = None,
+               input_context: Optional[tf.distribute.InputContext] = None,
+               repeat: Optional[bool] = None,
+               drop_remainder: Optional[bool] = None,
+               dtype: tf.DType = tf.float32) -> tf.data.Dataset:
+    """Batches of (images [B, size, size, 3], soft labels [B, classes]).
+
+    Args:
+      split: one of `splits`.
+      batch_size: the global batch size; with `input_context`, each
+        pipeline yields the per-replica share of it.
+      training: shuffle, repeat, augment and mix; otherwise one ordered pass.
+      image_size: the output height and width.
+      augmentation: the augmentation settings; defaults to the dataset's.
+      seed: makes the order and the augmentation repeatable; without it,
+        training order is non-deterministic, which is faster.
+      input_context: from `strategy.distribute_datasets_from_function`;
+        each input pipeline reads its own shard.
+      repeat, drop_remainder: default to `training`.
+      dtype: of the images, e.g. tf.bfloat16 for mixed precision.
+    """
+    self.check_split(split)
+    augmentation = augmentation or Augmentation(self.augname)
+    repeat = training if repeat is None else repeat
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    num_shards, index = 1, 0
+    if input_context:
+      num_shards = input_context.num_input_pipelines
+      index = input_context.input_pipeline_id
+      if batch_size % input_context.num_replicas_in_sync:
+        raise UserError(
+            f'batch size {batch_size} is not divisible by the '
+            f'{input_context.num_replicas_in_sync} replicas')
+      batch_size = input_context.get_per_replica_batch_size(batch_size)
+    num_classes = len(self.class_names)  # also checks a declared count
+
+    if self.subset.everything:
+      examples = self.shard_source(split, num_shards, index)
+    else:
+      examples = self.examples(split).shard(num_shards, index)
+    if self._should_cache(split):
+      examples = examples.cache()
+    if seed is None:
+      base_seed = random.randrange(2**31)
+    else:
+      base_seed = seed
+    if training:
+      examples = examples.shuffle(self.shuffle_buffer,
+                                  seed=base_seed + index,
+                                  reshuffle_each_iteration=True)
+    if repeat:
+      examples = examples.repeat()
+
+    def prepare(position, example):
+      image, label = example
+      element_seed = tf.stack([tf.cast(base_seed + index * 7919, tf.int64),
+                               position])
+      image = preprocess_image(image, image_size, training, augmentation,
+                               element_seed, dtype)
+      return image, self._soft_label(label, num_classes)
+
+    batches = examples.enumerate().map(
+        prepare, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not training or seed is not None)
+    batches = batches.apply(self._skip_unreadable)
+    batches = batches.batch(batch_size, drop_remainder=drop_remainder,
+                            num_parallel_calls=tf.data.AUTOTUNE)
+    if training and (augmentation.mixup_alpha or augmentation.cutmix_alpha):
+      def mix(position, batch):
+        mix_seed = tf.stack([tf.cast(base_seed + index * 7919 + 1, tf.int64),
+                             position])
+        return mix_batch(batch[0], batch[1], augmentation.mixup_alpha,
+                         augmentation.cutmix_alpha, mix_seed)
+      batches = batches.enumerate().map(mix,
+                                        num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = not training or seed is not None
+    options.experimental_optimization.map_parallelization = True
+    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+  def distribute_fn(self, split: str, batch_size: int, **kwargs):
+    """A `dataset_fn` for `strategy.distribute_datasets_from_function`."""
+    return lambda context: self.pipeline(split, batch_size,
+                                         input_context=context, **kwargs)
+
+  def _soft_label(self, label: tf.Tensor, num_classes: int) -> tf.Tensor:
+    if self.multi_label:
+      return tf.cast(label, tf.float32)
+    return tf.one_hot(tf.cast(label, tf.int32), num_classes)
+
+  def _skip_unreadable(self, batches: tf.data.Dataset) -> tf.data.Dataset:
+    """Drops images that fail to decode, unless `strict`.
+
+    Sources check their files when they list them; this catches what such
+    checks cannot see, such as damage inside a file.
+    """
+    if self.strict:
+      return batches
+    return batches.ignore_errors(log_warning=True)
+
+  def _should_cache(self, split: str) -> bool:
+    if self.cache != 'auto':
+      return self.cache == 'memory'
+    stored = self.stored_bytes(split)
+    return stored is not None and stored * self.subset.fraction < \
+        AUTO_CACHE_BYTES
+
+
+def _cap_per_class(examples: tf.data.Dataset, num_classes: int,
+                   per_class: int) -> tf.data.Dataset:
+  """Keeps the first `per_class` examples of each class, in order."""
+
+  def count(seen, example):
+    label = tf.cast(example[1], tf.int32)
+    seen = tf.tensor_scatter_nd_add(seen, [[label]], [1])
+    return seen, (example, seen[label] <= per_class)
+
+  capped = examples.scan(tf.zeros([num_classes], tf.int32), count)
+  return capped.filter(lambda example, keep: keep).map(
+      lambda example, keep: example)
+
+
+def get_dataset(name: str, data_dir: Optional[str] = None,
+                **kwargs: Any) -> Dataset:
+  """The registered dataset `name`, reading from `data_dir` if given."""
+  return DATASETS.get(name)(data_dir, **kwargs)
+
+
+def list_datasets() -> List[str]:
+  return DATASETS.names()
+
+
+def from_config(data_cfg: Any, data_dir: Optional[str] = None) -> Dataset:
+  """The dataset a run config's `data` section names.
+
+  `data_dir` (the `--data_dir` flag) wins over `data.data_dir`.
+  """
+  return get_dataset(data_cfg.dataset, data_dir or data_cfg.data_dir,
+                     per_class=data_cfg.per_class,
+                     fraction=data_cfg.fraction, strict=data_cfg.strict,
+                     cache=data_cfg.cache,
+                     shuffle_buffer=data_cfg.shuffle_buffer,
+                     val_fraction=data_cfg.val_fraction)
+
+
+def bind(cfg: Any, data_dir: Optional[str] = None) -> Dataset:
+  """The dataset a run config names; also sets `model.num_classes` from it.
+
+  A `model.num_classes` the user set must agree with the dataset. The
+  augmentation settings are checked too, so that bad ones fail early.
+  """
+  Augmentation.from_config(cfg.data)
+  dataset = from_config(cfg.data, data_dir)
+  if cfg.model.num_classes is None:
+    cfg.model.num_classes = dataset.num_classes
+  elif cfg.model.num_classes != dataset.num_classes:
+    raise UserError(f'model.num_classes={cfg.model.num_classes} but dataset '
+                    f'{dataset.name!r} has {dataset.num_classes} classes; '
+                    f'leave model.num_classes unset to take the dataset\'s')
+  return dataset
+
+
+def holdout(labels: Sequence[int], fraction: float) -> np.ndarray:
+  """A fixed, per-class random mask marking `fraction` of each class.
+
+  The same labels always give the same mask; a class of two or more
+  examples keeps at least one on each side.
+  """
+  labels = np.asarray(labels)
+  mask = np.zeros(len(labels), bool)
+  rng = np.random.default_rng(0)
+  for label in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == label))
+    count = int(round(len(members) * fraction))
+    if len(members) >= 2:
+      count = min(max(count, 1), len(members) - 1)
+    mask[members[:count]] = True
+  return mask

@@ -1,0 +1,57 @@
+"""The UCI handwritten digits that scikit-learn ships: the offline default.
+
+1,797 real 8x8 grayscale images of the digits 0-9 (16 grey levels), read
+from the copy inside scikit-learn, so nothing is downloaded. A fixed,
+per-class `val_fraction` (default 20%) is held out for evaluation.
+
+    >>> dataset = Digits()
+    >>> dataset.split_size('train') + dataset.split_size('eval')
+    1797
+"""
+import functools
+from typing import List, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from datasets.base import Dataset
+from datasets.base import holdout
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> Tuple[np.ndarray, np.ndarray]:
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  digits = load_digits()
+  # 0..16 grey levels -> 0..255 pixels.
+  images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+  return images[..., None], digits.target.astype(np.int32)
+
+
+class Digits(Dataset):
+  name = 'digits'
+  num_classes = 10
+  splits = ('train', 'eval', 'trainval')
+  augname = 'ft_randaug'
+
+  def load_class_names(self) -> List[str]:
+    return [str(digit) for digit in range(10)]
+
+  def _indices(self, split: str) -> np.ndarray:
+    images, labels = _load()
+    del images
+    if split == 'trainval':
+      return np.arange(len(labels))
+    evaluation = holdout(labels, self.val_fraction)
+    return np.flatnonzero(evaluation if split == 'eval' else ~evaluation)
+
+  def source(self, split: str) -> tf.data.Dataset:
+    images, labels = _load()
+    indices = self._indices(split)
+    return tf.data.Dataset.from_tensor_slices((images[indices],
+                                               labels[indices]))
+
+  def count(self, split: str) -> int:
+    return len(self._indices(split))
+
+  def stored_bytes(self, split: str) -> int:
+    return self.count(split) * 64

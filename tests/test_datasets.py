@@ -1,0 +1,244 @@
+"""Dataset registration, subsets, splits and the tf.data pipeline."""
+import collections
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import datasets
+import hparams
+from datasets import base
+from datasets.digits import _load as load_digits
+from efficientnetv2_tf.preprocessing import Augmentation
+from hparams.errors import UserError
+
+
+class Stripes(datasets.Dataset):
+  """A dataset defined outside the package: registered by being defined."""
+  name = 'test-stripes'
+  splits = ('train', 'eval')
+
+  def load_class_names(self):
+    return ['vertical', 'horizontal', 'plain']
+
+  def source(self, split):
+    count = 12 if split == 'train' else 6
+    labels = np.arange(count) % 3
+    images = np.zeros([count, 10, 10, 3], np.uint8)
+    images[labels == 0, :, ::2] = 255
+    images[labels == 1, ::2, :] = 255
+    return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+def test_subclass_is_registered_and_usable():
+  dataset = datasets.get_dataset('Test-Stripes')
+  assert isinstance(dataset, Stripes)
+  assert dataset.num_classes == 3 and dataset.split_size('train') == 12
+  images, labels = next(iter(dataset.pipeline(
+      'eval', 6, training=False, image_size=16)))
+  assert images.shape == (6, 16, 16, 3) and labels.shape == (6, 3)
+  np.testing.assert_array_equal(np.argmax(labels, 1), np.arange(6) % 3)
+
+
+def test_duplicate_name_raises():
+  with pytest.raises(ValueError, match='already registered'):
+    type('Again', (datasets.Dataset,), {'name': 'test-stripes'})
+
+
+def test_unknown_name_lists_known_ones():
+  with pytest.raises(UserError, match=r"unknown dataset 'cifar11'; did you "
+                     r"mean 'cifar10'\? Known: .*digits"):
+    datasets.get_dataset('cifar11')
+
+
+def test_declared_class_count_is_checked():
+  class Wrong(Stripes):
+    name = 'test-wrong-count'
+    num_classes = 5
+  with pytest.raises(UserError, match='should have 5 classes .* has 3'):
+    Wrong().class_names
+
+
+def test_digits_splits_are_disjoint_stratified_and_complete():
+  dataset = datasets.get_dataset('digits')
+  train, evaluation = dataset._indices('train'), dataset._indices('eval')
+  assert not set(train) & set(evaluation)
+  assert len(train) + len(evaluation) == 1797
+  labels = load_digits()[1]
+  per_class = np.bincount(labels, minlength=10)
+  np.testing.assert_array_equal(np.bincount(labels[evaluation]),
+                                np.round(per_class * 0.2))
+  assert dataset.split_size('trainval') == 1797
+
+
+def test_digits_pixels_span_the_full_range():
+  images, labels = load_digits()
+  assert images.shape == (1797, 8, 8, 1) and images.dtype == np.uint8
+  assert images.min() == 0 and images.max() == 255
+  assert set(labels) == set(range(10))
+
+
+def test_per_class_caps_every_class():
+  dataset = datasets.get_dataset('digits', per_class=7)
+  labels = [int(label) for _, label in dataset.examples('train')]
+  assert collections.Counter(labels) == {c: 7 for c in range(10)}
+  assert dataset.split_size('train') == 70
+
+
+def test_fraction_takes_a_share_of_the_split():
+  dataset = datasets.get_dataset('digits', fraction=0.1)
+  full = datasets.get_dataset('digits').split_size('train')
+  assert dataset.split_size('train') == math.ceil(full * 0.1)
+  assert len(list(dataset.examples('train'))) == dataset.split_size('train')
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'per_class': 0}, r'data.per_class must be a positive integer .*: 0'),
+    ({'per_class': -3}, r'data.per_class .*: -3'),
+    ({'fraction': 0.0}, r'data.fraction must be in \(0, 1\]; received: 0.0'),
+    ({'fraction': 1.5}, r'data.fraction .*: 1.5'),
+    ({'val_fraction': 1.0}, r'data.val_fraction must be in \(0, 1\)'),
+    ({'cache': 'disk'}, r"data.cache must be one of auto, memory, none; "
+                        r"received: 'disk'"),
+])
+def test_bad_subset_settings_are_rejected(kwargs, message):
+  with pytest.raises(UserError, match=message):
+    datasets.get_dataset('digits', **kwargs)
+
+
+def test_unknown_split_is_rejected():
+  with pytest.raises(UserError, match="no split 'minival'; it has: train, "
+                     'eval, trainval'):
+    datasets.get_dataset('digits').split_size('minival')
+
+
+def _batches(dataset, count, **kwargs):
+  pipeline = dataset.pipeline('train', 16, training=True, image_size=32,
+                              **kwargs)
+  return [b for b in pipeline.take(count).as_numpy_iterator()]
+
+
+def test_seed_repeats_order_and_augmentation():
+  dataset = datasets.get_dataset('digits', per_class=10)
+  augmentation = Augmentation('randaug', 2, 10.0, flip=True)
+  first = _batches(dataset, 3, seed=7, augmentation=augmentation)
+  again = _batches(dataset, 3, seed=7, augmentation=augmentation)
+  other = _batches(dataset, 3, seed=8, augmentation=augmentation)
+  for (x1, y1), (x2, y2) in zip(first, again):
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+  assert not np.array_equal(first[0][0], other[0][0])
+
+
+def test_training_order_is_nondeterministic_without_a_seed():
+  dataset = datasets.get_dataset('digits')
+  options = dataset.pipeline('train', 8, training=True,
+                             image_size=16).options()
+  assert options.deterministic is False
+  seeded = dataset.pipeline('train', 8, training=True, image_size=16, seed=1)
+  assert seeded.options().deterministic is True
+
+
+def test_training_pipeline_repeats_and_evaluation_covers_each_image_once():
+  dataset = datasets.get_dataset('digits', per_class=3)  # 30 images
+  train = dataset.pipeline('train', 16, training=True, image_size=16, seed=0)
+  assert len(list(train.take(5))) == 5  # more than one epoch
+  evaluation = dataset.pipeline('train', 16, training=False, image_size=16)
+  sizes = [len(labels) for _, labels in evaluation]
+  assert sizes == [16, 14]
+
+
+def test_eval_batches_are_normalised_and_one_hot():
+  dataset = datasets.get_dataset('digits')
+  images, labels = next(iter(dataset.pipeline('eval', 32, training=False,
+                                              image_size=24)))
+  assert images.dtype == tf.float32 and images.shape == (32, 24, 24, 3)
+  assert -1.0 <= float(tf.reduce_min(images)) < -0.9
+  assert 0.9 < float(tf.reduce_max(images)) <= 1.0
+  np.testing.assert_array_equal(tf.reduce_sum(labels, 1), np.ones(32))
+
+
+def test_bfloat16_images():
+  dataset = datasets.get_dataset('digits', per_class=2)
+  images, _ = next(iter(dataset.pipeline('train', 4, training=True,
+                                         image_size=16, dtype=tf.bfloat16)))
+  assert images.dtype == tf.bfloat16
+
+
+def test_mixing_gives_soft_labels_that_sum_to_one():
+  dataset = datasets.get_dataset('digits')
+  augmentation = Augmentation('none', mixup_alpha=0.4, cutmix_alpha=1.0)
+  (images, labels), = _batches(dataset, 1, seed=3, augmentation=augmentation)
+  np.testing.assert_allclose(labels.sum(1), np.ones(16), rtol=1e-5)
+  assert (labels.max(1) < 1).any()  # some rows are mixed
+  assert images.shape == (16, 32, 32, 3)
+
+
+def test_input_context_shards_and_splits_the_batch():
+  dataset = datasets.get_dataset('digits', per_class=4)  # 40 images
+  shards = []
+  for index in range(2):
+    context = tf.distribute.InputContext(num_input_pipelines=2,
+                                         input_pipeline_id=index,
+                                         num_replicas_in_sync=2)
+    pipeline = dataset.pipeline('train', 8, training=False, image_size=8,
+                                input_context=context)
+    batches = list(pipeline.as_numpy_iterator())
+    assert batches[0][0].shape[0] == 4  # the per-replica share of 8
+    shards.append(np.concatenate([images for images, _ in batches]))
+  assert len(shards[0]) + len(shards[1]) == 40
+  whole = np.concatenate(
+      [images for images, _ in dataset.pipeline(
+          'train', 40, training=False, image_size=8).as_numpy_iterator()])
+  np.testing.assert_array_equal(whole[0::2], shards[0])
+  np.testing.assert_array_equal(whole[1::2], shards[1])
+
+
+def test_batch_not_divisible_by_replicas_is_rejected():
+  context = tf.distribute.InputContext(1, 0, num_replicas_in_sync=3)
+  with pytest.raises(UserError, match='batch size 8 is not divisible by '
+                     'the 3 replicas'):
+    datasets.get_dataset('digits').pipeline('train', 8, training=True,
+                                            image_size=8,
+                                            input_context=context)
+
+
+def test_small_splits_are_cached_in_memory():
+  dataset = datasets.get_dataset('digits')
+  assert dataset._should_cache('train')
+  assert not datasets.get_dataset('digits', cache='none')._should_cache(
+      'train')
+  assert base.AUTO_CACHE_BYTES > dataset.stored_bytes('train')
+
+
+def test_every_preset_names_a_registered_dataset():
+  for preset in hparams.list_dataset_presets():
+    cfg = hparams.get_config('efficientnetv2-b0', preset)
+    assert cfg.data.dataset in datasets.DATASETS, preset
+
+
+def test_presets_are_found_case_insensitively_and_bind_their_dataset():
+  cfg = hparams.get_config('efficientnetv2-b0', 'DIGITS')
+  dataset = datasets.from_config(cfg.data)
+  assert isinstance(dataset, datasets.Digits)
+  cfg = hparams.get_config('efficientnetv2-s', 'cifar10ft')
+  assert cfg.data.dataset == 'cifar10' and cfg.data.augname == 'ft'
+  assert cfg.train.epochs == 15 and cfg.train.stages == 0
+
+
+def test_from_config_passes_subset_settings():
+  cfg = hparams.get_config('efficientnetv2-b0', 'digits',
+                           'data.per_class=3,data.fraction=0.5')
+  dataset = datasets.from_config(cfg.data)
+  assert dataset.subset == base.Subset(3, 0.5)
+  with pytest.raises(UserError, match='data.per_class'):
+    datasets.from_config(hparams.get_config(
+        'efficientnetv2-b0', 'digits', 'data.per_class=0').data)
+
+
+def test_holdout_is_fixed_and_keeps_both_sides_of_small_classes():
+  labels = [0] * 10 + [1] * 2 + [2] * 1
+  mask = base.holdout(labels, 0.3)
+  np.testing.assert_array_equal(mask, base.holdout(labels, 0.3))
+  assert mask[:10].sum() == 3 and mask[10:12].sum() == 1 and not mask[12]

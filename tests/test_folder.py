@@ -1,0 +1,202 @@
+"""Image folders that the tests write: formats, layouts, damage, errors."""
+import logging
+import os
+
+import numpy as np
+import pytest
+
+import datasets
+from datasets.folder import image_problem
+from hparams.errors import UserError
+from tests import image_files
+
+# (class, file, format, height, width, channels)
+TRAIN_FILES = [
+    ('cat', 'a.jpg', 'jpeg', 40, 30, 3),
+    ('cat', 'b.PNG', 'png', 20, 50, 4),  # RGBA, upper-case extension
+    ('cat', 'c.bmp', 'bmp', 24, 24, 3),
+    ('cat', 'nested/d.gif', 'gif', 16, 32, 3),
+    ('dog', 'a.jpeg', 'jpeg', 64, 48, 1),  # grayscale
+    ('dog', 'b.png', 'png', 33, 17, 1),
+    ('dog', 'c.bmp', 'bmp', 12, 40, 1),
+    ('owl', 'a.jpg', 'jpeg', 30, 30, 3),
+    ('owl', 'b.gif', 'gif', 28, 20, 1),
+]
+
+
+def _write_split(folder, files, seed=0):
+  for i, (label, name, fmt, height, width, channels) in enumerate(files):
+    image_files.write(os.path.join(folder, label, name),
+                      image_files.pixels(height, width, channels, seed + i),
+                      fmt)
+
+
+@pytest.fixture(scope='module')
+def split_folders(tmp_path_factory):
+  """train/ with every format, a corrupt and a truncated file and a note;
+  valid/ with two classes."""
+  root = str(tmp_path_factory.mktemp('folders'))
+  _write_split(os.path.join(root, 'train'), TRAIN_FILES)
+  image_files.write(os.path.join(root, 'train', 'owl', 'broken.jpg'),
+                    data=b'this is not an image')
+  whole = image_files.encode(image_files.pixels(30, 30), 'jpeg')
+  image_files.write(os.path.join(root, 'train', 'dog', 'cut.jpg'),
+                    data=whole[:len(whole) // 2])
+  image_files.write(os.path.join(root, 'train', 'cat', 'notes.txt'),
+                    data=b'not listed')
+  _write_split(os.path.join(root, 'valid'),
+               [('cat', 'v.jpg', 'jpeg', 20, 20, 3),
+                ('owl', 'v.png', 'png', 20, 20, 3)], seed=50)
+  return root
+
+
+def test_classes_splits_and_skipped_files(split_folders, caplog):
+  dataset = datasets.get_dataset('image_folder', split_folders)
+  assert dataset.class_names == ['cat', 'dog', 'owl']
+  with caplog.at_level(logging.WARNING):
+    assert dataset.split_size('train') == len(TRAIN_FILES)
+  assert dataset.split_size('eval') == 2  # from valid/
+  assert dataset.skipped == 2
+  warning = caplog.text
+  assert 'skipped 2 unreadable image(s) of 11' in warning
+  assert 'broken.jpg (not a JPEG, PNG, BMP or GIF image)' in warning
+  assert 'cut.jpg (truncated or damaged)' in warning
+
+
+def test_every_format_decodes_to_rgb(split_folders):
+  dataset = datasets.get_dataset('image_folder', split_folders)
+  batches = list(dataset.pipeline('train', 4, training=False,
+                                  image_size=24).as_numpy_iterator())
+  images = np.concatenate([b[0] for b in batches])
+  labels = np.concatenate([b[1] for b in batches]).argmax(1)
+  assert images.shape == (len(TRAIN_FILES), 24, 24, 3)
+  assert sorted(labels) == [0, 0, 0, 0, 1, 1, 1, 2, 2]
+  grey = images[labels == 1]
+  np.testing.assert_array_equal(grey[..., 0], grey[..., 1])
+  assert np.abs(images).max() <= 1.0
+
+
+def test_strict_fails_naming_the_file(split_folders):
+  dataset = datasets.get_dataset('image_folder', split_folders, strict=True)
+  with pytest.raises(UserError, match=r"unreadable image '.*(broken|cut)"
+                     r"\.jpg': .*data.strict=true"):
+    dataset.split_size('train')
+
+
+def test_training_pipeline_augments_mixed_sizes(split_folders):
+  dataset = datasets.get_dataset('image_folder', split_folders)
+  images, labels = next(iter(dataset.pipeline('train', 6, training=True,
+                                              image_size=32, seed=1)))
+  assert images.shape == (6, 32, 32, 3) and labels.shape == (6, 3)
+
+
+@pytest.fixture(scope='module')
+def single_folder(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('single'))
+  for label, count in (('ants', 10), ('bees', 5)):
+    _write_split(root, [(label, f'{i}.png', 'png', 8, 8, 3)
+                        for i in range(count)])
+  return root
+
+
+def test_single_folder_is_split_by_fraction(single_folder):
+  dataset = datasets.get_dataset('image_folder', single_folder,
+                                 val_fraction=0.2)
+  train, held = dataset.listing('train'), dataset.listing('eval')
+  assert not set(train.paths) & set(held.paths)
+  assert len(train.paths) + len(held.paths) == 15
+  assert sorted(held.labels) == [0, 0, 1]  # 20% of each class
+  again = datasets.get_dataset('image_folder', single_folder,
+                               val_fraction=0.2)
+  assert again.listing('eval').paths == held.paths
+
+
+def test_per_class_takes_a_spread_of_files(single_folder):
+  dataset = datasets.get_dataset('image_folder', single_folder, per_class=2)
+  assert dataset.split_size('train') == 4
+
+
+def test_archive_wrapper_folders_are_descended(tmp_path):
+  _write_split(str(tmp_path / 'download' / 'birds' / 'training_set'),
+               [('crow', 'a.jpg', 'jpeg', 8, 8, 3),
+                ('kite', 'a.jpg', 'jpeg', 8, 8, 3)])
+  _write_split(str(tmp_path / 'download' / 'birds' / 'validation_set'),
+               [('crow', 'b.jpg', 'jpeg', 8, 8, 3)])
+  dataset = datasets.get_dataset('image_folder', str(tmp_path / 'download'))
+  assert dataset.class_names == ['crow', 'kite']
+  assert dataset.split_size('eval') == 1
+
+
+def test_birds_checks_its_25_classes(tmp_path):
+  files = [(f'species_{i:02d}', 'a.jpg', 'jpeg', 8, 8, 3) for i in range(25)]
+  _write_split(str(tmp_path / 'good' / 'training_set'), files)
+  _write_split(str(tmp_path / 'good' / 'validation_set'), files[:3])
+  birds = datasets.get_dataset('birds', str(tmp_path / 'good'))
+  assert birds.num_classes == 25 and len(birds.class_names) == 25
+  assert birds.split_size('eval') == 3
+  _write_split(str(tmp_path / 'bad' / 'train'), files[:3])
+  with pytest.raises(UserError, match="should have 25 classes but '.*bad' "
+                     'has 3'):
+    datasets.get_dataset('birds', str(tmp_path / 'bad')).class_names
+
+
+@pytest.mark.parametrize('make, split, message', [
+    (lambda root: None, 'train', 'does not exist'),
+    (lambda root: os.makedirs(root), 'train',
+     'has no class sub-folders .*it is empty'),
+    (lambda root: image_files.write(os.path.join(root, 'x.png'),
+                                    image_files.pixels(4, 4), 'png'),
+     'train', 'has no class sub-folders .*holds 1 images directly'),
+    (lambda root: (os.makedirs(os.path.join(root, 'a')),
+                   image_files.write(os.path.join(root, 'b', 'x.png'),
+                                     image_files.pixels(4, 4), 'png')),
+     'train', r"class folder '.*a' has no images"),
+    (lambda root: _write_split(os.path.join(root, 'train'),
+                               [('a', 'x.png', 'png', 4, 4, 3),
+                                ('b', 'x.png', 'png', 4, 4, 3)]),
+     'test', r"no test folder in '.*'; name it one of test, testing"),
+    (lambda root: (_write_split(os.path.join(root, 'train'),
+                                [('a', 'x.png', 'png', 4, 4, 3),
+                                 ('b', 'x.png', 'png', 4, 4, 3)]),
+                   _write_split(os.path.join(root, 'val'),
+                                [('c', 'x.png', 'png', 4, 4, 3)])),
+     'eval', r"'.*val/c' is not one of the 2 training classes"),
+    (lambda root: _write_split(os.path.join(root, 'val'),
+                               [('a', 'x.png', 'png', 4, 4, 3),
+                                ('b', 'x.png', 'png', 4, 4, 3)]) or
+     _write_split(os.path.join(root, 'test'),
+                  [('a', 'x.png', 'png', 4, 4, 3)]),
+     'train', 'but no training folder; name it one of train'),
+])
+def test_bad_folders_get_an_error_naming_the_path(tmp_path, make, split,
+                                                  message):
+  root = str(tmp_path / 'data')
+  make(root)
+  dataset = datasets.get_dataset('image_folder', root)
+  with pytest.raises(UserError, match=message):
+    dataset.split_size(split)
+
+
+def test_missing_data_dir_says_to_pass_one():
+  with pytest.raises(UserError, match="dataset 'image_folder' needs "
+                     '--data_dir'):
+    datasets.get_dataset('image_folder').class_names
+
+
+@pytest.mark.parametrize('fmt', ['jpeg', 'png', 'bmp', 'gif'])
+def test_whole_images_pass_and_cut_ones_fail_the_check(tmp_path, fmt):
+  data = image_files.encode(image_files.pixels(16, 16), fmt)
+  whole = image_files.write(str(tmp_path / f'whole.{fmt}'), data=data)
+  cut = image_files.write(str(tmp_path / f'cut.{fmt}'),
+                          data=data[:len(data) * 2 // 3])
+  assert image_problem(whole) is None
+  assert image_problem(cut) == 'truncated or damaged'
+  empty = image_files.write(str(tmp_path / 'empty.jpg'), data=b'')
+  assert image_problem(empty) == 'empty'
+
+
+def test_data_after_the_end_of_a_jpeg_is_tolerated(tmp_path):
+  data = image_files.encode(image_files.pixels(16, 16), 'jpeg')
+  path = image_files.write(str(tmp_path / 'extra.jpg'),
+                           data=data + b'camera trailer')
+  assert image_problem(path) is None
