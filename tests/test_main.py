@@ -6,6 +6,8 @@ import sys
 import pytest
 import yaml
 
+import main
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -19,6 +21,7 @@ def test_main_builds_the_model_and_saves_the_resolved_config(tmp_path):
                     '--hparam_str=model.num_classes=10,train.epochs=3',
                     f'--model_dir={tmp_path}')
   assert result.returncode == 0, result.stderr
+  assert 'dataset digits: 10 classes; train 1,438, eval 359' in result.stdout
   assert 'efficientnetv2-b0: 5,932,122 parameters, 21 blocks, 10 classes' in (
       result.stdout)
   saved = yaml.safe_load((tmp_path / 'config.yaml').read_text())
@@ -33,15 +36,66 @@ def test_main_builds_the_model_and_saves_the_resolved_config(tmp_path):
      "error: train.epochs='ten' has the wrong type: expected an int"),
     (['--model_name=efficientnetv2-q'],
      "error: unknown model name 'efficientnetv2-q'"),
-    (['--dataset_cfg=imagenett'],
-     "error: unknown dataset config 'imagenett'; did you mean 'imagenet'?"),
+    (['--dataset_cfg=cifar10f'],
+     "error: unknown dataset config 'cifar10f'; did you mean 'cifar10ft'?"),
     (['--hparam_str=model.num_classes=0'],
-     'error: num_classes must be a positive int, received num_classes=0'),
+     "error: model.num_classes=0 but dataset 'digits' has 10 classes"),
+    (['--dataset_cfg=imagenet'],
+     "error: dataset 'imagenet' reads TFRecord files and is not downloaded; "
+     'pass --data_dir'),
+    (['--hparam_str=data.dataset=cifar11'],
+     "error: unknown dataset 'cifar11'; did you mean 'cifar10'?"),
+    (['--hparam_str=data.per_class=0'],
+     'error: data.per_class must be a positive integer'),
+    (['--hparam_str=data.fraction=1.5'],
+     r'error: data.fraction must be in (0, 1]; received: 1.5'),
+    (['--hparam_str=data.augname=randaugment'],
+     "error: unknown augmentation 'randaugment'"),
+    (['--hparam_str=data.ram=45'],
+     'error: data.ram: augmentation magnitude must be a number in [0, 30]; '
+     'received magnitude=45'),
+    (['--hparam_str=data.dataset=image_folder', '--data_dir=/no/such/dir'],
+     "error: data_dir '/no/such/dir' of dataset 'image_folder' does not "
+     'exist'),
+    (['--dataset_module=/no/such.py'],
+     "error: --dataset_module '/no/such.py' is not a file"),
     (['--weights=/no/such/ckpt'],
      "error: weights path '/no/such/ckpt' does not exist"),
 ])
-def test_bad_input_exits_2_with_one_line(args, message):
-  result = run_main(*args)
+def test_bad_input_exits_2_with_one_line(args, message, capsys):
+  main.FLAGS.unparse_flags()
+  main.FLAGS(['main.py', *args])
+  with pytest.raises(SystemExit) as exit_info:
+    main.main(['main.py'])
+  assert exit_info.value.code == 2
+  stderr = capsys.readouterr().err
+  assert stderr.strip().splitlines()[-1].startswith(message), stderr
+  assert 'Traceback' not in stderr
+
+
+def test_bad_input_exits_2_from_the_command_line_too():
+  result = run_main('--hparam_str=train.epochs=ten')
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith(message)
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: train.epochs='ten' has the wrong type")
   assert 'Traceback' not in result.stderr
+
+
+def test_a_dataset_defined_in_a_user_file_is_usable(tmp_path):
+  module = tmp_path / 'my_data.py'
+  module.write_text(
+      'import numpy as np\n'
+      'import tensorflow as tf\n'
+      'import datasets\n'
+      'class Blobs(datasets.Dataset):\n'
+      "  name = 'blobs'\n"
+      '  def load_class_names(self):\n'
+      "    return ['small', 'large', 'none']\n"
+      '  def source(self, split):\n'
+      '    images = np.zeros([6, 8, 8, 3], np.uint8)\n'
+      '    return tf.data.Dataset.from_tensor_slices((images, np.arange(6) % 3))\n')
+  result = run_main(f'--dataset_module={module}',
+                    '--hparam_str=data.dataset=blobs,model.width_coefficient=0.25')
+  assert result.returncode == 0, result.stderr
+  assert 'dataset blobs: 3 classes; train 6, eval 6' in result.stdout
+  assert '3 classes, train size' in result.stdout
