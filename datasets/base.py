@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from efficientnetv2_tf.augment import mix_batch
 from efficientnetv2_tf.preprocessing import Augmentation
+from efficientnetv2_tf.preprocessing import decode_rgb
 from efficientnetv2_tf.preprocessing import preprocess_image
 from hparams.errors import UserError
 from hparams.registry import Registry
@@ -275,18 +276,30 @@ class Dataset:
     if repeat:
       examples = examples.repeat()
 
-    def prepare(position, example):
+    deterministic = not training or seed is not None
+
+    def decode(position, example):
       image, label = example
+      return position, decode_rgb(image), label
+
+    decoded = examples.enumerate().map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic)
+    if not self.strict:
+      # Sources check their files when they list them; this drops what such
+      # checks cannot see, such as damage inside a file. Only decoding is
+      # covered, so that errors in later steps still surface.
+      decoded = decoded.ignore_errors(log_warning=True)
+
+    def prepare(position, image, label):
       element_seed = tf.stack([tf.cast(base_seed + index * 7919, tf.int64),
                                position])
       image = preprocess_image(image, image_size, training, augmentation,
                                element_seed, dtype)
       return image, self._soft_label(label, num_classes)
 
-    batches = examples.enumerate().map(
-        prepare, num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not training or seed is not None)
-    batches = batches.apply(self._skip_unreadable)
+    batches = decoded.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=deterministic)
     batches = batches.batch(batch_size, drop_remainder=drop_remainder,
                             num_parallel_calls=tf.data.AUTOTUNE)
     if training and (augmentation.mixup_alpha or augmentation.cutmix_alpha):
@@ -298,7 +311,7 @@ class Dataset:
       batches = batches.enumerate().map(mix,
                                         num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = not training or seed is not None
+    options.deterministic = deterministic
     options.experimental_optimization.map_parallelization = True
     return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
 
@@ -311,16 +324,6 @@ class Dataset:
     if self.multi_label:
       return tf.cast(label, tf.float32)
     return tf.one_hot(tf.cast(label, tf.int32), num_classes)
-
-  def _skip_unreadable(self, batches: tf.data.Dataset) -> tf.data.Dataset:
-    """Drops images that fail to decode, unless `strict`.
-
-    Sources check their files when they list them; this catches what such
-    checks cannot see, such as damage inside a file.
-    """
-    if self.strict:
-      return batches
-    return batches.ignore_errors(log_warning=True)
 
   def _should_cache(self, split: str) -> bool:
     if self.cache != 'auto':

@@ -200,3 +200,21 @@ def test_data_after_the_end_of_a_jpeg_is_tolerated(tmp_path):
   path = image_files.write(str(tmp_path / 'extra.jpg'),
                            data=data + b'camera trailer')
   assert image_problem(path) is None
+
+
+def test_damage_inside_a_file_is_dropped_at_decode_time(tmp_path):
+  """A PNG whose end marker is intact but whose pixel data is garbage passes
+  the listing check; the pipeline drops it instead of failing."""
+  _write_split(str(tmp_path / 'train'), [('a', 'ok.png', 'png', 8, 8, 3),
+                                         ('b', 'ok.png', 'png', 8, 8, 3)])
+  _write_split(str(tmp_path / 'val'), [('a', 'ok.png', 'png', 8, 8, 3)])
+  good = image_files.encode(image_files.pixels(8, 8), 'png')
+  damaged = good[:40] + b'\0' * (len(good) - 52) + good[-12:]
+  image_files.write(str(tmp_path / 'train' / 'b' / 'bad.png'), data=damaged)
+  dataset = datasets.get_dataset('image_folder', str(tmp_path))
+  assert dataset.split_size('train') == 3  # the listing check passes it
+  batches = dataset.pipeline('train', 8, training=False, image_size=8)
+  assert sum(len(labels) for _, labels in batches) == 2
+  strict = datasets.get_dataset('image_folder', str(tmp_path), strict=True)
+  with pytest.raises(Exception, match='(?i)png|crc|decode|invalid'):
+    list(strict.pipeline('train', 8, training=False, image_size=8))
