@@ -88,6 +88,30 @@ def base_config() -> ml_collections.ConfigDict:
           'gclip': 0.0,
           'ft_init_ckpt': config_dict.placeholder(str),
           'ft_init_ema': True,
+          'freeze_epochs': 0.0,  # train only the classifier at first
+          'plateau_patience': 2,  # evals without improvement (lr_sched=plateau)
+          'plateau_factor': 0.5,
+          'early_stop_patience': 0,  # evals without improvement; 0 never stops
+          'grad_accum_steps': 1,
+          'jit_compile': False,
+      },
+      # Progressive learning (train.stages > 1): per stage, the image size
+      # grows from data.ibase and, with train.sched, RandAugment magnitude,
+      # mixup, cutmix and dropout grow from these minimums to their values.
+      'progressive': {
+          'schedule': 'code',  # code (the original code's) | paper (Table 6)
+          'stage_epochs': [],  # epochs per stage; empty: equal stages
+          'ram_min': 5.0,
+          'mixup_min': 0.0,
+          'cutmix_min': 0.0,
+          'dropout_min': 0.1,  # the 'code' schedule keeps dropout fixed
+      },
+      'runtime': {
+          'steps_per_loop': 1,  # training steps per tf.function call
+          'checkpoint_every_steps': 0,  # 0: at every epoch end only
+          'keep_checkpoints': 3,
+          'mixed_precision': False,  # bfloat16 on CPU/TPU, float16 on GPU
+          'log_every_steps': 0,  # 0: a progress bar per epoch
       },
       'eval': {
           'batch_size': 8,
