@@ -1,0 +1,237 @@
+"""Where training runs: a `tf.distribute` strategy, and the precision for it.
+
+`get_strategy(name)` builds one of the `STRATEGIES`:
+
+- 'cpu': one CPU. 'gpu': one GPU (an error if TensorFlow sees none).
+- 'gpus': `MirroredStrategy` over every GPU, or over every logical CPU when
+  there is no GPU; with `set_logical_cpus(2)` first, that runs data
+  parallelism on a laptop, which is how the tests check it.
+- 'multi_worker': `MultiWorkerMirroredStrategy`, with the cluster and this
+  worker's task read from the `TF_CONFIG` environment variable.
+- 'tpu': `TPUStrategy` on the TPU named by `tpu` (a name, 'local' or a
+  grpc:// address), `tpu_zone` and `gcp_project`.
+
+With no name it takes 'tpu' if a TPU address is given, else 'gpu' if there
+is a GPU, else 'cpu'.
+
+    >>> strategy = get_strategy('cpu')
+    >>> strategy.num_replicas_in_sync
+    1
+    >>> precision_policy('gpu', mixed=True), precision_policy(strategy, True)
+    ('mixed_float16', 'mixed_bfloat16')
+
+Mixed precision computes in float16 on GPUs, which needs loss scaling
+(`wrap_optimizer`), and in bfloat16 on TPUs and CPUs, which does not.
+Under 'multi_worker' every worker saves (saving is collective), so each
+writes to its own `worker_dir`; only the chief's copy in `model_dir` is kept.
+
+What was run where: this module was written and tested on a machine with
+neither GPU nor TPU. Tested here: 'cpu', 'gpus' on two logical CPUs,
+'multi_worker' with a one-worker TF_CONFIG, the errors of 'gpu' without a
+GPU, of 'multi_worker' without TF_CONFIG and of 'tpu' when the resolver
+fails, and the precision, batch-size and chief logic on CPU or with fake
+strategies. Not run: 'gpu' and 'gpus' on real GPUs, float16 training, a
+multi-machine cluster, and any TPU. A grpc:// TPU address that nothing
+answers at makes TensorFlow's connect wait rather than fail, so a wrong
+address can hang instead of raising.
+"""
+import dataclasses
+import json
+import os
+from typing import Callable, Optional, Union
+
+import keras
+import tensorflow as tf
+
+from hparams.errors import UserError
+from hparams.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class TPUAddress:
+  """Where a TPU is: `tpu` is a name, 'local' or a grpc:// address."""
+  tpu: Optional[str] = None
+  zone: Optional[str] = None
+  project: Optional[str] = None
+
+
+# Each builds a strategy; only 'tpu' reads the address.
+STRATEGIES: Registry[Callable[[TPUAddress], tf.distribute.Strategy]] = (
+    Registry('strategy'))
+
+
+def _has_gpu() -> bool:
+  # Physical devices can be listed without initialising TensorFlow's
+  # runtime, so this leaves `set_logical_cpus` possible.
+  return bool(tf.config.list_physical_devices('GPU'))
+
+
+@STRATEGIES.register('cpu')
+def _cpu(address: TPUAddress) -> tf.distribute.Strategy:
+  del address
+  return tf.distribute.OneDeviceStrategy('/cpu:0')
+
+
+@STRATEGIES.register('gpu')
+def _gpu(address: TPUAddress) -> tf.distribute.Strategy:
+  del address
+  if not _has_gpu():
+    raise UserError("strategy 'gpu' needs a GPU, but TensorFlow sees none; "
+                    "use 'cpu', or check the CUDA installation")
+  return tf.distribute.OneDeviceStrategy('/gpu:0')
+
+
+@STRATEGIES.register('gpus')
+def _gpus(address: TPUAddress) -> tf.distribute.Strategy:
+  del address
+  devices = (tf.config.list_logical_devices('GPU') or
+             tf.config.list_logical_devices('CPU'))
+  return tf.distribute.MirroredStrategy([device.name for device in devices])
+
+
+@STRATEGIES.register('multi_worker')
+def _multi_worker(address: TPUAddress) -> tf.distribute.Strategy:
+  del address
+  text = os.environ.get('TF_CONFIG')
+  try:
+    tf_config = json.loads(text) if text else {}
+  except json.JSONDecodeError:
+    tf_config = None
+  if (not isinstance(tf_config, dict) or not tf_config.get('cluster') or
+      not tf_config.get('task')):
+    raise UserError(
+        "multi_worker needs TF_CONFIG, a JSON object with 'cluster' and "
+        "'task', e.g. {\"cluster\": {\"worker\": [\"host1:2222\", "
+        "\"host2:2222\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}; "
+        f'received: TF_CONFIG={text!r}')
+  return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+@STRATEGIES.register('tpu')
+def _tpu(address: TPUAddress) -> tf.distribute.Strategy:
+  try:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+        tpu=address.tpu, zone=address.zone, project=address.project)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+  except Exception as e:  # pylint: disable=broad-except
+    # The resolver fails in many ways (no name, unknown name, no metadata
+    # server, no TPU kernels); each means the same to the user.
+    reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+    raise UserError(f'no TPU was found at tpu={address.tpu!r} (zone '
+                    f'{address.zone!r}, project {address.project!r}): '
+                    f'{reason}') from None
+  return tf.distribute.TPUStrategy(resolver)
+
+
+def get_strategy(name: Optional[str] = None, tpu: Optional[str] = None,
+                 tpu_zone: Optional[str] = None,
+                 gcp_project: Optional[str] = None) -> tf.distribute.Strategy:
+  """The `STRATEGIES` entry `name`; see the module docstring for None."""
+  if name is None:
+    name = 'tpu' if tpu else 'gpu' if _has_gpu() else 'cpu'
+  return STRATEGIES.get(name)(TPUAddress(tpu, tpu_zone, gcp_project))
+
+
+def set_logical_cpus(count: int) -> None:
+  """Splits the CPU into `count` logical devices, e.g. to test 'gpus'.
+
+  Must run before TensorFlow initialises its devices, that is before the
+  first op or strategy; later it raises a `RuntimeError`, unless the CPU is
+  already split that way.
+  """
+  if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    raise UserError(f'the number of logical CPUs must be an integer >= 1; '
+                    f'received: {count!r}')
+  cpu = tf.config.list_physical_devices('CPU')[0]
+  try:
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+  except RuntimeError:
+    current = len(tf.config.list_logical_devices('CPU'))
+    if current != count:
+      raise RuntimeError(
+          f'set_logical_cpus({count}) came too late: TensorFlow has already '
+          f'set up its devices ({current} logical CPUs); call it before any '
+          'op or strategy is created') from None
+
+
+def _device_type(strategy_or_name: Union[str, tf.distribute.Strategy]) -> str:
+  """'GPU', 'TPU' or 'CPU': what the replicas of a strategy compute on."""
+  if isinstance(strategy_or_name, str):
+    STRATEGIES.get(strategy_or_name)  # an unknown name is an error
+    fixed = {'cpu': 'CPU', 'gpu': 'GPU', 'tpu': 'TPU'}
+    return fixed.get(strategy_or_name.lower(),
+                     'GPU' if _has_gpu() else 'CPU')
+  if isinstance(strategy_or_name, tf.distribute.TPUStrategy):
+    return 'TPU'
+  try:
+    devices = strategy_or_name.extended.worker_devices
+  except RuntimeError:  # the default strategy lists no devices
+    return 'GPU' if _has_gpu() else 'CPU'
+  types = {tf.DeviceSpec.from_string(d).device_type for d in devices}
+  return 'GPU' if 'GPU' in types else 'CPU'
+
+
+_MIXED_POLICIES = {'GPU': 'mixed_float16', 'TPU': 'mixed_bfloat16',
+                   'CPU': 'mixed_bfloat16'}
+
+
+def precision_policy(strategy_or_name: Union[str, tf.distribute.Strategy],
+                     mixed: bool) -> str:
+  """The Keras dtype policy: 'float32', or the mixed one the device is fast
+  at (float16 on GPUs; bfloat16 on TPUs and on CPUs, which lack float16
+  kernels for many ops)."""
+  if not mixed:
+    return 'float32'
+  return _MIXED_POLICIES[_device_type(strategy_or_name)]
+
+
+def apply_precision(policy: str) -> None:
+  """Makes `policy` the dtype policy of layers created from now on."""
+  keras.mixed_precision.set_global_policy(policy)
+
+
+def wrap_optimizer(optimizer: keras.optimizers.Optimizer,
+                   policy: str) -> keras.optimizers.Optimizer:
+  """Adds loss scaling under 'mixed_float16', whose small gradients would
+  otherwise underflow; other policies need none."""
+  if policy == 'mixed_float16' and not isinstance(
+      optimizer, keras.optimizers.LossScaleOptimizer):
+    return keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
+def check_batch_size(global_batch_size: int,
+                     strategy: tf.distribute.Strategy) -> int:
+  """The per-replica batch size; a `UserError` unless replicas share evenly."""
+  replicas = strategy.num_replicas_in_sync
+  if global_batch_size < 1 or global_batch_size % replicas:
+    raise UserError(f'batch size {global_batch_size} is not divisible by the '
+                    f'{replicas} replicas; set train.batch_size to a positive '
+                    f'multiple of {replicas}')
+  return global_batch_size // replicas
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this worker is the one whose files are kept: the 'chief' task,
+  or worker 0 when the cluster has no chief; always for one worker."""
+  if isinstance(strategy, tf.distribute.TPUStrategy):
+    return True  # one client drives every TPU host
+  resolver = strategy.cluster_resolver
+  task_type = resolver.task_type if resolver else None
+  if task_type is None or task_type == 'chief':
+    return True
+  return (task_type == 'worker' and resolver.task_id == 0 and
+          'chief' not in resolver.cluster_spec().jobs)
+
+
+def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+  """Where this worker writes checkpoints and exports: `model_dir` for the
+  chief, a sub-directory of its own for any other worker (which may delete
+  it after saving). The directory is not created here."""
+  if is_chief(strategy):
+    return model_dir
+  resolver = strategy.cluster_resolver
+  return os.path.join(model_dir, 'workers',
+                      f'{resolver.task_type}_{resolver.task_id}')

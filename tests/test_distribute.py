@@ -1,0 +1,270 @@
+import doctest
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import types
+
+import keras
+import pytest
+import tensorflow as tf
+
+from efficientnetv2_tf import distribute
+from hparams.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+  monkeypatch.setattr(distribute, '_has_gpu', lambda: False)
+
+
+@pytest.fixture
+def global_policy_restored():
+  previous = keras.mixed_precision.global_policy()
+  yield
+  keras.mixed_precision.set_global_policy(previous)
+
+
+def fake_tpu_strategy():
+  # A real one needs a TPU; isinstance checks need only the class.
+  return tf.distribute.TPUStrategy.__new__(tf.distribute.TPUStrategy)
+
+
+def fake_strategy(task_type=None, task_id=0, jobs=('worker',)):
+  """A strategy with just a cluster resolver, as a worker of `jobs` sees it."""
+  if task_type is None:
+    return types.SimpleNamespace(cluster_resolver=None)
+  spec = tf.train.ClusterSpec({job: [f'{job}{i}:2222' for i in range(2)]
+                               for job in jobs})
+  resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+      spec, task_type=task_type, task_id=task_id)
+  return types.SimpleNamespace(cluster_resolver=resolver)
+
+
+def start_python(script, tf_config=None):
+  """Starts `script` in a fresh interpreter, where TF devices are not set up
+  yet; CUDA is hidden so that 'gpus' falls back to CPUs on any machine."""
+  environ = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3',
+             'CUDA_VISIBLE_DEVICES': ''}
+  environ.pop('TF_CONFIG', None)
+  if tf_config:
+    environ['TF_CONFIG'] = json.dumps(tf_config)
+  return subprocess.Popen([sys.executable, '-c', textwrap.dedent(script)],
+                          cwd=REPO, env=environ, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def output_of(process):
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr[-2000:]
+  return stdout.split()
+
+
+GPUS_ON_TWO_CPUS = """
+    from efficientnetv2_tf import distribute
+    distribute.set_logical_cpus(2)
+    strategy = distribute.get_strategy('gpus')
+    print(type(strategy).__name__, strategy.num_replicas_in_sync)
+    print(distribute.precision_policy(strategy, mixed=True))
+    distribute.set_logical_cpus(2)  # as it is: no error
+    try:
+      distribute.set_logical_cpus(3)
+    except RuntimeError as e:
+      print('too-late' if 'came too late' in str(e) else e)
+    """
+
+ONE_WORKER = """
+    import tensorflow as tf
+    from efficientnetv2_tf import distribute
+    strategy = distribute.get_strategy('multi_worker')
+    print(isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
+          strategy.num_replicas_in_sync, distribute.is_chief(strategy),
+          distribute.worker_dir('/runs/s', strategy))
+    """
+
+
+@pytest.fixture(scope='module')
+def subprocesses():
+  """Both subprocess scripts, started together: each spends seconds
+  importing TensorFlow."""
+  with socket.socket() as sock:
+    sock.bind(('localhost', 0))
+    port = sock.getsockname()[1]
+  one_worker = {'cluster': {'worker': [f'localhost:{port}']},
+                'task': {'type': 'worker', 'index': 0}}
+  processes = {'gpus': start_python(GPUS_ON_TWO_CPUS),
+               'multi_worker': start_python(ONE_WORKER, one_worker)}
+  yield processes
+  for process in processes.values():
+    if process.poll() is None:
+      process.kill()
+      process.communicate()
+
+
+def test_cpu_strategy_has_one_replica_on_the_cpu():
+  strategy = distribute.get_strategy('cpu')
+  assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
+  assert strategy.extended.worker_devices[0].endswith('CPU:0')
+
+
+def test_default_is_cpu_without_a_gpu(no_gpu):
+  strategy = distribute.get_strategy()
+  assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
+  assert strategy.extended.worker_devices[0].endswith('CPU:0')
+
+
+def test_unknown_strategy_names_the_value_and_lists_known_ones():
+  with pytest.raises(UserError, match="unknown strategy 'tpus'; did you mean "
+                     "'tpu'.* Known: cpu, gpu, gpus, multi_worker, tpu"):
+    distribute.get_strategy('tpus')
+
+
+def test_gpu_without_a_gpu_raises(no_gpu):
+  with pytest.raises(UserError, match="'gpu' needs a GPU"):
+    distribute.get_strategy('gpu')
+
+
+@pytest.mark.parametrize('tf_config', [
+    None, '', 'not json', '{"cluster": {}}',
+    '{"cluster": {"worker": ["a:1"]}}'])
+def test_multi_worker_without_a_cluster_in_tf_config_raises(monkeypatch,
+                                                            tf_config):
+  if tf_config is None:
+    monkeypatch.delenv('TF_CONFIG', raising=False)
+  else:
+    monkeypatch.setenv('TF_CONFIG', tf_config)
+  with pytest.raises(UserError, match='multi_worker needs TF_CONFIG'):
+    distribute.get_strategy('multi_worker')
+
+
+def failing_resolver(*args, **kwargs):
+  raise ValueError('Could not lookup TPU metadata\nfrom the resolver')
+
+
+def test_tpu_that_cannot_be_resolved_raises(monkeypatch):
+  # A real resolver may try the network or wait on a grpc address, so the
+  # failure is simulated.
+  monkeypatch.setattr(tf.distribute.cluster_resolver, 'TPUClusterResolver',
+                      failing_resolver)
+  with pytest.raises(UserError) as err:
+    distribute.get_strategy('tpu', tpu='grpc://10.0.0.1:8470',
+                            tpu_zone='us-central1-b')
+  assert str(err.value) == (
+      "no TPU was found at tpu='grpc://10.0.0.1:8470' (zone 'us-central1-b', "
+      "project None): Could not lookup TPU metadata")
+
+
+def test_a_tpu_address_without_a_name_means_tpu(monkeypatch):
+  monkeypatch.setattr(tf.distribute.cluster_resolver, 'TPUClusterResolver',
+                      failing_resolver)
+  with pytest.raises(UserError, match="no TPU was found at tpu='my-tpu'"):
+    distribute.get_strategy(tpu='my-tpu')
+
+
+@pytest.mark.parametrize('name, has_gpu, policy', [
+    ('cpu', False, 'mixed_bfloat16'),
+    ('gpu', False, 'mixed_float16'),
+    ('tpu', False, 'mixed_bfloat16'),
+    ('gpus', False, 'mixed_bfloat16'),  # mirrored over CPUs
+    ('gpus', True, 'mixed_float16'),
+    ('multi_worker', False, 'mixed_bfloat16'),
+    ('multi_worker', True, 'mixed_float16'),
+])
+def test_mixed_precision_policy_suits_the_device(monkeypatch, name, has_gpu,
+                                                 policy):
+  monkeypatch.setattr(distribute, '_has_gpu', lambda: has_gpu)
+  assert distribute.precision_policy(name, mixed=True) == policy
+  assert distribute.precision_policy(name, mixed=False) == 'float32'
+
+
+def test_precision_policy_reads_a_strategys_devices():
+  gpus = types.SimpleNamespace(extended=types.SimpleNamespace(
+      worker_devices=('/job:worker/replica:0/task:0/device:GPU:0',)))
+  assert distribute.precision_policy(gpus, True) == 'mixed_float16'
+  assert distribute.precision_policy(fake_tpu_strategy(),
+                                     True) == 'mixed_bfloat16'
+  assert distribute.precision_policy(distribute.get_strategy('cpu'),
+                                     True) == 'mixed_bfloat16'
+
+
+def test_precision_policy_rejects_an_unknown_name():
+  with pytest.raises(UserError, match="unknown strategy 'gpu0'"):
+    distribute.precision_policy('gpu0', mixed=True)
+
+
+def test_apply_precision_sets_the_global_policy(global_policy_restored):
+  distribute.apply_precision('mixed_bfloat16')
+  layer = keras.layers.Dense(2)
+  assert (layer.compute_dtype, layer.variable_dtype) == ('bfloat16',
+                                                         'float32')
+
+
+def test_wrap_optimizer_adds_loss_scaling_only_for_float16():
+  sgd = keras.optimizers.SGD()
+  wrapped = distribute.wrap_optimizer(sgd, 'mixed_float16')
+  assert isinstance(wrapped, keras.optimizers.LossScaleOptimizer)
+  assert wrapped.inner_optimizer is sgd
+  assert distribute.wrap_optimizer(wrapped, 'mixed_float16') is wrapped
+  for policy in ('float32', 'mixed_bfloat16'):
+    assert distribute.wrap_optimizer(sgd, policy) is sgd
+
+
+def test_check_batch_size_gives_the_per_replica_size():
+  four = types.SimpleNamespace(num_replicas_in_sync=4)
+  assert distribute.check_batch_size(32, four) == 8
+
+
+@pytest.mark.parametrize('batch_size', [30, 0])
+def test_check_batch_size_rejects_an_uneven_split(batch_size):
+  four = types.SimpleNamespace(num_replicas_in_sync=4)
+  with pytest.raises(UserError, match=f'batch size {batch_size} is not '
+                     'divisible by the 4 replicas'):
+    distribute.check_batch_size(batch_size, four)
+
+
+@pytest.mark.parametrize('strategy, chief', [
+    (fake_strategy(), True),  # one worker
+    (fake_strategy('chief', 0, ('chief', 'worker')), True),
+    (fake_strategy('worker', 0, ('worker',)), True),  # no chief: worker 0
+    (fake_strategy('worker', 0, ('chief', 'worker')), False),
+    (fake_strategy('worker', 1, ('worker',)), False),
+    (fake_tpu_strategy(), True),
+])
+def test_is_chief(strategy, chief):
+  assert distribute.is_chief(strategy) is chief
+
+
+def test_is_chief_for_a_single_worker_strategy():
+  assert distribute.is_chief(distribute.get_strategy('cpu'))
+
+
+def test_only_the_chief_writes_to_model_dir():
+  chief = fake_strategy('chief', 0, ('chief', 'worker'))
+  worker = fake_strategy('worker', 1, ('chief', 'worker'))
+  assert distribute.worker_dir('/runs/s', chief) == '/runs/s'
+  assert distribute.worker_dir('/runs/s', worker) == '/runs/s/workers/worker_1'
+
+
+def test_set_logical_cpus_rejects_a_bad_count():
+  with pytest.raises(UserError, match='received: 0'):
+    distribute.set_logical_cpus(0)
+
+
+def test_gpus_mirrors_over_two_logical_cpus(subprocesses):
+  assert output_of(subprocesses['gpus']) == [
+      'MirroredStrategy', '2', 'mixed_bfloat16', 'too-late']
+
+
+def test_multi_worker_with_one_worker_is_its_chief(subprocesses):
+  assert output_of(subprocesses['multi_worker']) == [
+      'True', '1', 'True', '/runs/s']
+
+
+def test_module_docstring_example_runs():
+  result = doctest.testmod(distribute, optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0
+  assert result.failed == 0

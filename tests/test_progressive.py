@@ -1,0 +1,204 @@
+import doctest
+
+import pytest
+
+import hparams
+from efficientnetv2_tf import progressive
+from efficientnetv2_tf.preprocessing import Augmentation
+from hparams.errors import UserError
+
+# V2-S with 4 stages and every regulariser on: 10 epochs of 100 steps, a
+# 300 px training size grown from data.ibase=128.
+V2_S = ('train.stages=4,train.sched=true,train.epochs=10,data.ram=15,'
+        'data.mixup_alpha=0.2,data.cutmix_alpha=0.4,model.dropout_rate=0.3')
+STEPS_PER_EPOCH = 100
+
+# By hand: code sizes 128 + 172 * (i + 1) / 4, paper sizes 128 + 172 * i / 3
+# (185.3 and 242.7 truncated); both grow the magnitude 5 -> 15, mixup
+# 0 -> 0.2 and cutmix 0 -> 0.4 in thirds.
+CODE_SIZES = [171, 214, 257, 300]
+PAPER_SIZES = [128, 185, 242, 300]
+MAGNITUDES = [5, 25 / 3, 35 / 3, 15]
+MIXUPS = [0, 0.2 / 3, 0.4 / 3, 0.2]
+CUTMIXES = [0, 0.4 / 3, 0.8 / 3, 0.4]
+
+
+def make_plan(*overrides):
+  cfg = hparams.get_config('efficientnetv2-s', None, V2_S, *overrides)
+  return progressive.plan(cfg, STEPS_PER_EPOCH)
+
+
+def column(stages, name):
+  return [getattr(stage, name) for stage in stages]
+
+
+def test_schedules_are_registered():
+  assert progressive.SCHEDULES.names() == ['code', 'paper']
+
+
+def test_code_schedule_matches_the_original_code():
+  stages = make_plan('progressive.schedule=code')
+  assert column(stages, 'image_size') == CODE_SIZES
+  assert column(stages, 'magnitude') == pytest.approx(MAGNITUDES)
+  assert column(stages, 'mixup_alpha') == pytest.approx(MIXUPS)
+  assert column(stages, 'cutmix_alpha') == pytest.approx(CUTMIXES)
+  assert column(stages, 'dropout_rate') == [0.3] * 4  # fixed
+
+
+def test_paper_schedule_grows_everything_from_its_minimum():
+  stages = make_plan('progressive.schedule=paper')
+  assert column(stages, 'image_size') == PAPER_SIZES
+  assert column(stages, 'magnitude') == pytest.approx(MAGNITUDES)
+  assert column(stages, 'mixup_alpha') == pytest.approx(MIXUPS)
+  assert column(stages, 'cutmix_alpha') == pytest.approx(CUTMIXES)
+  assert column(stages, 'dropout_rate') == pytest.approx(
+      [0.1, 0.1 + 0.2 / 3, 0.1 + 0.4 / 3, 0.3])
+
+
+@pytest.mark.parametrize('schedule', ['code', 'paper'])
+def test_last_stage_has_exactly_the_configured_values(schedule):
+  last = make_plan(f'progressive.schedule={schedule}')[-1]
+  assert (last.image_size, last.magnitude, last.mixup_alpha,
+          last.cutmix_alpha, last.dropout_rate) == (300, 15, 0.2, 0.4, 0.3)
+
+
+@pytest.mark.parametrize('schedule, sizes', [('code', CODE_SIZES),
+                                             ('paper', PAPER_SIZES)])
+def test_without_sched_only_the_image_size_changes(schedule, sizes):
+  stages = make_plan(f'train.sched=false,progressive.schedule={schedule}')
+  assert column(stages, 'image_size') == sizes
+  assert {(s.magnitude, s.mixup_alpha, s.cutmix_alpha, s.dropout_rate)
+          for s in stages} == {(15, 0.2, 0.4, 0.3)}
+
+
+def test_equal_stages_split_the_steps_evenly():
+  stages = make_plan()
+  assert [(s.start_step, s.end_step) for s in stages] == [
+      (0, 250), (250, 500), (500, 750), (750, 1000)]
+
+
+@pytest.mark.parametrize('stage_epochs, ends', [
+    ('1|2|3|4', [100, 300, 600, 1000]),
+    ('2.5|2.5|2.5|2.5', [250, 500, 750, 1000]),
+])
+def test_stage_epochs_set_the_stage_boundaries(stage_epochs, ends):
+  stages = make_plan(f'progressive.stage_epochs={stage_epochs}')
+  assert column(stages, 'end_step') == ends
+  assert column(stages, 'start_step') == [0] + ends[:-1]
+  assert column(stages, 'image_size') == CODE_SIZES  # sizes follow the index
+
+
+@pytest.mark.parametrize('step, index', [
+    (0, 0), (249, 0), (250, 1), (499, 1), (500, 2), (999, 3), (1000, 3),
+    (10**6, 3)])
+def test_stage_at_finds_the_stage_of_a_step(step, index):
+  assert progressive.stage_at(make_plan(), step).index == index
+
+
+def test_stage_at_follows_this_runs_boundaries():
+  # Step 600 is in stage 3 of a 10-epoch run but stage 2 of a 20-epoch one:
+  # a resumed run must use its own plan, not the old run's stage length.
+  assert progressive.stage_at(make_plan(), 600).index == 2
+  assert progressive.stage_at(make_plan('train.epochs=20'), 600).index == 1
+
+
+def test_stage_at_skips_empty_stages():
+  cfg = hparams.get_config('efficientnetv2-s', None, V2_S, 'train.epochs=2')
+  stages = progressive.plan(cfg, steps_per_epoch=1)  # 2 steps, 4 stages
+  assert [(s.start_step, s.end_step) for s in stages] == [
+      (0, 0), (0, 1), (1, 1), (1, 2)]
+  assert [progressive.stage_at(stages, step).index for step in (0, 1)] == [
+      1, 3]
+  assert 'no steps' in stages[0].describe()
+
+
+@pytest.mark.parametrize('num_stages', [0, 1])
+@pytest.mark.parametrize('schedule', ['code', 'paper'])
+def test_zero_or_one_stage_trains_at_the_configured_values(num_stages,
+                                                          schedule):
+  stages = make_plan(f'train.stages={num_stages},'
+                     f'progressive.schedule={schedule}')
+  assert stages == [progressive.Stage(0, 0, 1000, 300, 15.0, 0.2, 0.4, 0.3,
+                                      num_stages=1)]
+
+
+def test_code_schedule_ignores_dropout_min():
+  stages = make_plan('progressive.dropout_min=0.5')
+  assert column(stages, 'dropout_rate') == [0.3] * 4
+
+
+def test_magnitude_is_fixed_when_the_augmentation_ignores_it():
+  stages = make_plan('data.augname=effnetv1_autoaug,data.ram=0')
+  assert column(stages, 'magnitude') == [0.0] * 4
+  assert column(stages, 'mixup_alpha') == pytest.approx(MIXUPS)
+
+
+def test_ibase_zero_starts_at_half_the_training_size():
+  stages = make_plan('data.ibase=0')
+  assert column(stages, 'image_size') == [187, 225, 262, 300]
+
+
+def test_image_size_is_never_below_16():
+  stages = make_plan('data.ibase=4,train.isize=32')
+  assert column(stages, 'image_size') == [16, 18, 25, 32]
+
+
+@pytest.mark.parametrize('overrides, quoted', [
+    ('progressive.stage_epochs=1|2|3', 'progressive.stage_epochs'),
+    ('progressive.stage_epochs=1|2|3|5', 'progressive.stage_epochs'),
+    ('progressive.stage_epochs=-1|5|3|3', 'progressive.stage_epochs'),
+    ('progressive.stage_epochs=0|5|2|3', 'progressive.stage_epochs'),
+    ('progressive.ram_min=-1', 'progressive.ram_min=-1.0'),
+    ('progressive.ram_min=20', 'progressive.ram_min=20.0'),
+    ('progressive.mixup_min=0.5', 'progressive.mixup_min=0.5'),
+    ('progressive.cutmix_min=-0.1', 'progressive.cutmix_min=-0.1'),
+    ('progressive.schedule=paper,progressive.dropout_min=0.5',
+     'progressive.dropout_min=0.5'),
+    ('progressive.schedule=papr', "progressive.schedule: unknown progressive "
+     "schedule 'papr'; did you mean 'paper'?"),
+    ('data.ibase=400', 'data.ibase=400'),
+    ('data.ibase=-1', 'data.ibase=-1'),
+    ('train.stages=-2', 'train.stages=-2'),
+    ('train.epochs=0', 'train.epochs=0'),
+])
+def test_bad_settings_raise_a_one_line_error_naming_the_key(overrides,
+                                                            quoted):
+  with pytest.raises(UserError) as err:
+    make_plan(overrides)
+  assert quoted in str(err.value)
+  assert '\n' not in str(err.value)
+
+
+def test_stage_epochs_error_quotes_the_values_received():
+  with pytest.raises(UserError, match=r'received: \[1, 2, 3, 5\] \(sum 11\)'):
+    make_plan('progressive.stage_epochs=1|2|3|5')
+
+
+def test_bad_steps_per_epoch_raises():
+  cfg = hparams.get_config('efficientnetv2-s', None, V2_S)
+  with pytest.raises(UserError, match='steps_per_epoch=0'):
+    progressive.plan(cfg, 0)
+
+
+def test_augmentation_replaces_only_the_scheduled_fields():
+  stage = make_plan()[1]
+  base = Augmentation('ra_aa', num_layers=3, magnitude=15.0, mixup_alpha=0.5,
+                      cutmix_alpha=0.5, flip=False)
+  augmentation = stage.augmentation(base)
+  assert (augmentation.augname, augmentation.num_layers,
+          augmentation.flip) == ('ra_aa', 3, False)
+  assert (augmentation.magnitude, augmentation.mixup_alpha,
+          augmentation.cutmix_alpha) == (stage.magnitude, stage.mixup_alpha,
+                                         stage.cutmix_alpha)
+
+
+def test_describe_is_one_log_line():
+  assert make_plan('progressive.schedule=paper')[1].describe() == (
+      'stage 2/4: steps 250-499, 185 px, magnitude 8.33, mixup 0.07, '
+      'cutmix 0.13, dropout 0.17')
+
+
+def test_module_docstring_example_runs():
+  result = doctest.testmod(progressive, optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0
+  assert result.failed == 0
