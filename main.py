@@ -1,14 +1,16 @@
 """Command-line entry point: flags, then the config, then one library call.
 
+    python main.py                      # the offline quick start on digits
     python main.py --model_name=efficientnetv2-s --dataset_cfg=cifar10ft \
-        --hparam_str='model.dropout_rate=0.3' --data_dir=~/tensorflow_datasets
+        --weights=imagenet --model_dir=runs/s-cifar10
 
-Resolves the run config (base, model preset, dataset preset, overrides),
-binds the dataset (which fixes the number of classes), builds the model,
-optionally loads `--weights`, prints what it built and saves the resolved
-config as `<model_dir>/config.yaml`.
+`--mode` is train, eval or traineval (export, predict and benchmark are
+reserved). The run config is the base config, then the model preset, the
+dataset preset, and `--hparam_str`; it is saved as `<model_dir>/config.yaml`.
+Rerunning a command resumes from its last checkpoint.
 
-Bad input ends with a one-line `error: ...` on stderr and exit status 2.
+Bad input ends with a one-line `error: ...` on stderr and exit status 2; a
+run that cannot go on (a NaN loss) exits 1; SIGTERM saves and exits 143.
 """
 import importlib.util
 import os
@@ -23,12 +25,18 @@ import hparams  # pylint: disable=g-import-not-at-top
 from hparams.errors import UserError  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
+flags.DEFINE_string('mode', 'traineval',
+                    'train, eval or traineval (export, predict and benchmark '
+                    'are reserved).')
 flags.DEFINE_string('model_name', 'efficientnetv2-b0',
                     'One of efficientnetv2_tf.list_models().')
 flags.DEFINE_string('dataset_cfg', 'digits',
                     'Dataset preset, matched case-insensitively.')
 flags.DEFINE_string('hparam_str', '',
                     "Overrides: 'section.key=value,...' or a YAML file.")
+flags.DEFINE_string('sweeps', None,
+                    "Runs every combination, e.g. 'train.epochs=20|40,"
+                    "model.dropout_rate=0.2|0.5', each in a sub-directory.")
 flags.DEFINE_string('data_dir', None,
                     'Where the dataset is (or tfds puts it); overrides '
                     'data.data_dir.')
@@ -36,10 +44,21 @@ flags.DEFINE_string('dataset_module', None,
                     'A Python file to import first, e.g. one that defines a '
                     'Dataset subclass.')
 flags.DEFINE_string('model_dir', None,
-                    'Where to write the resolved config.yaml.')
+                    'Where checkpoints, metrics and results go; default '
+                    'runs/<model_name>-<dataset_cfg>.')
 flags.DEFINE_string('weights', None,
-                    "None, 'imagenet', 'imagenet21k', 'imagenet21k-ft1k', "
-                    "'jft', or a checkpoint path.")
+                    "Initial weights (sets train.ft_init_ckpt): 'imagenet', "
+                    "'imagenet21k', 'imagenet21k-ft1k', 'jft' or a path.")
+flags.DEFINE_string('strategy', None,
+                    'cpu, gpu, gpus (MirroredStrategy), multi_worker '
+                    '(from TF_CONFIG) or tpu; default: gpu if present, '
+                    'else cpu.')
+flags.DEFINE_string('tpu', None, 'TPU name or address, for --strategy=tpu.')
+flags.DEFINE_string('tpu_zone', None, 'GCP zone of the TPU.')
+flags.DEFINE_string('gcp_project', None, 'GCP project of the TPU.')
+flags.DEFINE_float('eval_timeout', 0.0,
+                   '--mode=eval: seconds to wait for each new checkpoint; '
+                   '0 evaluates the latest one and stops.')
 
 
 def import_file(path: str) -> None:
@@ -50,33 +69,40 @@ def import_file(path: str) -> None:
   spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
+def make_config(extra=None):
+  cfg = hparams.get_config(FLAGS.model_name, FLAGS.dataset_cfg,
+                           FLAGS.hparam_str, extra)
+  if FLAGS.weights:
+    cfg.train.ft_init_ckpt = FLAGS.weights
+  return cfg
+
+
 def run() -> None:
+  from efficientnetv2_tf import distribute  # pylint: disable=g-import-not-at-top
+  from efficientnetv2_tf import runs  # pylint: disable=g-import-not-at-top
+  runs.check_mode(FLAGS.mode)
+  cfg = make_config()  # bad flags fail before TensorFlow starts
+  # The strategy comes first: multi-worker collectives must be set up
+  # before any other TensorFlow op runs.
+  strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu,
+                                     FLAGS.tpu_zone, FLAGS.gcp_project)
   import datasets  # pylint: disable=g-import-not-at-top
-  import efficientnetv2_tf  # pylint: disable=g-import-not-at-top
   if FLAGS.dataset_module:
     import_file(FLAGS.dataset_module)
-  cfg = hparams.get_config(FLAGS.model_name, FLAGS.dataset_cfg,
-                           FLAGS.hparam_str)
-  dataset = datasets.bind(cfg, FLAGS.data_dir)
-  sizes = ', '.join(f'{split} {dataset.split_size(split):,}'
-                    for split in (cfg.data.train_split, cfg.data.eval_split))
-  print(f'dataset {dataset.name}: {dataset.num_classes} classes; {sizes}')
-  model = efficientnetv2_tf.get_model(cfg.model.model_name, cfg.model.to_dict(),
-                                      weights=FLAGS.weights)
-  print(f'{model.name}: {model.count_params():,} parameters, '
-        f'{len([l for l in model.layers if l.name.startswith("blocks_")])} '
-        f'blocks, {model.num_classes} classes, train size '
-        f'{hparams.train_image_size(cfg)}, eval size {cfg.eval.isize}')
-  if FLAGS.model_dir:
-    os.makedirs(FLAGS.model_dir, exist_ok=True)
-    path = os.path.join(FLAGS.model_dir, 'config.yaml')
-    hparams.save_yaml(cfg, path)
-    print(f'config: {path}')
+  bind = lambda config: datasets.bind(config, FLAGS.data_dir)
+  model_dir = FLAGS.model_dir or os.path.join(
+      'runs', f'{FLAGS.model_name}-{FLAGS.dataset_cfg}')
+  if FLAGS.sweeps:
+    runs.run_sweep(FLAGS.mode, make_config, bind, model_dir, strategy,
+                   FLAGS.sweeps, FLAGS.eval_timeout)
+  else:
+    runs.run(FLAGS.mode, cfg, bind, model_dir, strategy, FLAGS.eval_timeout)
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from efficientnetv2_tf import trainer  # pylint: disable=g-import-not-at-top
   try:
     run()
   except UserError as e:
@@ -86,6 +112,12 @@ def main(argv) -> None:
     detail = f'{e.strerror}: {e.filename}' if e.strerror else str(e)
     print(f'error: {detail}', file=sys.stderr)
     sys.exit(2)
+  except trainer.TrainingError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  except trainer.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(143)
 
 
 if __name__ == '__main__':

@@ -84,7 +84,8 @@ class Dataset:
     download_hint: how to get the data when it is missing.
 
   Constructor arguments: `data_dir` where the data is; `per_class` and
-  `fraction` take a subset of every split; `strict` fails on an unreadable
+  `fraction` take a subset of the `subset_splits` (the training split), so
+  that evaluation still sees every image; `strict` fails on an unreadable
   image instead of skipping it; `cache` is 'auto' (in memory when the split
   is under 2 GiB), 'memory' or 'none'; `val_fraction` is the share of each
   class held out for evaluation by sources that have no evaluation split.
@@ -109,12 +110,14 @@ class Dataset:
   def __init__(self, data_dir: Optional[str] = None, *,
                per_class: Optional[int] = None, fraction: float = 1.0,
                strict: bool = False, cache: str = 'auto',
-               shuffle_buffer: int = 16384, val_fraction: float = 0.2):
+               shuffle_buffer: int = 16384, val_fraction: float = 0.2,
+               subset_splits: Sequence[str] = ('train',)):
     if cache not in CACHE_MODES:
       raise UserError(f'data.cache must be one of {", ".join(CACHE_MODES)}; '
                       f'received: {cache!r}')
     self.data_dir = data_dir
     self.subset = Subset(per_class, fraction)
+    self.subset_splits = tuple(subset_splits)
     if self.multi_label and per_class is not None:
       raise UserError(f'data.per_class does not apply to the multi-label '
                       f'dataset {self.name!r}; use data.fraction')
@@ -186,6 +189,8 @@ class Dataset:
     """The split after `per_class` and `fraction`, in a fixed order."""
     self.check_split(split)
     examples = self.source(split)
+    if split not in self.subset_splits:
+      return examples
     if self.subset.fraction < 1:
       examples = examples.take(self._fraction_count(split))
     if self.subset.per_class is not None:
@@ -197,7 +202,9 @@ class Dataset:
     """The number of examples `pipeline` draws from per epoch."""
     self.check_split(split)
     if split not in self._sizes:
-      if self.subset.per_class is not None:
+      if split not in self.subset_splits:
+        size = self.count(split)
+      elif self.subset.per_class is not None:
         size = self._count_capped(split)
       elif self.subset.fraction < 1:
         size = self._fraction_count(split)
@@ -259,7 +266,7 @@ class Dataset:
       batch_size = input_context.get_per_replica_batch_size(batch_size)
     num_classes = len(self.class_names)  # also checks a declared count
 
-    if self.subset.everything:
+    if self.subset.everything or split not in self.subset_splits:
       examples = self.shard_source(split, num_shards, index)
     else:
       examples = self.examples(split).shard(num_shards, index)
@@ -329,8 +336,7 @@ class Dataset:
     if self.cache != 'auto':
       return self.cache == 'memory'
     stored = self.stored_bytes(split)
-    return stored is not None and stored * self.subset.fraction < \
-        AUTO_CACHE_BYTES
+    return stored is not None and stored < AUTO_CACHE_BYTES
 
 
 def _cap_per_class(examples: tf.data.Dataset, num_classes: int,
@@ -367,7 +373,8 @@ def from_config(data_cfg: Any, data_dir: Optional[str] = None) -> Dataset:
                      fraction=data_cfg.fraction, strict=data_cfg.strict,
                      cache=data_cfg.cache,
                      shuffle_buffer=data_cfg.shuffle_buffer,
-                     val_fraction=data_cfg.val_fraction)
+                     val_fraction=data_cfg.val_fraction,
+                     subset_splits=(data_cfg.train_split,))
 
 
 def bind(cfg: Any, data_dir: Optional[str] = None) -> Dataset:

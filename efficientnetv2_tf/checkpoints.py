@@ -283,11 +283,12 @@ def locate(weights: str, model_name: str) -> Checkpoint:
 
 
 def load_weights(model: keras.Model, checkpoint: Checkpoint,
-                 model_name: str) -> None:
+                 model_name: str, prefer_ema: bool = True) -> None:
   """Loads a located checkpoint into `model`.
 
   For an official checkpoint whose classifier has another number of classes
-  than the model, the classifier is skipped and keeps its initial values.
+  than the model, the classifier is skipped and keeps its initial values;
+  `prefer_ema` picks its EMA values over the raw ones.
   """
   if checkpoint.kind == 'keras':
     try:
@@ -305,7 +306,8 @@ def load_weights(model: keras.Model, checkpoint: Checkpoint,
     if skip_head:
       logging.warning('Checkpoint head has %d classes, the model %d: the '
                       'classifier is not loaded.', classes, model.num_classes)
-    load_official(model, checkpoint.path, model_name, skip_head=skip_head)
+    load_official(model, checkpoint.path, model_name, prefer_ema=prefer_ema,
+                  skip_head=skip_head)
 
 
 def save(model: keras.Model, path: str) -> str:

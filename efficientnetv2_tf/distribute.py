@@ -203,9 +203,13 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer,
 
 
 def check_batch_size(global_batch_size: int,
-                     strategy: tf.distribute.Strategy) -> int:
-  """The per-replica batch size; a `UserError` unless replicas share evenly."""
-  replicas = strategy.num_replicas_in_sync
+                     strategy: Union[int, tf.distribute.Strategy]) -> int:
+  """The per-replica batch size; a `UserError` unless replicas share evenly.
+
+  `strategy` may also be the number of replicas.
+  """
+  replicas = (strategy if isinstance(strategy, int) else
+              strategy.num_replicas_in_sync)
   if global_batch_size < 1 or global_batch_size % replicas:
     raise UserError(f'batch size {global_batch_size} is not divisible by the '
                     f'{replicas} replicas; set train.batch_size to a positive '

@@ -7,7 +7,7 @@ import pytest
 MODULES = ['hparams', 'hparams.config', 'hparams.registry',
            'efficientnetv2_tf', 'efficientnetv2_tf.blockargs',
            'efficientnetv2_tf.model', 'efficientnetv2_tf.augment',
-           'efficientnetv2_tf.preprocessing', 'datasets', 'datasets.base',
+           'efficientnetv2_tf.preprocessing', 'efficientnetv2_tf.progressive', 'datasets', 'datasets.base',
            'datasets.digits', 'datasets.folder', 'datasets.tfds_datasets']
 
 

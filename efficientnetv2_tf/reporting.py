@@ -1,0 +1,110 @@
+"""What a run leaves in its model_dir besides checkpoints.
+
+- `metrics.csv`: one row per epoch (and per evaluation), appended as the run
+  goes, so that a killed run keeps its history;
+- `tensorboard/`: the same scalars, plus learning rate, image size, dropout
+  and RandAugment magnitude per step;
+- `curves.png`: train and eval loss and top-1 per epoch, with the
+  progressive stage boundaries marked;
+- `results.json`: the final metrics, step, wall time and training speed.
+"""
+import csv
+import json
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import tensorflow as tf
+
+CSV_FIELDS = ('epoch', 'step', 'stage', 'image_size', 'learning_rate',
+              'train_loss', 'train_top1', 'eval_loss', 'eval_top1',
+              'eval_top5', 'images_per_second', 'wall_seconds')
+
+
+class Reporter:
+  """Writes metrics.csv, TensorBoard scalars and the curves of one run.
+
+  Only the chief writes (`enabled=False` on other workers).
+  """
+
+  def __init__(self, model_dir: str, enabled: bool = True):
+    self.model_dir = model_dir
+    self.enabled = enabled
+    self.csv_path = os.path.join(model_dir, 'metrics.csv')
+    self._writer = None
+    if enabled:
+      self._writer = tf.summary.create_file_writer(
+          os.path.join(model_dir, 'tensorboard'))
+
+  def scalars(self, step: int, values: Mapping[str, float]) -> None:
+    if not self._writer:
+      return
+    # Written as classic `simple_value` summaries, which TensorBoard shows as
+    # scalars, so that writing them needs no tensorboard package.
+    summary = tf.compat.v1.Summary(value=[
+        tf.compat.v1.Summary.Value(tag=name, simple_value=float(value))
+        for name, value in values.items()])
+    with self._writer.as_default():
+      tf.summary.experimental.write_raw_pb(summary.SerializeToString(),
+                                           step=step)
+    self._writer.flush()
+
+  def row(self, values: Mapping[str, Any]) -> None:
+    """Appends one row to metrics.csv."""
+    if not self.enabled:
+      return
+    new = not os.path.exists(self.csv_path)
+    with open(self.csv_path, 'a', newline='') as f:
+      writer = csv.DictWriter(f, CSV_FIELDS, extrasaction='ignore')
+      if new:
+        writer.writeheader()
+      writer.writerow({k: _short(v) for k, v in values.items()})
+
+  def rows(self) -> List[Dict[str, str]]:
+    if not os.path.exists(self.csv_path):
+      return []
+    with open(self.csv_path, newline='') as f:
+      return list(csv.DictReader(f))
+
+  def plot(self, stage_epochs: Sequence[float]) -> Optional[str]:
+    """Draws curves.png from metrics.csv; returns its path."""
+    rows = self.rows()
+    if not self.enabled or not rows:
+      return None
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+    figure, (loss_axes, top1_axes) = pyplot.subplots(1, 2, figsize=(10, 4))
+    for axes, metric in ((loss_axes, 'loss'), (top1_axes, 'top1')):
+      for split in ('train', 'eval'):
+        points = [(float(r['epoch']), float(r[f'{split}_{metric}']))
+                  for r in rows if r.get(f'{split}_{metric}')]
+        if points:
+          axes.plot(*zip(*points), marker='.', label=split)
+      for boundary in stage_epochs[:-1]:
+        axes.axvline(boundary, color='grey', linestyle=':', linewidth=1)
+      axes.set_xlabel('epoch')
+      axes.set_title(metric)
+      axes.legend()
+    figure.suptitle('dotted lines: progressive stage boundaries'
+                    if len(stage_epochs) > 1 else '')
+    figure.tight_layout()
+    path = os.path.join(self.model_dir, 'curves.png')
+    figure.savefig(path, dpi=80)
+    pyplot.close(figure)
+    return path
+
+  def results(self, values: Mapping[str, Any]) -> Optional[str]:
+    """Writes results.json atomically; returns its path."""
+    if not self.enabled:
+      return None
+    path = os.path.join(self.model_dir, 'results.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump({k: _short(v) for k, v in values.items()}, f, indent=2)
+    os.replace(path + '.tmp', path)
+    return path
+
+
+def _short(value: Any) -> Any:
+  if isinstance(value, float):
+    return round(value, 6)
+  return value

@@ -1,0 +1,642 @@
+"""Schedules, optimizers, loss terms, clipping and EMA; eager, in tf.function
+and, in a subprocess, under MirroredStrategy over two logical CPUs."""
+import doctest
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnetv2_tf import optim
+from hparams.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXCLUDE = '.*(bias|gamma|beta).*'  # the config default
+
+
+def lr_at(schedule, *steps):
+  return [float(schedule(step)) for step in steps]
+
+
+def schedule(name, **kwargs):
+  """Peak 0.1, 10 steps an epoch, 100 steps in all, one warm-up epoch."""
+  args = dict(peak=0.1, steps_per_epoch=10, total_steps=100, schedule=name,
+              warmup_epochs=1.0)
+  args.update(kwargs)
+  return optim.LearningRate(**args)
+
+
+def plateau_reducer(**kwargs):
+  return optim.PlateauReducer(schedule('plateau', warmup_epochs=0), **kwargs)
+
+
+def test_docstring_examples():
+  result = doctest.testmod(optim, extraglobs={'keras': keras, 'tf': tf},
+                           optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0 and result.failed == 0
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def test_scaled_learning_rate_is_per_256_images():
+  assert optim.scaled_learning_rate(0.016, 4096) == pytest.approx(0.256)
+  assert optim.scaled_learning_rate(0.1, 128) == pytest.approx(0.05)
+
+
+def test_warmup_rises_linearly_from_zero_to_peak():
+  lr = schedule('constant', warmup_epochs=2.0)  # 20 warm-up steps
+  assert lr_at(lr, 0, 5, 10, 19, 20, 21) == pytest.approx(
+      [0.0, 0.025, 0.05, 0.095, 0.1, 0.1])
+
+
+def test_warmup_steps_round_down_to_whole_steps():
+  lr = schedule('constant', warmup_epochs=0.25, steps_per_epoch=10)
+  assert lr.warmup_steps == 2
+  assert lr_at(lr, 1, 2) == pytest.approx([0.05, 0.1])
+
+
+def test_exponential_decays_in_stairs_counted_from_step_zero():
+  lr = schedule('exponential')  # a stair every 2.4 * 10 = 24 steps
+  assert lr_at(lr, 10, 23, 24, 47, 48) == pytest.approx(
+      [0.1, 0.1, 0.097, 0.097, 0.1 * 0.97 ** 2])
+
+
+def test_cosine_is_half_at_midpoint_and_stays_at_zero_after_the_end():
+  lr = schedule('cosine')
+  expected_10 = 0.05 * (1 + math.cos(math.pi * 0.1))
+  assert lr_at(lr, 10, 50, 100, 150) == pytest.approx(
+      [expected_10, 0.05, 0.0, 0.0], abs=1e-7)
+
+
+def test_linear_falls_to_zero_at_total_steps_and_stays():
+  lr = schedule('linear')
+  assert lr_at(lr, 10, 55, 100, 200) == pytest.approx(
+      [0.09, 0.045, 0.0, 0.0], abs=1e-7)
+
+
+def test_constant_holds_the_peak_after_warmup():
+  assert lr_at(schedule('constant'), 10, 99, 10_000) == pytest.approx(
+      [0.1] * 3)
+
+
+def test_minimum_floors_the_decay_but_not_the_warmup():
+  lr = schedule('cosine', minimum=0.02)
+  assert lr_at(lr, 1, 90, 100) == pytest.approx([0.01, 0.02, 0.02])
+
+
+def test_schedule_runs_in_tf_function_with_an_int64_step():
+  lr = schedule('exponential')
+  value = tf.function(lr)(tf.constant(24, tf.int64))
+  assert value.dtype == tf.float32
+  assert float(value) == pytest.approx(0.097)
+
+
+def test_get_config_round_trips():
+  lr = schedule('exponential', decay_epochs=3.0, decay_factor=0.5,
+                minimum=0.001)
+  again = optim.LearningRate.from_config(lr.get_config())
+  assert again.get_config() == lr.get_config()
+  assert lr_at(again, 5, 30, 60) == lr_at(lr, 5, 30, 60)
+
+
+def test_optimizer_with_schedule_serializes_and_deserializes():
+  optimizer = optim.build_optimizer('rmsprop', schedule('cosine'))
+  again = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+  assert isinstance(again, optim.RMSpropTF1)
+  assert again.get_config()['learning_rate']['config'] == (
+      schedule('cosine').get_config())
+  assert (again.rho, again.momentum, again.epsilon) == (0.9, 0.9, 1e-3)
+
+
+def test_unknown_schedule_is_a_user_error_listing_known_names():
+  with pytest.raises(UserError) as error:
+    schedule('cosin')
+  message = str(error.value)
+  assert "'cosin'" in message and "did you mean 'cosine'" in message
+  for name in ('constant', 'exponential', 'linear', 'plateau'):
+    assert name in message
+
+
+def test_non_positive_steps_per_epoch_is_a_user_error():
+  with pytest.raises(UserError, match='Received: steps_per_epoch=0'):
+    schedule('constant', steps_per_epoch=0)
+
+
+# ---------------------------------------------------------------- plateau
+
+
+def test_plateau_schedule_is_peak_times_scale():
+  lr = schedule('plateau', warmup_epochs=0)
+  lr.plateau_scale.assign(0.25)
+  assert lr_at(lr, 0, 500) == pytest.approx([0.025, 0.025])
+  assert schedule('cosine').plateau_scale is None
+
+
+def test_plateau_reducer_waits_for_patience_bad_evals():
+  reducer = plateau_reducer(patience=2, factor=0.5)
+  assert reducer.update(1.0) is False  # first: a new best
+  assert reducer.update(1.0) is False  # one without improvement
+  assert float(reducer.scale.numpy()) == 1.0
+  assert reducer.update(1.2) is True  # the second
+  assert float(reducer.scale.numpy()) == 0.5
+  assert reducer.update(0.9) is False  # a new best resets the count
+  assert reducer.update(0.95) is False
+  assert float(reducer.scale.numpy()) == 0.5
+  assert reducer.update(0.95) is True
+  assert float(reducer.scale.numpy()) == 0.25
+
+
+def test_plateau_reducer_lowers_the_schedule_it_was_given():
+  lr = schedule('plateau', warmup_epochs=0)
+  reducer = optim.PlateauReducer(lr, patience=1, factor=0.1)
+  reducer.update(2.0)
+  assert reducer.update(2.0) is True
+  assert lr_at(lr, 7) == pytest.approx([0.01])
+
+
+def test_plateau_reducer_stops_at_min_scale():
+  reducer = plateau_reducer(patience=1, factor=0.5, min_scale=0.3)
+  reducer.update(1.0)
+  assert [reducer.update(1.0) for _ in range(3)] == [True, True, False]
+  assert float(reducer.scale.numpy()) == pytest.approx(0.3)
+
+
+def test_plateau_reducer_state_survives_a_checkpoint(tmp_path):
+  reducer = plateau_reducer(patience=2)
+  for loss in (1.0, 1.1, 1.1, 1.2):  # best 1.0, reduced once, one bad eval
+    reducer.update(loss)
+  path = tf.train.Checkpoint(plateau=reducer).save(str(tmp_path / 'ckpt'))
+  restored = plateau_reducer(patience=2)
+  tf.train.Checkpoint(plateau=restored).restore(path).assert_consumed()
+  assert float(restored.best_loss.numpy()) == 1.0
+  assert int(restored.bad_evals.numpy()) == 1
+  assert float(restored.scale.numpy()) == 0.5
+  assert restored.update(1.0) is True  # the second bad eval in a row
+
+
+def test_plateau_reducer_needs_a_plateau_schedule():
+  with pytest.raises(UserError, match="Received: schedule='cosine'"):
+    optim.PlateauReducer(schedule('cosine'))
+
+
+# --------------------------------------------------------------- optimizers
+
+
+@pytest.mark.parametrize('name', optim.OPTIMIZERS.names())
+def test_each_optimizer_takes_a_step_that_lowers_a_quadratic(name):
+  w = tf.Variable([3.0, -4.0])
+  weight_decay = 0.01 if name == 'adamw' else 0.0
+  optimizer = optim.build_optimizer(name, 0.01, weight_decay=weight_decay)
+
+  def loss():
+    return tf.reduce_sum(w ** 2)
+
+  before = float(loss())
+  with tf.GradientTape() as tape:
+    value = loss()
+  optimizer.apply_gradients(zip(tape.gradient(value, [w]), [w]))
+  assert float(loss()) < before
+  assert int(optimizer.iterations.numpy()) == 1
+
+
+def test_optimizer_steps_inside_tf_function():
+  w = tf.Variable([3.0, -4.0])
+  optimizer = optim.build_optimizer('momentum', schedule('constant'))
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(w ** 2)
+    optimizer.apply_gradients(zip(tape.gradient(loss, [w]), [w]))
+
+  for _ in range(12):
+    step()
+  assert float(tf.reduce_sum(w ** 2)) < 25.0
+
+
+def test_rmsprop_is_the_originals_first_step():
+  optimizer = optim.build_optimizer('rmsprop', 0.1)
+  assert (optimizer.rho, optimizer.momentum, optimizer.epsilon) == (
+      0.9, 0.9, 1e-3)
+  w = tf.Variable([3.0, -4.0])
+  grad = tf.constant([0.5, 2.0])
+  optimizer.apply_gradients([(grad, w)])
+  # TF1's accumulator starts at 1: ms = 0.9 + 0.1 g^2, step lr g/sqrt(ms+eps)
+  ms = 0.9 + 0.1 * grad.numpy() ** 2
+  expected = np.array([3.0, -4.0]) - 0.1 * grad.numpy() / np.sqrt(ms + 1e-3)
+  np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)
+
+
+def test_unknown_optimizer_is_a_user_error_naming_the_value():
+  with pytest.raises(UserError) as error:
+    optim.build_optimizer('rmsprob', 0.1)
+  message = str(error.value)
+  assert "'rmsprob'" in message and "did you mean 'rmsprop'" in message
+  assert 'adamw' in message and 'momentum' in message
+
+
+def test_adamw_decays_kernels_but_not_excluded_biases():
+  layer = keras.layers.Dense(2, bias_initializer='ones')
+  layer.build((None, 3))
+  kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+  optimizer = optim.build_optimizer('adamw', 0.1, weight_decay=0.5,
+                                    weight_decay_exclude=EXCLUDE)
+  zeros = [tf.zeros_like(v) for v in layer.trainable_variables]
+  optimizer.apply_gradients(zip(zeros, layer.trainable_variables))
+  # Zero gradients move Adam nowhere; only the decay lr * wd * w remains.
+  np.testing.assert_allclose(layer.kernel.numpy(), kernel * (1 - 0.05),
+                             rtol=1e-6)
+  np.testing.assert_allclose(layer.bias.numpy(), bias)
+
+
+# --------------------------------------------------------- weight decay
+
+
+def test_weight_decay_loss_excludes_bias_gamma_beta_by_path():
+  model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
+                            keras.layers.BatchNormalization(),
+                            keras.layers.Dense(2)])
+  paths = [v.path for v in model.trainable_variables]
+  assert any('gamma' in p for p in paths) and any('bias' in p for p in paths)
+  kernels = [v.numpy() for v in model.trainable_variables
+             if v.path.endswith('kernel')]
+  expected = 1e-3 * sum(0.5 * np.sum(k.astype(np.float64) ** 2)
+                        for k in kernels)
+  loss = optim.weight_decay_loss(model.trainable_variables, 1e-3, EXCLUDE)
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_weight_decay_loss_matches_plain_tf_variables_by_name():
+  kept = tf.Variable([1.0, 2.0], name='dense/kernel')
+  dropped = tf.Variable([5.0], name='dense/bias')
+  loss = optim.weight_decay_loss([kept, dropped], 0.1, EXCLUDE)
+  assert float(loss) == pytest.approx(0.1 * 0.5 * 5.0)
+  everything = optim.weight_decay_loss([kept, dropped], 0.1, '')
+  assert float(everything) == pytest.approx(0.1 * 0.5 * 30.0)
+
+
+def test_weight_decay_loss_is_float32_for_bfloat16_variables():
+  w = tf.Variable(tf.constant([3.0, 4.0], tf.bfloat16), name='kernel')
+  loss = optim.weight_decay_loss([w], 0.5, EXCLUDE)
+  assert loss.dtype == tf.float32
+  assert float(loss) == pytest.approx(0.5 * 12.5)
+
+
+def test_weight_decay_loss_of_no_variables_is_zero():
+  assert float(optim.weight_decay_loss([], 0.1, EXCLUDE)) == 0.0
+
+
+def test_weight_decay_at_rises_with_the_step():
+  assert float(optim.weight_decay_at(1e-5, 0.0, 50, 100)) == pytest.approx(
+      1e-5)
+  values = [float(optim.weight_decay_at(1e-5, 2.0, step, 100))
+            for step in (0, 50, 100)]
+  assert values == pytest.approx([1e-5, 2e-5, 3e-5])
+
+
+# ---------------------------------------------------------------- clipping
+
+
+def test_clip_gradients_clips_each_then_the_global_norm():
+  grads = [tf.constant([3.0, 4.0]), tf.constant([0.0, 0.5])]
+  clipped = optim.clip_gradients(grads, 1.0)
+  # [3, 4] first shrinks to norm 1; then both share norm sqrt(1.25).
+  scale = 1.0 / math.sqrt(1.25)
+  np.testing.assert_allclose(clipped[0].numpy(), [0.6 * scale, 0.8 * scale],
+                             rtol=1e-6)
+  np.testing.assert_allclose(clipped[1].numpy(), [0.0, 0.5 * scale],
+                             rtol=1e-6)
+
+
+def test_clip_gradients_uses_the_absolute_value_of_a_negative_norm():
+  clipped = optim.clip_gradients([tf.constant([3.0, 4.0])], -2.0)
+  np.testing.assert_allclose(clipped[0].numpy(), [1.2, 1.6], rtol=1e-6)
+
+
+def test_clip_gradients_keeps_none_and_passes_through_at_zero():
+  grad = tf.constant([30.0, 40.0])
+  clipped = optim.clip_gradients([grad, None], 1.0)
+  assert clipped[1] is None
+  assert float(tf.norm(clipped[0])) == pytest.approx(1.0)
+  unclipped = optim.clip_gradients([grad, None], 0.0)
+  assert unclipped[0] is grad and unclipped[1] is None
+
+
+# ------------------------------------------------------------------- loss
+
+
+def softmax_xent(target, logits):
+  logits = np.asarray(logits, np.float64)
+  log_probs = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
+  return -np.sum(np.asarray(target) * log_probs, -1)
+
+
+def sigmoid_xent(target, logits):
+  logits = np.asarray(logits, np.float64)
+  log_p, log_not_p = -np.logaddexp(0, -logits), -np.logaddexp(0, logits)
+  return -np.mean(target * log_p + (1 - np.asarray(target)) * log_not_p, -1)
+
+
+LOGITS = [[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]
+ONE_HOT = [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+
+
+def loss_of(labels, logits=LOGITS, **kwargs):
+  kwargs.setdefault('multi_label', False)
+  kwargs.setdefault('label_smoothing', 0.0)
+  return optim.classification_loss(tf.constant(labels), tf.constant(logits),
+                                   **kwargs)
+
+
+def test_softmax_loss_is_per_example_cross_entropy():
+  loss = loss_of(ONE_HOT)
+  assert loss.shape == (2,)
+  np.testing.assert_allclose(loss.numpy(), softmax_xent(ONE_HOT, LOGITS),
+                             rtol=1e-6)
+
+
+def test_label_smoothing_moves_mass_evenly_to_all_classes():
+  loss = loss_of(ONE_HOT, label_smoothing=0.3)
+  target = np.array(ONE_HOT) * 0.7 + 0.1
+  np.testing.assert_allclose(loss.numpy(), softmax_xent(target, LOGITS),
+                             rtol=1e-6)
+
+
+def test_soft_labels_give_the_mixed_loss():
+  mixed = [[0.7, 0.0, 0.3], [0.0, 0.4, 0.6]]
+  np.testing.assert_allclose(loss_of(mixed).numpy(),
+                             softmax_xent(mixed, LOGITS), rtol=1e-6)
+
+
+def test_multi_hot_labels_are_normalised_for_softmax():
+  np.testing.assert_allclose(loss_of([[1.0, 1.0, 0.0]], [LOGITS[0]]).numpy(),
+                             loss_of([[0.5, 0.5, 0.0]], [LOGITS[0]]).numpy())
+
+
+def test_multi_label_is_mean_sigmoid_cross_entropy_with_smoothing():
+  labels = [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
+  loss = loss_of(labels, multi_label=True, label_smoothing=0.2)
+  target = np.array(labels) * 0.8 + 0.1
+  np.testing.assert_allclose(loss.numpy(), sigmoid_xent(target, LOGITS),
+                             rtol=1e-6)
+  keras_loss = keras.losses.binary_crossentropy(
+      tf.constant(labels), tf.constant(LOGITS), from_logits=True,
+      label_smoothing=0.2)
+  np.testing.assert_allclose(loss.numpy(), keras_loss.numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize('multi_label', [False, True])
+def test_bfloat16_logits_give_float32_losses(multi_label):
+  logits = tf.cast(tf.constant(LOGITS), tf.bfloat16)
+  loss = optim.classification_loss(tf.constant(ONE_HOT), logits,
+                                   multi_label=multi_label,
+                                   label_smoothing=0.1)
+  assert loss.dtype == tf.float32
+  np.testing.assert_allclose(
+      loss.numpy(), loss_of(ONE_HOT, multi_label=multi_label,
+                            label_smoothing=0.1).numpy(), rtol=1e-6)
+
+
+# --------------------------------------------------------------------- EMA
+
+
+def test_ema_follows_the_originals_num_updates_warmup():
+  w = tf.Variable([1.0, -1.0])
+  ema = optim.ExponentialMovingAverage([w], decay=0.99)
+  expected = np.array([1.0, -1.0])
+  for step, value in ((1, [2.0, 0.0]), (2, [4.0, 2.0]), (3, [0.0, 8.0])):
+    w.assign(value)
+    ema.update(step)
+    decay = min(0.99, (1 + step) / (10 + step))
+    expected = decay * expected + (1 - decay) * np.array(value)
+    np.testing.assert_allclose(ema.averages[0].numpy(), expected, rtol=1e-6)
+  np.testing.assert_allclose(w.numpy(), [0.0, 8.0])  # untouched by update
+
+
+def test_ema_uses_the_decay_itself_once_warmed_up():
+  ema = optim.ExponentialMovingAverage([tf.Variable(0.0)], decay=0.9)
+  assert float(ema.decay_at(1000)) == pytest.approx(0.9)
+  assert float(ema.decay_at(0)) == pytest.approx(0.1)
+
+
+def test_ema_updates_inside_tf_function():
+  w = tf.Variable(0.0)
+  ema = optim.ExponentialMovingAverage([w], decay=0.5)
+  step = tf.Variable(100, dtype=tf.int64)
+
+  @tf.function
+  def train_step():
+    w.assign_add(1.0)
+    step.assign_add(1)
+    ema.update(step)
+
+  train_step()
+  train_step()
+  assert float(ema.averages[0].numpy()) == pytest.approx(0.5 * 0.5 + 0.5 * 2)
+
+
+def test_ema_averages_batch_norm_moving_statistics():
+  model = keras.Sequential([keras.Input((2,)),
+                            keras.layers.BatchNormalization(momentum=0.5)])
+  bn = model.layers[0]
+  ema = optim.ExponentialMovingAverage(model.weights, decay=0.9)
+  model(tf.constant([[2.0, 4.0], [4.0, 8.0]]), training=True)
+  np.testing.assert_allclose(bn.moving_mean.numpy(), [1.5, 3.0])
+  ema.update(1000)
+  index = [v.path for v in model.weights].index(bn.moving_mean.path)
+  np.testing.assert_allclose(ema.averages[index].numpy(), [0.15, 0.3],
+                             rtol=1e-6)
+
+
+def test_ema_applied_swaps_in_and_back():
+  w = tf.Variable([1.0, 2.0])
+  ema = optim.ExponentialMovingAverage([w], decay=0.5)
+  w.assign([3.0, 4.0])
+  with ema.applied():
+    np.testing.assert_allclose(w.numpy(), [1.0, 2.0])
+  np.testing.assert_allclose(w.numpy(), [3.0, 4.0])
+  np.testing.assert_allclose(ema.averages[0].numpy(), [1.0, 2.0])
+
+
+def test_ema_applied_swaps_back_on_error():
+  w = tf.Variable([1.0, 2.0])
+  ema = optim.ExponentialMovingAverage([w], decay=0.5)
+  w.assign([3.0, 4.0])
+  with pytest.raises(RuntimeError, match='eval failed'):
+    with ema.applied():
+      raise RuntimeError('eval failed')
+  np.testing.assert_allclose(w.numpy(), [3.0, 4.0])
+
+
+def test_ema_swap_twice_restores_also_in_tf_function():
+  w = tf.Variable([1.0, 2.0])
+  ema = optim.ExponentialMovingAverage([w], decay=0.5)
+  w.assign([3.0, 4.0])
+  swap = tf.function(ema.swap)
+  swap()
+  np.testing.assert_allclose(w.numpy(), [1.0, 2.0])
+  np.testing.assert_allclose(ema.averages[0].numpy(), [3.0, 4.0])
+  swap()
+  np.testing.assert_allclose(w.numpy(), [3.0, 4.0])
+
+
+def test_ema_copy_to_writes_the_averages_elsewhere():
+  w = tf.Variable([1.0, 2.0])
+  ema = optim.ExponentialMovingAverage([w], decay=0.5)
+  w.assign([3.0, 4.0])
+  target = tf.Variable([0.0, 0.0])
+  ema.copy_to([target])
+  np.testing.assert_allclose(target.numpy(), [1.0, 2.0])
+  np.testing.assert_allclose(w.numpy(), [3.0, 4.0])
+  with pytest.raises(ValueError, match='1 averages but 2 variables'):
+    ema.copy_to([target, target])
+
+
+def test_ema_checkpoint_holds_only_the_averages_and_round_trips(tmp_path):
+  w = tf.Variable([1.0, 2.0])
+  ema = optim.ExponentialMovingAverage([w], decay=0.5)
+  w.assign([3.0, 4.0])
+  ema.update(1000)
+  path = tf.train.Checkpoint(ema=ema).save(str(tmp_path / 'ckpt'))
+  keys = [name for name, _ in tf.train.list_variables(path)
+          if name.startswith('ema/')]
+  assert keys == ['ema/averages/0/.ATTRIBUTES/VARIABLE_VALUE']
+  restored = optim.ExponentialMovingAverage([tf.Variable([0.0, 0.0])], 0.5)
+  tf.train.Checkpoint(ema=restored).restore(path).assert_consumed()
+  np.testing.assert_allclose(restored.averages[0].numpy(), [2.0, 3.0])
+
+
+def test_maybe_ema_is_none_without_decay_and_bad_decays_are_user_errors():
+  w = tf.Variable(1.0)
+  assert optim.maybe_ema([w], 0.0) is None
+  assert optim.maybe_ema([w], -1.0) is None
+  assert isinstance(optim.maybe_ema([w], 0.9999),
+                    optim.ExponentialMovingAverage)
+  with pytest.raises(UserError, match='Received: decay=1.0'):
+    optim.maybe_ema([w], 1.0)
+
+
+# ------------------------------------------------------- MirroredStrategy
+
+MIRRORED_SCRIPT = r'''
+import os
+import sys
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from efficientnetv2_tf import optim
+
+strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+assert strategy.num_replicas_in_sync == 2
+
+
+def build():
+  w = keras.Variable([1.0, 2.0], name='w')
+  bn = keras.layers.BatchNormalization(momentum=0.5)
+  bn.build((None, 1))
+  lr = optim.LearningRate(0.1, steps_per_epoch=1, total_steps=10,
+                          schedule='plateau', warmup_epochs=0)
+  return w, bn, lr, optim.PlateauReducer(lr, patience=1)
+
+
+with strategy.scope():
+  w, bn, lr, reducer = build()
+  optimizer = optim.build_optimizer('sgd', lr)
+  optimizer.build([w])
+  ema = optim.maybe_ema([w, bn.moving_mean], decay=0.9)
+  assert isinstance(ema.averages[0], tf.distribute.DistributedValues)
+
+# Replica r sees example weight r + 1 and input r + 1, so replicas differ.
+inputs = strategy.experimental_distribute_values_from_function(
+    lambda ctx: tf.constant([ctx.replica_id_in_sync_group + 1.0]))
+
+
+@tf.function
+def train_step(inputs):
+  def replica_step(x):
+    with tf.GradientTape() as tape:
+      bn(x[:, None], training=True)
+      per_example = x * tf.reduce_sum(w * w)
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=2)
+      loss += tf.nn.scale_regularization_loss(
+          optim.weight_decay_loss([w], 0.0, '.*(bias|gamma|beta).*'))
+    grads = optim.clip_gradients(tape.gradient(loss, [w]), 100.0)
+    optimizer.apply_gradients(zip(grads, [w]))
+    ema.update(optimizer.iterations)
+  strategy.run(replica_step, args=(inputs,))
+
+
+def replicas(variable):
+  if isinstance(variable, keras.Variable):
+    variable = variable.value
+  return [v.numpy() for v in variable.values]
+
+
+def check(variable, expected):
+  copies = replicas(variable)
+  assert len(copies) == 2
+  for copy in copies:
+    np.testing.assert_allclose(copy, expected, rtol=1e-6)
+
+
+# The gradient summed over replicas is (1 + 2) w / 2 * 2 = 3 w.
+w0 = np.array([1.0, 2.0])
+train_step(inputs)
+w1 = w0 * (1 - 0.1 * 3)
+check(w, w1)
+d1 = 2 / 11
+avg1 = d1 * w0 + (1 - d1) * w1
+check(ema.averages[0], avg1)
+# Keras 3 leaves each replica its own batch-norm statistics (0.5 and 1.0
+# here); the average follows the first replica's, which is what
+# cross-replica reads and checkpoints see.
+assert [float(m[0]) for m in replicas(bn.moving_mean)] == [0.5, 1.0]
+check(ema.averages[1], (1 - d1) * 0.5)
+
+# The reducer, outside strategy.run, halves the rate the next step uses.
+assert reducer.update(1.0) is False and reducer.update(1.0) is True
+train_step(inputs)
+w2 = w1 * (1 - 0.05 * 3)
+check(w, w2)
+d2 = 3 / 12
+avg2 = d2 * avg1 + (1 - d2) * w2
+check(ema.averages[0], avg2)
+
+with ema.applied():
+  check(w, avg2)
+check(w, w2)
+swap = tf.function(ema.swap)
+swap()
+check(w, avg2)
+swap()
+check(w, w2)
+
+path = tf.train.Checkpoint(ema=ema, plateau=reducer).save(
+    os.path.join(sys.argv[1], 'ckpt'))
+with strategy.scope():
+  w_new, bn_new, lr_new, reducer_new = build()
+  ema_new = optim.maybe_ema([w_new, bn_new.moving_mean], decay=0.9)
+tf.train.Checkpoint(ema=ema_new, plateau=reducer_new).restore(
+    path).assert_consumed()
+check(ema_new.averages[0], avg2)
+assert float(lr_new(0)) == np.float32(0.05)
+print('mirrored ok')
+'''
+
+
+def test_training_step_under_mirrored_strategy_on_two_cpus(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2')
+  result = subprocess.run([sys.executable, '-c', MIRRORED_SCRIPT,
+                           str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert 'mirrored ok' in result.stdout
