@@ -31,7 +31,7 @@ class Digits(Dataset):
   name = 'digits'
   num_classes = 10
   splits = ('train', 'eval', 'trainval')
-  augname = 'ft_randaug'
+  augname = 'ft_none'
 
   def load_class_names(self) -> List[str]:
     return [str(digit) for digit in range(10)]

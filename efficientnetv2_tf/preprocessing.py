@@ -75,8 +75,11 @@ for _policy in (None, 'randaug', 'autoaug', 'ra_aa'):
   if _policy:
     AUGMENTATIONS.add(f'ft_{_policy}', Pipeline('ft', _policy))
     AUGMENTATIONS.add(f'ft_{_policy}_cutout', Pipeline('ft', _policy, True))
-# As in the original, plain 'ft' means fine-tuning with cutout only.
+# As in the original, plain 'ft' means fine-tuning with cutout only;
+# 'ft_none' resizes and flips only, for images too small for the
+# original's cutout and translations, which are sized for 224 px.
 AUGMENTATIONS.add('ft', Pipeline('ft', None, True))
+AUGMENTATIONS.add('ft_none', Pipeline('ft', None, False))
 
 
 @dataclasses.dataclass(frozen=True)

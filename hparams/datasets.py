@@ -83,12 +83,12 @@ for _preset, _dataset, _extra in [
 # digits, upscaled, with progressive stages.
 register_dataset_preset('Digits', {
     'model': {'dropout_rate': 0.2},
-    'data': {'dataset': 'digits', 'augname': 'ft_randaug', 'flip': False,
-             'ram': 5.0, 'ibase': 32, 'mixup_alpha': 0.0,
+    'data': {'dataset': 'digits', 'augname': 'ft_none', 'flip': False,
+             'ram': 5.0, 'ibase': 24, 'mixup_alpha': 0.0,
              'cutmix_alpha': 0.0},
     'train': {'epochs': 20, 'batch_size': 64, 'stages': 2, 'sched': True,
-              'isize': 48.0, 'lr_base': 0.016, 'lr_sched': 'cosine',
+              'isize': 32.0, 'lr_base': 0.008, 'lr_sched': 'cosine',
               'lr_warmup_epoch': 1.0, 'ema_decay': 0.99,
               'label_smoothing': 0.1},
-    'eval': {'batch_size': 128, 'isize': 48},
+    'eval': {'batch_size': 120, 'isize': 32},
 })

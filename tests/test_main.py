@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import json
+
 import pytest
 import yaml
 
@@ -16,16 +18,24 @@ def run_main(*args):
                         capture_output=True, text=True, timeout=300)
 
 
-def test_main_builds_the_model_and_saves_the_resolved_config(tmp_path):
-  result = run_main('--model_name=efficientnetv2-b0',
-                    '--hparam_str=model.num_classes=10,train.epochs=3',
-                    f'--model_dir={tmp_path}')
+TINY_RUN = ('model.width_coefficient=0.25,model.depth_coefficient=0.2,'
+            'train.epochs=2,data.per_class=8,train.batch_size=16,'
+            'eval.batch_size=120')
+
+
+def test_quick_start_trains_evaluates_and_says_where_everything_went(
+    tmp_path):
+  result = run_main(f'--hparam_str={TINY_RUN}', f'--model_dir={tmp_path}')
   assert result.returncode == 0, result.stderr
-  assert 'dataset digits: 10 classes; train 1,438, eval 359' in result.stdout
-  assert 'efficientnetv2-b0: 5,932,122 parameters, 21 blocks, 10 classes' in (
-      result.stdout)
+  assert ('digits: 10 classes, 80 training images; 10 steps of batch 16 in '
+          '2 stage(s)') in result.stdout
+  assert 'stage 2/2: steps 5-9, 32 px' in result.stdout
+  assert 'eval at step 10: top-1' in result.stdout
+  assert f'model_dir: {tmp_path}' in result.stdout
   saved = yaml.safe_load((tmp_path / 'config.yaml').read_text())
-  assert saved['model']['num_classes'] == 10 and saved['train']['epochs'] == 3
+  assert saved['model']['num_classes'] == 10 and saved['train']['epochs'] == 2
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results['step'] == 10 and results['eval_images'] == 359
 
 
 @pytest.mark.parametrize('args, message', [
@@ -57,14 +67,29 @@ def test_main_builds_the_model_and_saves_the_resolved_config(tmp_path):
     (['--hparam_str=data.dataset=image_folder', '--data_dir=/no/such/dir'],
      "error: data_dir '/no/such/dir' of dataset 'image_folder' does not "
      'exist'),
+    (['--mode=predcit'],
+     "error: unknown --mode 'predcit'; allowed: train, eval, traineval"),
+    (['--mode=export'], 'error: --mode=export is not available in this '
+                        'version'),
+    (['--strategy=gpus2'], "error: unknown strategy 'gpus2'; did you mean "
+                           "'gpus'?"),
+    (['--strategy=gpu'], "error: strategy 'gpu' needs a GPU"),
+    (['--strategy=multi_worker'], 'error: multi_worker needs TF_CONFIG'),
+    (['--hparam_str=train.optimizer=adamx'],
+     "error: unknown optimizer 'adamx'; did you mean 'adam'?"),
+    (['--hparam_str=train.batch_size=0'],
+     'error: batch size 0 is not divisible by the 1 replicas'),
+    (['--mode=eval'], 'error: no checkpoint in '),
     (['--dataset_module=/no/such.py'],
      "error: --dataset_module '/no/such.py' is not a file"),
     (['--weights=/no/such/ckpt'],
      "error: weights path '/no/such/ckpt' does not exist"),
 ])
-def test_bad_input_exits_2_with_one_line(args, message, capsys):
+def test_bad_input_exits_2_with_one_line(args, message, capsys, tmp_path,
+                                        monkeypatch):
+  monkeypatch.delenv('TF_CONFIG', raising=False)
   main.FLAGS.unparse_flags()
-  main.FLAGS(['main.py', *args])
+  main.FLAGS(['main.py', f'--model_dir={tmp_path}', *args])
   with pytest.raises(SystemExit) as exit_info:
     main.main(['main.py'])
   assert exit_info.value.code == 2
@@ -94,8 +119,9 @@ def test_a_dataset_defined_in_a_user_file_is_usable(tmp_path):
       '  def source(self, split):\n'
       '    images = np.zeros([6, 8, 8, 3], np.uint8)\n'
       '    return tf.data.Dataset.from_tensor_slices((images, np.arange(6) % 3))\n')
-  result = run_main(f'--dataset_module={module}',
-                    '--hparam_str=data.dataset=blobs,model.width_coefficient=0.25')
+  result = run_main(f'--dataset_module={module}', '--mode=train',
+                    f'--model_dir={tmp_path / "run"}',
+                    f'--hparam_str={TINY_RUN},data.dataset=blobs,'
+                    'data.per_class=2,train.batch_size=3')
   assert result.returncode == 0, result.stderr
-  assert 'dataset blobs: 3 classes; train 6, eval 6' in result.stdout
-  assert '3 classes, train size' in result.stdout
+  assert 'blobs: 3 classes, 6 training images; 4 steps' in result.stdout
