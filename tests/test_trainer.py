@@ -194,3 +194,20 @@ def test_sweeps_run_each_combination_and_write_a_summary(tmp_path, capsys):
   summary = list(csv.DictReader(open(tmp_path / 'sweeps.csv')))
   assert len(summary) == 2
   assert 'sweep summary:' in capsys.readouterr().out
+
+
+def test_bfloat16_accumulation_loops_and_plateau_run_together(tmp_path):
+  cfg = tiny_config('train.epochs=2,train.grad_accum_steps=2,'
+                    'runtime.steps_per_loop=3,runtime.mixed_precision=true,'
+                    'train.lr_sched=plateau,train.plateau_patience=1,'
+                    'train.optimizer=adamw')
+  trainer = trainer_lib.Trainer(cfg, datasets.bind(cfg), str(tmp_path),
+                                distribute.get_strategy('cpu'))
+  try:
+    assert trainer.policy == 'mixed_bfloat16'
+    results = trainer.train(evaluate=True)
+  finally:
+    distribute.apply_precision('float32')
+  assert results['step'] == 10 and np.isfinite(results['eval_loss'])
+  assert trainer.model.get_layer('stem').compute_dtype == 'bfloat16'
+  assert trainer.model.get_layer('predictions').compute_dtype == 'float32'
