@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnetv2_tf.augment import mix_batch
+from efficientnetv2_tf.distribute import check_batch_size
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import decode_rgb
 from efficientnetv2_tf.preprocessing import preprocess_image
@@ -259,11 +260,8 @@ class Dataset:
     if input_context:
       num_shards = input_context.num_input_pipelines
       index = input_context.input_pipeline_id
-      if batch_size % input_context.num_replicas_in_sync:
-        raise UserError(
-            f'batch size {batch_size} is not divisible by the '
-            f'{input_context.num_replicas_in_sync} replicas')
-      batch_size = input_context.get_per_replica_batch_size(batch_size)
+      batch_size = check_batch_size(batch_size,
+                                    input_context.num_replicas_in_sync)
     num_classes = len(self.class_names)  # also checks a declared count
 
     if self.subset.everything or split not in self.subset_splits:

@@ -332,7 +332,7 @@ class Trainer:
       if self.chief:
         print(f'{stage.describe()}', flush=True)
       iterator = self._pipeline(stage)
-      self._log_stage(stage)
+      logging.info('%s', stage.describe())
       while self.step < stage.end_step:
         epoch = self.step // plan.steps_per_epoch
         epoch_end = min((epoch + 1) * plan.steps_per_epoch, stage.end_step)
@@ -424,9 +424,6 @@ class Trainer:
               f'{patience} evaluations')
       return True
     return False
-
-  def _log_stage(self, stage: progressive.Stage) -> None:
-    logging.info('%s', stage.describe())
 
   def _stage_epochs(self) -> List[float]:
     return [self.plan.epoch_of(s.end_step) for s in self.plan.stages]
