@@ -57,8 +57,8 @@ def get_model(model_name: str,
       'jft' (V1 only), or a path: an official TF1 checkpoint (prefix or
       directory), one of our TF2 checkpoints, or a `.weights.h5` file. Named
       weights are downloaded once into `$EFFICIENTNETV2_TF_CACHE` (default
-      `~/.keras/efficientnetv2_tf`). Official checkpoints load their EMA
-      values. The classifier takes the checkpoint's number of classes (21,843
+      `~/.keras/efficientnetv2_tf`). Where a checkpoint holds EMA values
+      (official ones, and those of a training run), those are loaded. The classifier takes the checkpoint's number of classes (21,843
       for 'imagenet21k') unless `num_classes` is given; a `num_classes` that
       differs from the checkpoint's leaves the classifier freshly initialised.
       'jft' checkpoints expect ImageNet mean/std inputs: use them with

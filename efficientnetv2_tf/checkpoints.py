@@ -6,7 +6,10 @@ The published checkpoints are TF1 name-based. A variable is named
 `.../ExponentialMovingAverage` shadow, `global_step` and sometimes optimizer
 slots. `official_variable_map` spells out where each one goes in our model.
 
-Our own checkpoints are TF2 object-based (`tf.train.Checkpoint`).
+Our own checkpoints are TF2 object-based (`tf.train.Checkpoint`): `save`
+writes the model alone, a training run the model beside its optimizer and
+EMA (`model=`, `optimizer=`, `ema=`). Both load into a model of the same
+architecture, with the classifier skipped when its size differs.
 """
 import dataclasses
 import os
@@ -16,7 +19,9 @@ from typing import Dict, List, Optional
 from absl import logging
 import keras
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from efficientnetv2_tf import optim
 from efficientnetv2_tf.blocks import MBConv
 from hparams.errors import UserError
 from hparams.registry import close_matches
@@ -275,20 +280,60 @@ def locate(weights: str, model_name: str) -> Checkpoint:
                     ', or a checkpoint path')
   path = _find_checkpoint(weights)
   reader = _reader(path)
-  if reader.has_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'):
-    return Checkpoint(path, 'tf2')
+  if reader.has_tensor(_OBJECT_GRAPH):
+    return Checkpoint(path, 'tf2', _own_head_classes(reader))
   bias = reader.get_variable_to_shape_map().get(
       f'{model_name}/head/dense/bias')
   return Checkpoint(path, 'official', int(bias[0]) if bias else None)
+
+
+_OBJECT_GRAPH = '_CHECKPOINTABLE_OBJECT_GRAPH'
+
+
+def _object_graph(reader) -> trackable_object_graph_pb2.TrackableObjectGraph:
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH))
+  return graph
+
+
+def _object_node(graph, *names: str):
+  """The node at a path of attribute names from the root; None if absent."""
+  node = graph.nodes[0]
+  for name in names:
+    ids = [c.node_id for c in node.children if c.local_name == name]
+    if not ids:
+      return None
+    node = graph.nodes[ids[0]]
+  return node
+
+
+def _own_head_classes(reader) -> Optional[int]:
+  """The classifier size of one of our checkpoints; None without one.
+
+  A functional model tracks its layers in order under `_operations`, so the
+  classifier, if any, is the last one: the only one with a `bias`.
+  """
+  graph = _object_graph(reader)
+  layers = _object_node(graph, 'model', '_operations')
+  if layers is None or not layers.children:
+    return None
+  last = graph.nodes[layers.children[-1].node_id]
+  bias = [graph.nodes[c.node_id] for c in last.children
+          if c.local_name == 'bias']
+  if not bias or not bias[0].attributes:
+    return None
+  shape = reader.get_variable_to_shape_map()[
+      bias[0].attributes[0].checkpoint_key]
+  return int(shape[0]) if len(shape) == 1 else None
 
 
 def load_weights(model: keras.Model, checkpoint: Checkpoint,
                  model_name: str, prefer_ema: bool = True) -> None:
   """Loads a located checkpoint into `model`.
 
-  For an official checkpoint whose classifier has another number of classes
-  than the model, the classifier is skipped and keeps its initial values;
-  `prefer_ema` picks its EMA values over the raw ones.
+  When the checkpoint's classifier has another number of classes than the
+  model, the classifier is skipped and keeps its initial values.
+  `prefer_ema` picks the checkpoint's EMA values over the raw ones.
   """
   if checkpoint.kind == 'keras':
     try:
@@ -298,7 +343,7 @@ def load_weights(model: keras.Model, checkpoint: Checkpoint,
                       f'{model.name}: {str(e).strip().splitlines()[0]}'
                       ) from None
   elif checkpoint.kind == 'tf2':
-    restore(model, checkpoint.path)
+    _load_own(model, checkpoint, prefer_ema)
   else:
     classes = checkpoint.head_classes
     skip_head = bool(model.include_top and classes and
@@ -308,6 +353,90 @@ def load_weights(model: keras.Model, checkpoint: Checkpoint,
                       'classifier is not loaded.', classes, model.num_classes)
     load_official(model, checkpoint.path, model_name, prefer_ema=prefer_ema,
                   skip_head=skip_head)
+
+
+def _load_own(model: keras.Model, checkpoint: Checkpoint,
+              prefer_ema: bool) -> None:
+  """Loads one of our checkpoints, through a copy of the model when the
+  classifier differs or the EMA is wanted."""
+  classes = checkpoint.head_classes
+  same_head = classes == (model.num_classes if model.include_top else None)
+  use_ema = prefer_ema and _object_node(
+      _object_graph(_reader(checkpoint.path)), 'ema') is not None
+  if same_head and not use_ema:
+    restore(model, checkpoint.path)
+    return
+  config = model.get_config()
+  config.update(include_top=classes is not None,
+                num_classes=classes or model.num_classes, with_endpoints=False)
+  source = type(model).from_config(config)
+  tracked = {'model': source}
+  if use_ema:
+    tracked['ema'] = optim.ExponentialMovingAverage(
+        optim.ema_variables(source), decay=0.5)
+  _read(tf.train.Checkpoint(**tracked), checkpoint.path, model.name)
+  if use_ema:
+    tracked['ema'].copy_to(optim.ema_variables(source))
+  if not same_head:
+    logging.warning('Checkpoint head has %s classes, the model %s: the '
+                    'classifier is not loaded.', classes,
+                    model.num_classes if model.include_top else 'none')
+  values = {v.path: v for v in source.variables}
+  loaded = 0
+  for variable in model.variables:
+    skipped = variable.path.startswith('predictions/') and not same_head
+    # Dropout's random state is not a weight.
+    if (variable.path in values and not skipped and
+        'seed_generator' not in variable.path):
+      variable.assign(values[variable.path])
+      loaded += 1
+  logging.info('Loaded %d variables (%s) from %s', loaded,
+               'EMA' if use_ema else 'raw', checkpoint.path)
+
+
+def _shape_mismatches(root: tf.train.Checkpoint, reader) -> List[str]:
+  """Variables of `root` whose shape differs from the checkpoint's.
+
+  Walks the checkpoint's object graph beside the objects, as a read would,
+  so that a mismatch is reported before anything is assigned.
+  """
+  graph = _object_graph(reader)
+  shapes = reader.get_variable_to_shape_map()
+  mismatches, seen = [], set()
+
+  def walk(obj, node_id: int) -> None:
+    if node_id in seen:
+      return
+    seen.add(node_id)
+    node = graph.nodes[node_id]
+    for attribute in node.attributes:
+      if attribute.name == 'VARIABLE_VALUE' and hasattr(obj, 'shape'):
+        stored = tuple(shapes[attribute.checkpoint_key])
+        if stored != tuple(obj.shape):
+          mismatches.append(f'{getattr(obj, "path", obj.name)} '
+                            f'{stored} vs {tuple(obj.shape)}')
+    children = tf.train.TrackableView(obj).children(obj)
+    for child in node.children:
+      if child.local_name in children:
+        walk(children[child.local_name], child.node_id)
+
+  walk(root, 0)
+  return mismatches
+
+
+def _read(tracked: tf.train.Checkpoint, path: str, name: str) -> None:
+  """Reads the tracked objects from `path`; a mismatch is a UserError."""
+  wrong_shape = _shape_mismatches(tracked, _reader(path))
+  if wrong_shape:
+    raise UserError(f'checkpoint {path!r} does not fit {name}: ' + _listing(
+        'variables of the wrong shape (checkpoint vs model)', wrong_shape))
+  try:
+    # Training state beside the weights (optimizer, step) is not wanted.
+    tracked.read(path).expect_partial().assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    first_line = str(e).strip().splitlines()[0]
+    raise UserError(f'checkpoint {path!r} does not fit {name}: '
+                    f'{first_line}') from None
 
 
 def save(model: keras.Model, path: str) -> str:
@@ -326,11 +455,5 @@ def save(model: keras.Model, path: str) -> str:
 def restore(model: keras.Model, path: str) -> str:
   """Restores weights that `save` wrote; raises UserError on a mismatch."""
   path = _find_checkpoint(path)
-  try:
-    status = tf.train.Checkpoint(model=model).read(path)
-    status.assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    first_line = str(e).strip().splitlines()[0]
-    raise UserError(f'checkpoint {path!r} does not fit {model.name}: '
-                    f'{first_line}') from None
+  _read(tf.train.Checkpoint(model=model), path, model.name)
   return path

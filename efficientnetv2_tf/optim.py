@@ -453,6 +453,14 @@ class ExponentialMovingAverage(tf.Module):
       target.assign(tf.cast(average, target.dtype))
 
 
+def ema_variables(model: keras.Model) -> List[tf.Variable]:
+  """What the EMA of a model averages: its weights and BatchNorm's moving
+  statistics, in an order that the same architecture always repeats."""
+  moving = [v for v in model.non_trainable_variables
+            if 'moving_' in v.path]
+  return list(model.trainable_variables) + moving
+
+
 def maybe_ema(variables: Variables,
               decay: float) -> Optional[ExponentialMovingAverage]:
   """An `ExponentialMovingAverage`, or None when `decay` <= 0 (no EMA)."""

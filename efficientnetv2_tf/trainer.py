@@ -116,13 +116,6 @@ def check_model_dir(model_dir: str, cfg: Any) -> None:
             f'use a new --model_dir')
 
 
-def ema_variables(model: keras.Model) -> List[tf.Variable]:
-  """What the EMA averages: the weights and BatchNorm's moving statistics."""
-  moving = [v for v in model.non_trainable_variables
-            if 'moving_' in v.path]
-  return list(model.trainable_variables) + moving
-
-
 def _backbone_frozen(model: keras.Model, frozen: bool) -> None:
   """Freezes everything but the classifier; a frozen BatchNorm layer runs in
   inference mode in Keras 3."""
@@ -188,7 +181,8 @@ class Trainer:
           weight_decay_exclude=train.weight_decay_exclude)
       self.optimizer = distribute.wrap_optimizer(optimizer, self.policy)
       self.optimizer.build(self.model.trainable_variables)
-      self.ema = optim.maybe_ema(ema_variables(self.model), train.ema_decay)
+      self.ema = optim.maybe_ema(optim.ema_variables(self.model),
+                                 train.ema_decay)
       self.rng = tf.random.Generator.from_seed(
           cfg.data.seed if cfg.data.seed is not None else
           int(np.random.default_rng().integers(2**31)))
@@ -245,38 +239,47 @@ class Trainer:
     exclude = cfg.train.weight_decay_exclude
     replicas = strategy.num_replicas_in_sync
 
+    def gradients(images, labels, weight_decay):
+      with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        per_example = optim.classification_loss(
+            labels, logits, multi_label=self.multi_label,
+            label_smoothing=cfg.train.label_smoothing)
+        loss = tf.nn.compute_average_loss(per_example,
+                                          global_batch_size=micro_batch)
+        if l2:
+          loss += optim.weight_decay_loss(variables, weight_decay,
+                                          exclude) / replicas
+        loss /= accum
+        scaled = (optimizer.scale_loss(loss)
+                  if hasattr(optimizer, 'scale_loss') else loss)
+      correct = tf.reduce_sum(tf.cast(
+          tf.argmax(logits, -1) == tf.argmax(labels, -1), tf.float32))
+      return tape.gradient(scaled, variables), loss, correct
+
+    if cfg.train.jit_compile:
+      # XLA takes the model's forward and backward pass; the input iterator,
+      # the cross-replica gradient sum and the optimizer stay outside it.
+      gradients = tf.function(gradients, jit_compile=True)
+
     def replica_step(*batches):
-      grads_sum, loss_sum, correct = None, 0.0, 0.0
+      grads_sum, loss_sum, correct_sum = None, 0.0, 0.0
       weight_decay = optim.weight_decay_at(
           cfg.train.weight_decay, cfg.train.weight_decay_inc,
           optimizer.iterations, plan.total_steps)
       for images, labels in batches:
-        with tf.GradientTape() as tape:
-          logits = model(images, training=True)
-          per_example = optim.classification_loss(
-              labels, logits, multi_label=self.multi_label,
-              label_smoothing=cfg.train.label_smoothing)
-          loss = tf.nn.compute_average_loss(per_example,
-                                            global_batch_size=micro_batch)
-          if l2:
-            loss += optim.weight_decay_loss(variables, weight_decay,
-                                            exclude) / replicas
-          loss /= accum
-          scaled = (optimizer.scale_loss(loss)
-                    if hasattr(optimizer, 'scale_loss') else loss)
-        grads = tape.gradient(scaled, variables)
+        grads, loss, correct = gradients(images, labels, weight_decay)
         grads_sum = grads if grads_sum is None else [
             a + b for a, b in zip(grads_sum, grads)]
         loss_sum += loss
-        correct += tf.reduce_sum(tf.cast(
-            tf.argmax(logits, -1) == tf.argmax(labels, -1), tf.float32))
+        correct_sum += correct
       grads_sum = optim.clip_gradients(grads_sum, cfg.train.gclip)
       optimizer.apply_gradients(zip(grads_sum, variables))
       if self.ema:
         self.ema.update(optimizer.iterations)
-      return loss_sum, correct
+      return loss_sum, correct_sum
 
-    @tf.function(jit_compile=cfg.train.jit_compile or None)
+    @tf.function
     def loop(iterator, steps):
       loss_total = tf.constant(0.0)
       correct_total = tf.constant(0.0)
@@ -320,7 +323,10 @@ class Trainer:
       _backbone_frozen(self.model, False)
     if not evaluate or last_eval is None or last_eval['step'] != self.step:
       last_eval = self.evaluate() if evaluate else {}
-    return self._finish(last_eval, time.time() - start_time)
+    last_train = {k: v for k, v in self._epoch_metrics.items()
+                  if k.startswith('train_')}  # none when nothing was left
+    return self._finish({**last_train, **last_eval},
+                        time.time() - start_time)
 
   def _train_loop(self, evaluate: bool) -> Optional[Dict[str, Any]]:
     plan, cfg = self.plan, self.cfg

@@ -1,9 +1,11 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import efficientnetv2_tf
 from efficientnetv2_tf import checkpoints
+from efficientnetv2_tf import optim
 from hparams import models
 from hparams.errors import UserError
 from tests import tf1_reference
@@ -197,6 +199,65 @@ def test_own_checkpoint_of_another_shape_is_refused(tmp_path):
     efficientnetv2_tf.get_model(
         'efficientnetv2-b0', TINY.replace('0.25', '0.5'),
         weights=str(tmp_path / 'ckpt'))
+
+
+def _training_checkpoint(path, num_classes):
+  """A checkpoint laid out as a training run writes it: the model beside
+  its EMA, whose averages differ from the raw weights."""
+  model = efficientnetv2_tf.get_model(
+      'efficientnetv2-b0', TINY.replace('=10', f'={num_classes}'))
+  ema = optim.ExponentialMovingAverage(optim.ema_variables(model), 0.5)
+  for average in ema.averages:
+    average.assign_add(tf.ones_like(average))
+  optimizer = keras.optimizers.SGD()
+  optimizer.build(model.trainable_variables)
+  prefix = tf.train.Checkpoint(model=model, ema=ema, optimizer=optimizer
+                               ).write(str(path / 'ckpt-1'))
+  return model, ema, prefix
+
+
+def test_training_checkpoint_loads_its_ema_and_skips_another_head(tmp_path):
+  source, ema, prefix = _training_checkpoint(tmp_path, num_classes=10)
+  located = checkpoints.locate(prefix, 'efficientnetv2-b0')
+  assert (located.kind, located.head_classes) == ('tf2', 10)
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0',
+                                      TINY.replace('=10', '=7'))
+  head = [v.numpy() for v in model.get_layer('predictions').weights]
+  checkpoints.load_weights(model, located, 'efficientnetv2-b0')
+  averaged = dict(zip([v.path for v in optim.ema_variables(source)],
+                      ema.averages))
+  for variable in optim.ema_variables(model):
+    if variable.path.startswith('predictions/'):
+      continue
+    np.testing.assert_array_equal(variable.numpy(),
+                                  averaged[variable.path].numpy())
+  for before, after in zip(head, model.get_layer('predictions').weights):
+    np.testing.assert_array_equal(before, after.numpy())
+
+
+def test_training_checkpoint_loads_raw_weights_when_asked(tmp_path):
+  source, _, prefix = _training_checkpoint(tmp_path, num_classes=10)
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  checkpoints.load_weights(model, checkpoints.locate(prefix, 'x'),
+                           'efficientnetv2-b0', prefer_ema=False)
+  for a, b in zip(source.weights, model.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_classes_follow_our_checkpoint_when_not_given(tmp_path):
+  _, _, prefix = _training_checkpoint(tmp_path, num_classes=7)
+  model = efficientnetv2_tf.get_model(
+      'efficientnetv2-b0', 'width_coefficient=0.25,depth_coefficient=0.2',
+      weights=prefix)
+  assert model.num_classes == 7
+
+
+def test_training_checkpoint_of_another_shape_lists_the_mismatches(tmp_path):
+  _, _, prefix = _training_checkpoint(tmp_path, num_classes=10)
+  with pytest.raises(UserError, match=r'does not fit efficientnetv2-b0: \d+ '
+                     r'variables of the wrong shape .*stem/conv/kernel'):
+    efficientnetv2_tf.get_model('efficientnetv2-b0',
+                                TINY.replace('0.25', '0.5'), weights=prefix)
 
 
 def test_keras_weights_file_loads(tmp_path):

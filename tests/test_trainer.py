@@ -122,6 +122,19 @@ def test_finetuning_from_an_official_checkpoint_with_other_classes(tmp_path):
   assert trainer.train()['step'] == 5
 
 
+def test_finetuning_from_a_run_directory_starts_from_its_ema(finished_run,
+                                                           tmp_path):
+  model_dir, cfg, trainer, _ = finished_run
+  ft_cfg = tiny_config(f'train.ft_init_ckpt={model_dir}')
+  ft = trainer_lib.Trainer(ft_cfg, datasets.bind(ft_cfg), str(tmp_path),
+                           distribute.get_strategy('cpu'))
+  with trainer.ema.applied():
+    for want, got in zip(trainer.model.weights, ft.model.weights):
+      if 'seed_generator' not in want.path:
+        np.testing.assert_array_equal(want.numpy(), got.numpy())
+  assert ft.step == 0  # the weights, not the run's step or optimizer
+
+
 def test_freezing_trains_only_the_classifier(tmp_path):
   cfg = tiny_config('train.epochs=1,train.freeze_epochs=1.0,'
                     'train.ema_decay=0.0')
@@ -211,3 +224,16 @@ def test_bfloat16_accumulation_loops_and_plateau_run_together(tmp_path):
   assert results['step'] == 10 and np.isfinite(results['eval_loss'])
   assert trainer.model.get_layer('stem').compute_dtype == 'bfloat16'
   assert trainer.model.get_layer('predictions').compute_dtype == 'float32'
+
+
+@pytest.mark.slow
+def test_xla_compiles_the_training_step(tmp_path):
+  cfg = tiny_config('train.epochs=1,train.stages=1,train.jit_compile=true,'
+                    'train.grad_accum_steps=2')
+  trainer = trainer_lib.Trainer(cfg, datasets.bind(cfg), str(tmp_path),
+                                distribute.get_strategy('cpu'))
+  before = trainer.model.get_layer('stem').weights[0].numpy()
+  results = trainer.train()
+  assert results['step'] == 5 and np.isfinite(results['train_loss'])
+  assert not np.allclose(before,
+                         trainer.model.get_layer('stem').weights[0].numpy())
