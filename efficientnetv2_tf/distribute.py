@@ -20,6 +20,9 @@ is a GPU, else 'cpu'.
     >>> precision_policy('gpu', mixed=True), precision_policy(strategy, True)
     ('mixed_float16', 'mixed_bfloat16')
 
+`distribute_input` turns a per-replica `dataset_fn` into the batches for
+`strategy.run`.
+
 Mixed precision computes in float16 on GPUs, which needs loss scaling
 (`wrap_optimizer`), and in bfloat16 on TPUs and CPUs, which does not.
 Under 'multi_worker' every worker saves (saving is collective), so each
@@ -239,3 +242,19 @@ def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
   resolver = strategy.cluster_resolver
   return os.path.join(model_dir, 'workers',
                       f'{resolver.task_type}_{resolver.task_id}')
+
+
+def distribute_input(strategy: tf.distribute.Strategy,
+                     dataset_fn: Callable[[tf.distribute.InputContext],
+                                          tf.data.Dataset]):
+  """The batches of `dataset_fn` for `strategy.run`, as a dataset-like.
+
+  With one replica on one worker, and no TPU, this is the dataset itself.
+  A distributed dataset there would add nothing but its prefetching
+  iterator, which keeps one of TensorFlow's inter-op threads waiting; on a
+  two-core host that halves the training step rate (`bench/training.py`).
+  """
+  if strategy.num_replicas_in_sync == 1 and not isinstance(
+      strategy, tf.distribute.TPUStrategy):
+    return dataset_fn(tf.distribute.InputContext())
+  return strategy.distribute_datasets_from_function(dataset_fn)

@@ -147,6 +147,7 @@ class Trainer:
     work_dir = distribute.worker_dir(model_dir, strategy)
     self._build(os.path.join(work_dir, 'checkpoints'))
     self._train_fns: Dict[Any, Any] = {}
+    self._tracing = False  # the next loop call traces: not counted in speed
     self._eval_fn = None
     self._stop_requested = False
     self.train_seconds = 0.0
@@ -291,6 +292,7 @@ class Trainer:
       return loss_total, correct_total
 
     self._train_fns = {key: loop}  # older traces are not needed again
+    self._tracing = True
     return loop
 
   def _pipeline(self, stage: progressive.Stage):
@@ -302,7 +304,7 @@ class Trainer:
         training=True, image_size=stage.image_size,
         augmentation=stage.augmentation(self.augmentation), seed=seed,
         dtype=self.image_dtype)
-    return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+    return iter(distribute.distribute_input(self.strategy, dataset_fn))
 
   # Training. ----------------------------------------------------------------
 
@@ -390,8 +392,10 @@ class Trainer:
             f'{self.manager.latest_checkpoint or "none"}. Lower '
             f'train.lr_base or set train.gclip, then rerun to resume')
       images = steps * plan.global_batch
-      self.train_seconds += elapsed
-      self.train_images += images
+      if not self._tracing:
+        self.train_seconds += elapsed
+        self.train_images += images
+      self._tracing = False
       loss_sum += loss
       correct += float(right)
       seen += images
@@ -465,7 +469,7 @@ class Trainer:
     dataset_fn = self.dataset.distribute_fn(
         self.cfg.data.eval_split, self.cfg.eval.batch_size, training=False,
         image_size=self.cfg.eval.isize, dtype=self.image_dtype)
-    batches = self.strategy.distribute_datasets_from_function(dataset_fn)
+    batches = distribute.distribute_input(self.strategy, dataset_fn)
     totals = np.zeros(4)
     with self.ema.applied() if self.ema else contextlib.nullcontext():
       for batch in batches:
