@@ -4,8 +4,15 @@
     python main.py --model_name=efficientnetv2-s --dataset_cfg=cifar10ft \
         --weights=imagenet --model_dir=runs/s-cifar10
 
-`--mode` is train, eval or traineval (export, predict and benchmark are
-reserved). The run config is the base config, then the model preset, the
+    python main.py --mode=export --model_dir=runs/s-cifar10 \
+        --export_dir=exports/s-cifar10
+    python main.py --mode=predict --model_dir=exports/s-cifar10 \
+        --image_path='photos/*.jpg'
+    python main.py --mode=benchmark --weights=imagenet --batch_sizes=1,8
+
+`--mode` is train, eval or traineval, or, with a trained model, export,
+predict or benchmark: these take the run in `--model_dir` (its latest
+checkpoint, or `--checkpoint`), or `--weights` when given. The run config is the base config, then the model preset, the
 dataset preset, and `--hparam_str`; it is saved as `<model_dir>/config.yaml`.
 Rerunning a command resumes from its last checkpoint.
 
@@ -26,8 +33,7 @@ from hparams.errors import UserError  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('mode', 'traineval',
-                    'train, eval or traineval (export, predict and benchmark '
-                    'are reserved).')
+                    'train, eval, traineval, export, predict or benchmark.')
 flags.DEFINE_string('model_name', 'efficientnetv2-b0',
                     'One of efficientnetv2_tf.list_models().')
 flags.DEFINE_string('dataset_cfg', 'digits',
@@ -60,6 +66,29 @@ flags.DEFINE_float('eval_timeout', 0.0,
                    '--mode=eval: seconds to wait for each new checkpoint; '
                    '0 evaluates the latest one and stops.')
 
+flags.DEFINE_string('checkpoint', None,
+                    'export/predict/benchmark: a checkpoint of the run '
+                    "('ckpt-500' or a path); default: the latest.")
+flags.DEFINE_string('export_dir', None,
+                    'export: where to write; default <model_dir>/export. '
+                    'predict: an export to use instead of --model_dir.')
+flags.DEFINE_bool('overwrite', False,
+                  'export: replace a non-empty --export_dir.')
+flags.DEFINE_string('tflite_quantization', 'none',
+                    'export: none, dynamic (int8 weights) or float16.')
+flags.DEFINE_string('image_path', None,
+                    'predict: an image, a directory or a glob.')
+flags.DEFINE_integer('top_k', 5, 'predict: how many classes per image.')
+flags.DEFINE_string('predictions_file', 'predictions.json',
+                    'predict: where to write the JSON predictions.')
+flags.DEFINE_string('batch_sizes', '1,8,32',
+                    'benchmark: comma-separated batch sizes.')
+flags.DEFINE_integer('image_size', None,
+                     'benchmark: image size; default the eval size.')
+flags.DEFINE_integer('benchmark_iterations', 20,
+                     'benchmark: timed calls per batch size.')
+flags.DEFINE_bool('jit_compile', False, 'benchmark: compile with XLA.')
+
 
 def import_file(path: str) -> None:
   if not os.path.isfile(path):
@@ -77,10 +106,43 @@ def make_config(extra=None):
   return cfg
 
 
+def run_inference(model_dir: str) -> None:
+  from efficientnetv2_tf import runs  # pylint: disable=g-import-not-at-top
+  if FLAGS.mode == 'predict':
+    if not FLAGS.image_path:
+      raise UserError('--mode=predict needs --image_path (an image, a '
+                      'directory or a glob)')
+    runs.run_predict(FLAGS.export_dir or model_dir, FLAGS.image_path,
+                     FLAGS.top_k, FLAGS.predictions_file)
+    return
+  # Bad options are refused before the model is loaded, which takes a while.
+  if FLAGS.mode == 'export':
+    from efficientnetv2_tf import export  # pylint: disable=g-import-not-at-top
+    export_dir = FLAGS.export_dir or os.path.join(model_dir, 'export')
+    export.check_options(export_dir, FLAGS.overwrite,
+                         FLAGS.tflite_quantization)
+  else:
+    from efficientnetv2_tf import benchmark  # pylint: disable=g-import-not-at-top
+    benchmark.parse_batch_sizes(FLAGS.batch_sizes)
+  source = runs.load_source(model_dir, FLAGS.model_name, FLAGS.weights,
+                            FLAGS.checkpoint)
+  if FLAGS.mode == 'export':
+    runs.run_export(source, export_dir, FLAGS.overwrite,
+                    FLAGS.tflite_quantization)
+  else:
+    runs.run_benchmark(source, FLAGS.image_size, FLAGS.batch_sizes,
+                       FLAGS.benchmark_iterations, FLAGS.jit_compile)
+
+
 def run() -> None:
   from efficientnetv2_tf import distribute  # pylint: disable=g-import-not-at-top
   from efficientnetv2_tf import runs  # pylint: disable=g-import-not-at-top
   runs.check_mode(FLAGS.mode)
+  model_dir = FLAGS.model_dir or os.path.join(
+      'runs', f'{FLAGS.model_name}-{FLAGS.dataset_cfg}')
+  if FLAGS.mode in runs.INFERENCE_MODES:
+    run_inference(model_dir)
+    return
   cfg = make_config()  # bad flags fail before TensorFlow starts
   # The strategy comes first: multi-worker collectives must be set up
   # before any other TensorFlow op runs.
@@ -90,8 +152,6 @@ def run() -> None:
   if FLAGS.dataset_module:
     import_file(FLAGS.dataset_module)
   bind = lambda config: datasets.bind(config, FLAGS.data_dir)
-  model_dir = FLAGS.model_dir or os.path.join(
-      'runs', f'{FLAGS.model_name}-{FLAGS.dataset_cfg}')
   if FLAGS.sweeps:
     runs.run_sweep(FLAGS.mode, make_config, bind, model_dir, strategy,
                    FLAGS.sweeps, FLAGS.eval_timeout)

@@ -12,19 +12,23 @@ settings, and writes `sweeps.csv` with each one's final metrics.
 """
 import csv
 import itertools
+import json
 import os
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import tensorflow as tf
 
 import hparams
+from efficientnetv2_tf import benchmark as benchmark_lib
 from efficientnetv2_tf import distribute
+from efficientnetv2_tf import export as export_lib
+from efficientnetv2_tf import predict as predict_lib
 from efficientnetv2_tf import trainer as trainer_lib
 from hparams.errors import UserError
 
 MODES = ('train', 'eval', 'traineval', 'export', 'predict', 'benchmark')
-# Modes whose code is not part of this version yet.
-NOT_YET = ('export', 'predict', 'benchmark')
+# The modes that use a trained model rather than train one.
+INFERENCE_MODES = ('export', 'predict', 'benchmark')
 SWEEP_COLUMNS = ('step', 'eval_top1', 'eval_top5', 'eval_loss',
                  'wall_seconds', 'train_images_per_second')
 
@@ -32,9 +36,6 @@ SWEEP_COLUMNS = ('step', 'eval_top1', 'eval_top5', 'eval_loss',
 def check_mode(mode: str) -> None:
   if mode not in MODES:
     raise UserError(f'unknown --mode {mode!r}; allowed: {", ".join(MODES)}')
-  if mode in NOT_YET:
-    raise UserError(f'--mode={mode} is not available in this version; '
-                    f'available: train, eval, traineval')
 
 
 def run(mode: str, cfg: Any, bind: Callable[[Any], Any], model_dir: str,
@@ -46,6 +47,8 @@ def run(mode: str, cfg: Any, bind: Callable[[Any], Any], model_dir: str,
   trainer_lib.check_model_dir(model_dir, cfg)
   if distribute.is_chief(strategy) and mode != 'eval':
     hparams.save_yaml(cfg, os.path.join(model_dir, 'config.yaml'))
+    with open(os.path.join(model_dir, 'labels.txt'), 'w') as f:
+      f.write('\n'.join(dataset.class_names) + '\n')
   trainer = trainer_lib.Trainer(cfg, dataset, model_dir, strategy)
   if distribute.is_chief(strategy):
     print(f'{dataset.name}: {dataset.num_classes} classes, '
@@ -60,6 +63,50 @@ def run(mode: str, cfg: Any, bind: Callable[[Any], Any], model_dir: str,
   if distribute.is_chief(strategy):
     print(f'model_dir: {model_dir} (config.yaml, checkpoints/, metrics.csv, '
           f'curves.png, tensorboard/, results.json)')
+  return results
+
+
+def load_source(model_dir: str, model_name: str,
+                weights: Optional[str] = None,
+                checkpoint: Optional[str] = None) -> export_lib.Source:
+  """Published or given `weights` when set, else the run in `model_dir`."""
+  if weights:
+    return export_lib.load_pretrained(model_name, weights)
+  return export_lib.load_run(model_dir, checkpoint)
+
+
+def run_export(source: export_lib.Source, export_dir: str, overwrite: bool,
+               quantization: str) -> Dict[str, Any]:
+  info = export_lib.export(source, export_dir, overwrite=overwrite,
+                           quantization=quantization)
+  print(f'exported {source.model_name} (step {source.step}) to {export_dir}:')
+  for name, size in info['files'].items():
+    print(f'  {name:20s} {size / 2**20:8.2f} MiB')
+  return info
+
+
+def run_predict(source: str, image_path: str, top_k: int,
+                output: str) -> List[Dict[str, Any]]:
+  rows = predict_lib.predict(source, image_path, top_k)
+  for row in rows:
+    print(predict_lib.describe(row))
+  with open(output, 'w') as f:
+    json.dump(rows, f, indent=2)
+  failed = sum('error' in row for row in rows)
+  print(f'{len(rows) - failed} images classified, {failed} unreadable; '
+        f'predictions: {output}')
+  return rows
+
+
+def run_benchmark(source: export_lib.Source, image_size: Optional[int],
+                  batch_sizes: str, iterations: int,
+                  jit_compile: bool) -> List[benchmark_lib.Result]:
+  results = benchmark_lib.benchmark(
+      source.model, image_size or source.image_size,
+      benchmark_lib.parse_batch_sizes(batch_sizes), iterations=iterations,
+      jit_compile=jit_compile)
+  for result in results:
+    print(benchmark_lib.format_result(result))
   return results
 
 

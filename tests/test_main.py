@@ -69,8 +69,14 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
      'exist'),
     (['--mode=predcit'],
      "error: unknown --mode 'predcit'; allowed: train, eval, traineval"),
-    (['--mode=export'], 'error: --mode=export is not available in this '
-                        'version'),
+    (['--mode=export', '--tflite_quantization=int4'],
+     "error: unknown TFLite quantization 'int4'; allowed: none, dynamic, "
+     'float16'),
+    (['--mode=predict'], 'error: --mode=predict needs --image_path'),
+    (['--mode=predict', '--image_path=/no/such/*.jpg'],
+     "error: --image_path '/no/such/*.jpg' matches no image file"),
+    (['--mode=benchmark', '--batch_sizes=0,8'],
+     'error: batch sizes must be comma-separated positive integers'),
     (['--strategy=gpus2'], "error: unknown strategy 'gpus2'; did you mean "
                            "'gpus'?"),
     (['--strategy=gpu'], "error: strategy 'gpu' needs a GPU"),

@@ -1,0 +1,331 @@
+"""Exports a model for serving, for TF Hub and for TFLite.
+
+`export(source, export_dir)` writes, from a `Source` (a trained run's EMA
+weights, see `load_run`, or pretrained weights, see `load_pretrained`):
+
+- `saved_model/`: for TF Serving and `saved_model_cli`. Signatures:
+  `serving_default` takes float32 images `[batch, height, width, 3]` in
+  [0, 1] at any size; `serving_bytes` takes a `[batch]` string tensor of
+  encoded JPEG/PNG/BMP/GIF images. Both apply the evaluation preprocessing
+  of training (centre crop where the recipe has one, resize to the eval
+  size, normalise) and return `probabilities`, `top_k_ids`,
+  `top_k_probabilities` and `top_k_names`.
+- `hub_classification/` and `hub_feature_vector/`: reusable SavedModels in
+  the TF Hub image-module convention: float32 `[batch, height, width, 3]`
+  in [0, 1], no resizing inside, returning logits or pooled features.
+  `__call__(images, training)` is traced for both values of `training`, and
+  the objects carry `variables`, `trainable_variables` and
+  `regularization_losses` (empty: add weight decay in your optimizer), so
+  `hub.KerasLayer(path, trainable=True)` fine-tunes them. A
+  `serving_default` signature (inference) serves `keras.layers.TFSMLayer`.
+- `model.tflite`: float32 `[1, size, size, 3]` in [0, 1] at the eval size
+  (resize on the device) -> probabilities; optionally with dynamic-range or
+  float16 quantisation.
+- `labels.txt` (one class name per line) and `export.json` (model, eval
+  size, preprocessing, source checkpoint and step, files).
+
+The export is written to a temporary sibling directory and moved into
+place at the end, so an interrupted export leaves nothing half-written.
+"""
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+from typing import Any, Dict, List, Optional
+
+import keras
+import ml_collections
+import tensorflow as tf
+from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
+
+import hparams
+from efficientnetv2_tf import checkpoints
+from efficientnetv2_tf import get_model
+from efficientnetv2_tf.model import EfficientNet
+from efficientnetv2_tf.preprocessing import Augmentation
+from efficientnetv2_tf.preprocessing import Normalize
+from efficientnetv2_tf.preprocessing import preprocess_image
+from hparams.errors import UserError
+
+IMAGENET_LABELS = os.path.join(os.path.dirname(__file__), 'data',
+                               'imagenet1k_labels.tsv')
+QUANTIZATIONS = ('none', 'dynamic', 'float16')
+TOP_K = 5
+
+
+def imagenet_labels() -> List[str]:
+  """The 1,000 ImageNet class names, in label order ('tench', ...)."""
+  with open(IMAGENET_LABELS) as f:
+    return [line.split('\t')[1].split(',')[0].strip() for line in f]
+
+
+def default_labels(num_classes: int) -> List[str]:
+  """ImageNet's names for 1,000 classes, else the class numbers."""
+  if num_classes == 1000:
+    return imagenet_labels()
+  return [str(i) for i in range(num_classes)]
+
+
+@dataclasses.dataclass
+class Source:
+  """A model ready to export or run, with what its inputs need.
+
+  `augname` names the preprocessing recipe (see `AUGMENTATIONS`); only its
+  evaluation path is used here. `checkpoint` and `step` say where the
+  weights came from.
+  """
+  model: EfficientNet
+  model_name: str
+  image_size: int
+  augname: str
+  labels: List[str]
+  checkpoint: Optional[str] = None
+  step: Optional[int] = None
+
+  def __post_init__(self):
+    if len(self.labels) != self.model.num_classes:
+      raise UserError(f'{len(self.labels)} labels for a model of '
+                      f'{self.model.num_classes} classes')
+
+  @property
+  def normalization(self) -> str:
+    return 'imagenet' if self.augname.startswith('effnetv1') else 'symmetric'
+
+
+def _checkpoint_step(path: str) -> Optional[int]:
+  reader = tf.train.load_checkpoint(path)
+  key = 'optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE'
+  return int(reader.get_tensor(key)) if reader.has_tensor(key) else None
+
+
+def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
+  """The model of a training run, with the EMA weights of its latest (or the
+  named) checkpoint, its eval size, recipe and class names."""
+  config_path = os.path.join(model_dir, 'config.yaml')
+  if not os.path.isfile(config_path):
+    raise UserError(f'{model_dir!r} is not a run directory: it has no '
+                    'config.yaml; pass the --model_dir of a training run')
+  cfg = ml_collections.ConfigDict(hparams.load_yaml(config_path))
+  if checkpoint is None:
+    checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir,
+                                                         'checkpoints'))
+    if checkpoint is None:
+      raise UserError(f'no checkpoint in {model_dir}/checkpoints; train '
+                      'first (--mode=train) or pass a checkpoint')
+  elif not tf.io.gfile.exists(checkpoint + '.index'):
+    named = os.path.join(model_dir, 'checkpoints', checkpoint)
+    if not tf.io.gfile.exists(named + '.index'):
+      raise UserError(f'checkpoint {checkpoint!r} is neither a checkpoint '
+                      f'prefix nor a name in {model_dir}/checkpoints')
+    checkpoint = named
+  model_name = cfg.model.model_name
+  model = EfficientNet.from_model_config(cfg.model)
+  checkpoints.load_weights(model, checkpoints.locate(checkpoint, model_name),
+                           model_name, prefer_ema=True)
+  labels_path = os.path.join(model_dir, 'labels.txt')
+  if os.path.isfile(labels_path):
+    with open(labels_path) as f:
+      labels = f.read().splitlines()
+  else:
+    labels = default_labels(model.num_classes)
+  return Source(model, model_name, int(cfg.eval.isize), cfg.data.augname,
+                labels, checkpoint, _checkpoint_step(checkpoint))
+
+
+def load_pretrained(model_name: str, weights: str,
+                    model_config: Optional[str] = None) -> Source:
+  """Published weights ('imagenet', ...) or a checkpoint path, with the eval
+  size and recipe of the model's ImageNet preset; `model_config` as for
+  `get_model`."""
+  model = get_model(model_name, model_config, weights=weights,
+                    training=False)
+  cfg = hparams.get_config(model_name, 'imagenet')
+  augname = 'effnetv1' if weights == 'jft' else 'none'
+  return Source(model, cfg.model.model_name, int(cfg.eval.isize), augname,
+                default_labels(model.num_classes), weights)
+
+
+def _check_images(images: tf.Tensor) -> tf.Tensor:
+  """Fails with a readable message unless `images` is [batch, h, w, 3]."""
+  message = 'images must be a float32 tensor [batch, height, width, 3]'
+  rank = tf.debugging.assert_equal(tf.rank(images), 4, message=message)
+  with tf.control_dependencies([rank]):
+    channels = tf.debugging.assert_equal(tf.shape(images)[-1], 3,
+                                         message=message)
+  with tf.control_dependencies([channels]):
+    images = tf.identity(images)
+  return tf.ensure_shape(images, [None, None, None, 3])
+
+
+class ServingModule(tf.__internal__.tracking.AutoTrackable):
+  """The serving SavedModel: the model, its preprocessing and labels."""
+
+  def __init__(self, source: Source):
+    super().__init__()
+    self.model = source.model
+    self.labels = tf.constant(source.labels)
+    self._size = source.image_size
+    self._augmentation = Augmentation(source.augname)
+    self._top_k = min(TOP_K, len(source.labels))
+
+  def _eval_image(self, image: tf.Tensor) -> tf.Tensor:
+    return preprocess_image(image, self._size, training=False,
+                            augmentation=self._augmentation,
+                            seed=tf.zeros([2], tf.int32))
+
+  def _outputs(self, inputs: tf.Tensor) -> Dict[str, tf.Tensor]:
+    probabilities = tf.nn.softmax(self.model(inputs, training=False))
+    top = tf.math.top_k(probabilities, self._top_k)
+    return {'probabilities': probabilities, 'top_k_ids': top.indices,
+            'top_k_probabilities': top.values,
+            'top_k_names': tf.gather(self.labels, top.indices)}
+
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])
+  def serving_default(self, images):
+    images = _check_images(images)
+    # Training saw 8-bit pixels; quantising here gives the same inputs.
+    pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0),
+                     tf.uint8)
+    inputs = tf.map_fn(self._eval_image, pixels,
+                       fn_output_signature=tf.float32)
+    return self._outputs(inputs)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+  def serving_bytes(self, images):
+    inputs = tf.map_fn(self._eval_image, images,
+                       fn_output_signature=tf.float32)
+    return self._outputs(inputs)
+
+
+class HubModule(tf.__internal__.tracking.AutoTrackable):
+  """A TF Hub reusable SavedModel around a model: [0, 1] images in."""
+
+  def __init__(self, model: keras.Model, normalization: str):
+    super().__init__()
+    self.model = model
+    self.normalize = Normalize(normalization)
+    self.variables = list(model.variables)
+    self.trainable_variables = list(model.trainable_variables)
+    self.regularization_losses = []
+
+  @tf.function
+  def __call__(self, images, training=False):
+    return self.model(self.normalize(images * 255.0), training=training)
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None, None, 3], tf.float32)])
+  def serve(self, images):
+    return {'outputs': self(images, training=False)}
+
+  def save(self, path: str) -> None:
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    for training in (False, True):
+      self.__call__.get_concrete_function(spec, training)
+    tf.saved_model.save(self, path, signatures={'serving_default':
+                                                self.serve})
+
+
+def feature_model(model: EfficientNet) -> keras.Model:
+  """The model up to its pooled features, sharing its weights."""
+  return keras.Model(model.input, model.get_layer('head').output,
+                     name=f'{model.name}_features')
+
+
+def tflite_model(source: Source, quantization: str = 'none') -> bytes:
+  """The model as TFLite: [1, size, size, 3] in [0, 1] -> probabilities."""
+  if quantization not in QUANTIZATIONS:
+    raise UserError(f'unknown TFLite quantization {quantization!r}; '
+                    f'allowed: {", ".join(QUANTIZATIONS)}')
+  normalize = Normalize(source.normalization)
+  size = source.image_size
+
+  @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3],
+                                               tf.float32)])
+  def probabilities(images):
+    logits = source.model(normalize(images * 255.0), training=False)
+    return {'probabilities': tf.nn.softmax(logits)}
+
+  # The converter leaves Keras 3 variables as uninitialised resources (NaN
+  # outputs); folding them into constants first keeps the weights.
+  frozen = convert_to_constants.convert_variables_to_constants_v2(
+      probabilities.get_concrete_function())
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+  if quantization != 'none':
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantization == 'float16':
+    converter.target_spec.supported_types = [tf.float16]
+  return converter.convert()
+
+
+def _directory_size(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(path) for name in names)
+
+
+def check_options(export_dir: str, overwrite: bool,
+                  quantization: str = 'none') -> None:
+  """Refuses a non-empty `export_dir` (unless `overwrite`) or an unknown
+  quantization, before any work."""
+  if quantization not in QUANTIZATIONS:
+    raise UserError(f'unknown TFLite quantization {quantization!r}; '
+                    f'allowed: {", ".join(QUANTIZATIONS)}')
+  if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
+    raise UserError(f'export_dir {export_dir!r} exists and is not empty; '
+                    'pass --overwrite to replace it, or choose a new one')
+  if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+    raise UserError(f'export_dir {export_dir!r} is a file, not a directory')
+
+
+def export(source: Source, export_dir: str, overwrite: bool = False,
+           tflite: bool = True,
+           quantization: str = 'none') -> Dict[str, Any]:
+  """Writes every export of `source` into `export_dir`; returns export.json.
+
+  `export_dir` must be new or empty unless `overwrite`.
+  """
+  check_options(export_dir, overwrite, quantization)
+  staging = export_dir.rstrip(os.sep) + f'.tmp-{os.getpid()}'
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  serving = ServingModule(source)
+  tf.saved_model.save(serving, os.path.join(staging, 'saved_model'),
+                      signatures={'serving_default': serving.serving_default,
+                                  'serving_bytes': serving.serving_bytes})
+  HubModule(source.model, source.normalization).save(
+      os.path.join(staging, 'hub_classification'))
+  HubModule(feature_model(source.model), source.normalization).save(
+      os.path.join(staging, 'hub_feature_vector'))
+  if tflite:
+    with open(os.path.join(staging, 'model.tflite'), 'wb') as f:
+      f.write(tflite_model(source, quantization))
+  with open(os.path.join(staging, 'labels.txt'), 'w') as f:
+    f.write('\n'.join(source.labels) + '\n')
+  files = {}
+  for name in sorted(os.listdir(staging)):
+    path = os.path.join(staging, name)
+    files[name] = (_directory_size(path) if os.path.isdir(path)
+                   else os.path.getsize(path))
+  info = {
+      'model_name': source.model_name,
+      'num_classes': source.model.num_classes,
+      'image_size': source.image_size,
+      'preprocessing': {
+          'recipe': source.augname,
+          'normalization': source.normalization,
+          'input': 'float32 RGB in [0, 1] (serving_default, hub, tflite) '
+                   'or encoded images (serving_bytes)'},
+      'checkpoint': source.checkpoint,
+      'step': source.step,
+      'tflite_quantization': quantization if tflite else None,
+      'tensorflow': tf.__version__,
+      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec='seconds'),
+      'files': files,
+  }
+  with open(os.path.join(staging, 'export.json'), 'w') as f:
+    json.dump(info, f, indent=2)
+  if os.path.isdir(export_dir):
+    shutil.rmtree(export_dir)
+  os.replace(staging, export_dir)
+  return info

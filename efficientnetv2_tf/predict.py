@@ -1,0 +1,93 @@
+"""Top-k predictions for image files, from a run directory or an export.
+
+    rows = predict('runs/b0-digits', 'photos/*.jpg', top_k=3)
+
+Each row holds the file and either its `top_k` list of (label, id,
+probability) or the `error` that kept it from being read: a corrupt file
+is reported and the others still go through.
+"""
+import glob
+import os
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+
+import tensorflow as tf
+
+from efficientnetv2_tf import export
+from hparams.errors import UserError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+
+
+def image_files(image_path: str) -> List[str]:
+  """The image files under a directory (recursively) or matching a glob."""
+  if os.path.isdir(image_path):
+    found = [os.path.join(root, name)
+             for root, _, names in os.walk(image_path) for name in names
+             if name.lower().endswith(IMAGE_EXTENSIONS)]
+  else:
+    found = [path for path in glob.glob(image_path, recursive=True)
+             if os.path.isfile(path)]
+  if not found:
+    raise UserError(f'--image_path {image_path!r} matches no image file; '
+                    'pass a directory, a file or a glob such as '
+                    f"'photos/*.jpg' (extensions {', '.join(IMAGE_EXTENSIONS)}"
+                    ' in directories)')
+  return sorted(found)
+
+
+def classifier(source: str) -> Tuple[Callable[[tf.Tensor], Dict[str, tf.Tensor]],
+                                     List[str]]:
+  """`serving_bytes` and the class names of an export directory, or of a
+  run directory's latest checkpoint."""
+  saved_model = os.path.join(source, 'saved_model')
+  if os.path.isdir(saved_model):
+    with open(os.path.join(source, 'labels.txt')) as f:
+      labels = f.read().splitlines()
+    return tf.saved_model.load(saved_model).signatures['serving_bytes'], labels
+  if os.path.isfile(os.path.join(source, 'config.yaml')):
+    run = export.load_run(source)
+    module = export.ServingModule(run)  # the closure keeps it alive
+    return lambda images: module.serving_bytes(images), run.labels
+  raise UserError(f'{source!r} is neither an export (no saved_model/) nor a '
+                  'run directory (no config.yaml)')
+
+
+def predict(source: str, image_path: str, top_k: int = 5
+            ) -> List[Dict[str, Any]]:
+  """Classifies every image of `image_path` with the model at `source`."""
+  if top_k < 1:
+    raise UserError(f'--top_k must be >= 1; received: {top_k}')
+  files = image_files(image_path)
+  classify, labels = classifier(source)
+  rows = []
+  for path in files:
+    try:
+      with open(path, 'rb') as f:
+        probabilities = classify(tf.constant([f.read()]))['probabilities']
+    except (OSError, tf.errors.InvalidArgumentError) as e:
+      rows.append({'file': path, 'error': f'unreadable image: {_reason(e)}'})
+      continue
+    probabilities = probabilities.numpy()[0]
+    best = np.argsort(-probabilities, kind='stable')[:top_k]
+    rows.append({'file': path, 'top_k': [
+        {'label': labels[i], 'id': int(i),
+         'probability': round(float(probabilities[i]), 6)} for i in best]})
+  return rows
+
+
+def _reason(error: Exception) -> str:
+  """The line of a TensorFlow error that says what went wrong."""
+  noise = ('Graph execution error', 'Detected at node', '<stack', '[[')
+  lines = [line.strip() for line in str(error).splitlines()
+           if line.strip() and not line.strip().startswith(noise)]
+  return lines[0] if lines else type(error).__name__
+
+
+def describe(row: Dict[str, Any]) -> str:
+  """One line for a row: the file, then label (probability) pairs."""
+  if 'error' in row:
+    return f'{row["file"]}: error: {row["error"]}'
+  return f'{row["file"]}: ' + ', '.join(
+      f'{p["label"]} ({p["probability"]:.3f})' for p in row['top_k'])

@@ -1,0 +1,230 @@
+"""Exports of a tiny trained run: serving, TF Hub, TFLite, predict."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+import tf_keras
+
+import datasets
+import hparams
+from efficientnetv2_tf import distribute
+from efficientnetv2_tf import export
+from efficientnetv2_tf import predict
+from efficientnetv2_tf import runs
+from efficientnetv2_tf import trainer as trainer_lib
+from efficientnetv2_tf.preprocessing import Normalize
+from hparams import models
+from hparams.errors import UserError
+from tests import tf1_reference
+
+pytestmark = pytest.mark.slow
+
+TINY_RUN = ('model.width_coefficient=0.25,model.depth_coefficient=0.2,'
+            'train.batch_size=32,data.per_class=16,train.isize=32.0,'
+            'eval.isize=32,data.ibase=16,eval.batch_size=120,'
+            'train.lr_warmup_epoch=0.0,train.epochs=1,train.stages=1')
+IMAGES = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(
+    np.float32)
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+  """A one-epoch run on digits (EMA on), exported."""
+  model_dir = str(tmp_path_factory.mktemp('run'))
+  cfg = hparams.get_config('efficientnetv2-b0', 'digits', TINY_RUN)
+  runs.run('train', cfg, datasets.bind, model_dir,
+           distribute.get_strategy('cpu'))
+  trainer = trainer_lib.Trainer(cfg, datasets.bind(cfg), model_dir,
+                                distribute.get_strategy('cpu'))
+  trainer.restore()
+  export_dir = os.path.join(model_dir, 'export')
+  info = runs.run_export(export.load_run(model_dir), export_dir,
+                         overwrite=False, quantization='none')
+  return model_dir, export_dir, trainer, info
+
+
+def ema_logits(trainer, images):
+  with trainer.ema.applied():
+    return trainer.model(Normalize()(images * 255.0), training=False).numpy()
+
+
+def test_export_writes_every_artefact_and_describes_them(exported):
+  _, export_dir, trainer, info = exported
+  for name in ('saved_model', 'hub_classification', 'hub_feature_vector',
+               'model.tflite', 'labels.txt', 'export.json'):
+    assert os.path.exists(os.path.join(export_dir, name)), name
+  saved = json.load(open(os.path.join(export_dir, 'export.json')))
+  assert saved['model_name'] == 'efficientnetv2-b0'
+  assert saved['image_size'] == 32 and saved['num_classes'] == 10
+  assert saved['step'] == trainer.step == 5
+  assert saved['preprocessing']['recipe'] == 'ft_none'
+  assert all(size > 0 for size in info['files'].values())
+  labels = open(os.path.join(export_dir, 'labels.txt')).read().split()
+  assert labels == [str(i) for i in range(10)]  # digits' class names
+  assert not [n for n in os.listdir(os.path.dirname(export_dir))
+              if '.tmp-' in n]
+
+
+def test_hub_module_gives_the_ema_eval_logits(exported):
+  _, export_dir, trainer, _ = exported
+  module = hub.load(os.path.join(export_dir, 'hub_classification'))
+  np.testing.assert_allclose(module(IMAGES, False).numpy(),
+                             ema_logits(trainer, IMAGES), atol=1e-5)
+  assert len(module.trainable_variables) < len(module.variables)
+  features = hub.load(os.path.join(export_dir, 'hub_feature_vector'))
+  assert features(IMAGES, False).shape == (4, trainer.model.num_features)
+
+
+def test_hub_keras_layer_fine_tunes_in_tf_keras(exported):
+  _, export_dir, _, _ = exported
+  layer = hub.KerasLayer(os.path.join(export_dir, 'hub_feature_vector'),
+                         trainable=True)
+  model = tf_keras.Sequential([tf_keras.Input((32, 32, 3)), layer,
+                               tf_keras.layers.Dense(3)])
+  model.compile(tf_keras.optimizers.SGD(0.05),
+                tf_keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True))
+  labels = np.arange(4) % 3
+  moving = [w for w in layer.weights if 'moving_mean' in w.name][0]
+  before_stats = moving.numpy().copy()
+  first = model.evaluate(IMAGES, labels, verbose=0)
+  model.fit(IMAGES, labels, epochs=8, batch_size=4, verbose=0)
+  assert model.evaluate(IMAGES, labels, verbose=0) < first
+  # Training mode updated BatchNorm's statistics, as in training.
+  assert not np.allclose(before_stats, moving.numpy())
+
+
+def test_tfsm_layer_serves_the_hub_module_in_keras_3(exported):
+  _, export_dir, trainer, _ = exported
+  layer = keras.layers.TFSMLayer(os.path.join(export_dir,
+                                              'hub_classification'),
+                                 call_endpoint='serving_default')
+  outputs = layer(IMAGES)['outputs']
+  np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs),
+                             ema_logits(trainer, IMAGES), atol=1e-5)
+
+
+def test_serving_signatures_take_pixels_and_encoded_images(exported):
+  _, export_dir, _, _ = exported
+  signatures = tf.saved_model.load(
+      os.path.join(export_dir, 'saved_model')).signatures
+  pixels = tf.cast(tf.round(IMAGES[:2] * 255), tf.uint8)
+  from_floats = signatures['serving_default'](tf.constant(IMAGES[:2]))
+  png = tf.io.encode_png(pixels[0])
+  jpeg = tf.io.encode_jpeg(pixels[1], quality=95)
+  from_bytes = signatures['serving_bytes'](tf.stack([png, jpeg]))
+  # PNG is lossless: exactly the pixels serving_default saw.
+  np.testing.assert_allclose(from_bytes['probabilities'][0],
+                             from_floats['probabilities'][0], atol=1e-6)
+  np.testing.assert_allclose(
+      np.sum(from_bytes['probabilities'], axis=1), 1.0, atol=1e-5)
+  assert from_bytes['top_k_names'].shape == (2, 5)
+  assert from_floats['top_k_names'][0, 0].numpy().decode() == str(
+      int(from_floats['top_k_ids'][0, 0]))
+  # Any input size is resized to the eval size inside.
+  large = signatures['serving_default'](tf.zeros([1, 50, 70, 3]))
+  assert large['probabilities'].shape == (1, 10)
+
+
+@pytest.mark.parametrize('shape', [(32, 32, 3), (1, 32, 32, 4)])
+def test_serving_default_rejects_other_ranks_and_channels(exported, shape):
+  _, export_dir, _, _ = exported
+  signature = tf.saved_model.load(
+      os.path.join(export_dir, 'saved_model')).signatures['serving_default']
+  # The signature's own shape check or ours: either names the input.
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r'images (must be a float32 tensor \[batch, '
+                     r'height, width, 3\]|\[.*expected shape \[\?,\?,\?,3\])'):
+    signature(images=tf.zeros(shape))
+
+
+def test_tflite_agrees_with_the_saved_model(exported):
+  _, export_dir, _, _ = exported
+  interpreter = tf.lite.Interpreter(
+      model_path=os.path.join(export_dir, 'model.tflite'))
+  interpreter.allocate_tensors()
+  module = hub.load(os.path.join(export_dir, 'hub_classification'))
+  wanted = tf.nn.softmax(module(IMAGES, False)).numpy()
+  for image, probabilities in zip(IMAGES, wanted):
+    interpreter.set_tensor(interpreter.get_input_details()[0]['index'],
+                           image[None])
+    interpreter.invoke()
+    got = interpreter.get_tensor(
+        interpreter.get_output_details()[0]['index'])[0]
+    assert np.argmax(got) == np.argmax(probabilities)
+    np.testing.assert_allclose(got, probabilities, atol=1e-4)
+
+
+def test_float16_tflite_is_smaller_and_still_agrees(exported):
+  model_dir, _, _, _ = exported
+  source = export.load_run(model_dir)
+  full = export.tflite_model(source)
+  half = export.tflite_model(source, 'float16')
+  assert len(half) < 0.75 * len(full)
+
+
+def test_predict_reports_a_corrupt_image_and_classifies_the_rest(
+    exported, tmp_path, capsys):
+  model_dir, export_dir, _, _ = exported
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  pixels = tf.cast(tf.round(IMAGES[0] * 255), tf.uint8)
+  (folder / 'a.png').write_bytes(tf.io.encode_png(pixels).numpy())
+  (folder / 'b.jpg').write_bytes(tf.io.encode_jpeg(pixels).numpy())
+  (folder / 'broken.jpg').write_bytes(b'not an image')
+  output = str(tmp_path / 'predictions.json')
+  rows = runs.run_predict(export_dir, str(folder), 3, output)
+  assert [os.path.basename(r['file']) for r in rows] == [
+      'a.png', 'b.jpg', 'broken.jpg']
+  assert 'Unknown image file format' in rows[2]['error']
+  assert len(rows[0]['top_k']) == 3
+  assert json.load(open(output)) == rows
+  assert '2 images classified, 1 unreadable' in capsys.readouterr().out
+  # A run directory gives the same answer as its export.
+  from_run = predict.predict(model_dir, str(folder / 'a.png'), top_k=3)
+  assert [p['id'] for p in from_run[0]['top_k']] == [
+      p['id'] for p in rows[0]['top_k']]
+
+
+def test_benchmark_prints_one_line_per_batch_size(exported, capsys):
+  model_dir, _, _, _ = exported
+  runs.run_benchmark(export.load_run(model_dir), None, '1,2', 2, False)
+  lines = [l for l in capsys.readouterr().out.splitlines()
+           if l.startswith('benchmark ')]
+  assert [json.loads(l[len('benchmark '):])['batch_size']
+          for l in lines] == [1, 2]
+  assert json.loads(lines[0][len('benchmark '):])['image_size'] == 32
+
+
+def test_export_refuses_a_non_empty_dir_and_a_run_without_checkpoint(
+    exported, tmp_path):
+  _, export_dir, _, _ = exported
+  with pytest.raises(UserError, match='exists and is not empty; pass '
+                     '--overwrite'):
+    export.check_options(export_dir, overwrite=False)
+  with pytest.raises(UserError, match='is not a run directory'):
+    export.load_run(str(tmp_path))
+  (tmp_path / 'config.yaml').write_text(
+      open(os.path.join(os.path.dirname(export_dir), 'config.yaml')).read())
+  with pytest.raises(UserError, match='no checkpoint in .*train first'):
+    export.load_run(str(tmp_path))
+
+
+def test_pretrained_imagenet_models_export_with_class_names(tmp_path):
+  images = np.zeros((1, 32, 32, 3), np.float32)
+  directory, _, _ = tf1_reference.official_checkpoint(
+      images, tmp_path / 'official', 'efficientnetv2-b0',
+      models.V2_BASE_BLOCKS, num_classes=1000, width=0.25, depth=0.2)
+  source = export.load_pretrained(
+      'efficientnetv2-b0', str(directory),
+      'width_coefficient=0.25,depth_coefficient=0.2')
+  assert source.labels[:2] == ['tench', 'goldfish'] and len(
+      source.labels) == 1000
+  assert source.image_size == 224
+  module = export.ServingModule(source)
+  names = module.serving_default(tf.constant(IMAGES[:1]))['top_k_names']
+  assert names.numpy()[0, 0].decode() in source.labels
