@@ -1,6 +1,7 @@
 """Exports of a tiny trained run: serving, TF Hub, TFLite, predict."""
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -228,3 +229,18 @@ def test_pretrained_imagenet_models_export_with_class_names(tmp_path):
   module = export.ServingModule(source)
   names = module.serving_default(tf.constant(IMAGES[:1]))['top_k_names']
   assert names.numpy()[0, 0].decode() in source.labels
+
+
+def test_the_readme_examples_load_the_hub_modules(exported):
+  _, export_dir, _, _ = exported
+  readme = open(os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'README.md')).read()
+  blocks = [b for b in re.findall(r'```python\n(.*?)```', readme, re.S)
+            if 'export_dir' in b]
+  assert len(blocks) == 3
+  namespace = {}
+  code = '\n'.join(blocks).replace("'runs/efficientnetv2-b0-digits/export'",
+                                   repr(export_dir))
+  exec(compile(code, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  assert namespace['logits'].shape == (2, 10)
+  assert namespace['outputs'].shape == (2, 10)
