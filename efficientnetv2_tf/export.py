@@ -54,10 +54,22 @@ QUANTIZATIONS = ('none', 'dynamic', 'float16')
 TOP_K = 5
 
 
+def _imagenet_names() -> Dict[str, str]:
+  """WordNet id -> the first of its ImageNet class names, in label order."""
+  with open(IMAGENET_LABELS) as f:
+    pairs = [line.rstrip('\n').split('\t') for line in f]
+  return {wnid: names.split(',')[0].strip() for wnid, names in pairs}
+
+
 def imagenet_labels() -> List[str]:
   """The 1,000 ImageNet class names, in label order ('tench', ...)."""
-  with open(IMAGENET_LABELS) as f:
-    return [line.split('\t')[1].split(',')[0].strip() for line in f]
+  return list(_imagenet_names().values())
+
+
+def readable_labels(labels: List[str]) -> List[str]:
+  """ImageNet WordNet ids ('n01440764') as names ('tench'); others as is."""
+  names = _imagenet_names()
+  return [names.get(label, label) for label in labels]
 
 
 def default_labels(num_classes: int) -> List[str]:
@@ -126,7 +138,7 @@ def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
   labels_path = os.path.join(model_dir, 'labels.txt')
   if os.path.isfile(labels_path):
     with open(labels_path) as f:
-      labels = f.read().splitlines()
+      labels = readable_labels(f.read().splitlines())
   else:
     labels = default_labels(model.num_classes)
   return Source(model, model_name, int(cfg.eval.isize), cfg.data.augname,

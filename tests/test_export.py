@@ -244,3 +244,9 @@ def test_the_readme_examples_load_the_hub_modules(exported):
   exec(compile(code, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert namespace['logits'].shape == (2, 10)
   assert namespace['outputs'].shape == (2, 10)
+
+
+def test_imagenet_wordnet_ids_become_class_names():
+  assert export.readable_labels(['n01440764', 'n01443537', 'cat']) == [
+      'tench', 'goldfish', 'cat']
+  assert export.imagenet_labels()[:2] == ['tench', 'goldfish']
