@@ -147,11 +147,13 @@ class Trainer:
     work_dir = distribute.worker_dir(model_dir, strategy)
     self._build(os.path.join(work_dir, 'checkpoints'))
     self._train_fns: Dict[Any, Any] = {}
-    self._tracing = False  # the next loop call traces: not counted in speed
     self._eval_fn = None
     self._stop_requested = False
     self.train_seconds = 0.0
     self.train_images = 0
+    self.eval_seconds = 0.0
+    self._run_started = time.time()
+    self._bench_input = None
     self._epoch_metrics: Dict[str, float] = {}
 
   # Building. ----------------------------------------------------------------
@@ -226,7 +228,10 @@ class Trainer:
   # The training step. -------------------------------------------------------
 
   def _train_fn(self, stage: progressive.Stage, frozen: bool):
-    key = (stage.index, frozen)
+    # The dropout rate is fixed when the step is traced; the image size is
+    # not: after a second size the step is traced once more for any size,
+    # so stages that differ only in image size share it.
+    key = (stage.dropout_rate, frozen)
     if key in self._train_fns:
       return self._train_fns[key]
     cfg, model, optimizer = self.cfg, self.model, self.optimizer
@@ -280,7 +285,7 @@ class Trainer:
         self.ema.update(optimizer.iterations)
       return loss_sum, correct_sum
 
-    @tf.function
+    @tf.function(reduce_retracing=True)
     def loop(iterator, steps):
       loss_total = tf.constant(0.0)
       correct_total = tf.constant(0.0)
@@ -292,8 +297,24 @@ class Trainer:
       return loss_total, correct_total
 
     self._train_fns = {key: loop}  # older traces are not needed again
-    self._tracing = True
     return loop
+
+  def run_steps(self, num_steps: int, stage_index: int = 0) -> float:
+    """Runs `num_steps` training steps of one stage and returns their mean
+    loss; no evaluation, checkpoint or report. For benchmarks: `train` is
+    how a run trains. The stage's input is kept from one call to the next.
+    """
+    stage = self.plan.stages[stage_index]
+    if self._bench_input is None or self._bench_input[0] != stage_index:
+      self._bench_input = (stage_index, self._pipeline(stage))
+    loop = self._train_fn(stage, frozen=False)
+    total, done = 0.0, 0
+    while done < num_steps:
+      steps = min(self.cfg.runtime.steps_per_loop, num_steps - done)
+      loss, _ = loop(self._bench_input[1], tf.constant(steps))
+      total += float(loss)
+      done += steps
+    return total / num_steps
 
   def _pipeline(self, stage: progressive.Stage):
     """The distributed training input of a stage, freshly seeded."""
@@ -316,7 +337,8 @@ class Trainer:
     """Trains to the planned last step, resuming from a checkpoint if any;
     with `evaluate`, evaluates after every epoch. Returns the results."""
     self.restore()
-    start_time = time.time()
+    start_time = self._run_started = time.time()
+    self.eval_seconds = 0.0
     previous = signal.signal(signal.SIGTERM, self._on_sigterm)
     try:
       last_eval = self._train_loop(evaluate)
@@ -353,6 +375,10 @@ class Trainer:
                  'stage': stage.index, 'image_size': stage.image_size,
                  'learning_rate': float(self.schedule(self.step)),
                  **self._epoch_metrics}
+          # Training time so far in this process: tracing and input
+          # included, evaluations left out.
+          row['wall_seconds'] = (time.time() - self._run_started -
+                                 self.eval_seconds)
           stop = False
           if evaluate:
             last_eval = self.evaluate()
@@ -381,6 +407,7 @@ class Trainer:
         boundary = min(boundary, (self.step // every + 1) * every)
       steps = min(cfg.runtime.steps_per_loop, boundary - self.step)
       loop = self._train_fn(stage, frozen)
+      traces = loop.experimental_get_tracing_count()
       started = time.perf_counter()
       loss, right = loop(iterator, tf.constant(steps))
       loss = float(loss)
@@ -392,10 +419,9 @@ class Trainer:
             f'{self.manager.latest_checkpoint or "none"}. Lower '
             f'train.lr_base or set train.gclip, then rerun to resume')
       images = steps * plan.global_batch
-      if not self._tracing:
+      if loop.experimental_get_tracing_count() == traces:  # not tracing
         self.train_seconds += elapsed
         self.train_images += images
-      self._tracing = False
       loss_sum += loss
       correct += float(right)
       seen += images
@@ -464,6 +490,7 @@ class Trainer:
 
   def evaluate(self) -> Dict[str, Any]:
     """Top-1, top-5 and loss on the eval split, with the EMA weights."""
+    started = time.time()
     if self._eval_fn is None:
       self._eval_fn = self._make_eval_fn()
     dataset_fn = self.dataset.distribute_fn(
@@ -485,6 +512,7 @@ class Trainer:
     self.reporter.scalars(self.step, {
         'eval/top1': metrics['eval_top1'], 'eval/top5': metrics['eval_top5'],
         'eval/loss': metrics['eval_loss']})
+    self.eval_seconds += time.time() - started
     return metrics
 
   def evaluate_checkpoints(self, timeout: Optional[float]) -> Dict[str, Any]:

@@ -65,6 +65,24 @@ def test_each_epoch_trains_with_its_stage_settings(finished_run):
   assert [s.dropout_rate for s in stages] == pytest.approx([0.1, 0.4])
   # Dropout changed in place, without rebuilding the model.
   assert trainer.model.get_layer('top_dropout').rate == pytest.approx(0.4)
+  # Training time per epoch, evaluations left out, grows.
+  seconds = [float(r['wall_seconds']) for r in rows]
+  assert 0 < seconds[0] < seconds[1]
+
+
+def test_stages_that_differ_only_in_image_size_share_one_traced_step(
+    tmp_path):
+  cfg = tiny_config('train.epochs=3,train.stages=3,progressive.schedule=code,'
+                    'data.per_class=4')
+  trainer = trainer_lib.Trainer(cfg, datasets.bind(cfg), str(tmp_path),
+                                distribute.get_strategy('cpu'))
+  trainer.train()
+  sizes = [s.image_size for s in trainer.plan.stages]
+  assert len(set(sizes)) == 3
+  (loop,) = trainer._train_fns.values()  # pylint: disable=protected-access
+  # The first size, then one trace for any size.
+  assert loop.experimental_get_tracing_count() == 2
+  assert trainer.train_images == trainer.plan.total_steps * 32 - 2 * 32
 
 
 def test_evaluation_uses_the_ema_and_training_keeps_raw_weights(finished_run):
