@@ -85,6 +85,9 @@ class Reporter:
       axes.set_xlabel('epoch')
       axes.set_title(metric)
       axes.legend()
+    # Early eval losses of a model trained from scratch can be 100 times
+    # the later ones; on a log scale the later ones stay readable.
+    loss_axes.set_yscale('log')
     figure.suptitle('dotted lines: progressive stage boundaries'
                     if len(stage_epochs) > 1 else '')
     figure.tight_layout()
