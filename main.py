@@ -39,7 +39,8 @@ flags.DEFINE_string('model_name', 'efficientnetv2-b0',
 flags.DEFINE_string('dataset_cfg', 'digits',
                     'Dataset preset, matched case-insensitively.')
 flags.DEFINE_string('hparam_str', '',
-                    "Overrides: 'section.key=value,...' or a YAML file.")
+                    "Overrides: 'section.key=value' pairs and YAML files, "
+                    'comma-separated, later ones winning.')
 flags.DEFINE_string('sweeps', None,
                     "Runs every combination, e.g. 'train.epochs=20|40,"
                     "model.dropout_rate=0.2|0.5', each in a sub-directory.")

@@ -130,3 +130,27 @@ def test_unknown_model_name_lists_known_names():
     hparams.get_config('efficientnetv2-ss')
   assert "did you mean 'efficientnetv2-s'" in str(err.value)
   assert 'efficientnet-b7' in str(err.value)
+
+
+def test_yaml_files_and_pairs_combine_in_order(tmp_path):
+  base = tmp_path / 'base.yaml'
+  base.write_text('model:\n  dropout_rate: 0.4\ntrain:\n  epochs: 5\n')
+  more = tmp_path / 'more.yaml'
+  more.write_text('model:\n  width_coefficient: 0.5\ntrain:\n  epochs: 7\n')
+  cfg = hparams.get_config('efficientnetv2-b0', None,
+                           f'{base},train.epochs=6,data.ram=3,{more}')
+  assert cfg.train.epochs == 7  # the last item that sets it wins
+  assert cfg.model.dropout_rate == 0.4 and cfg.model.width_coefficient == 0.5
+  assert cfg.data.ram == 3.0
+  cfg = hparams.get_config('efficientnetv2-b0', None,
+                           f'{more},train.epochs=6')
+  assert cfg.train.epochs == 6
+
+
+def test_a_yaml_file_among_pairs_is_checked_like_one_alone(tmp_path):
+  with pytest.raises(UserError, match="config file 'nope.yaml' does not"):
+    hparams.get_config('efficientnetv2-b0', None, 'train.epochs=3,nope.yaml')
+  bad = tmp_path / 'bad.yaml'
+  bad.write_text('train:\n  epochz: 3\n')
+  with pytest.raises(UserError, match="'train.epochz'.*train.epochs"):
+    hparams.get_config('efficientnetv2-b0', None, f'data.ram=3,{bad}')
