@@ -131,10 +131,14 @@ def train_input(cfg) -> tf.data.Dataset:
 
 
 class _FitTimer(keras.callbacks.Callback):
-  """Time from the end of `fit`'s first batch to the end of its last."""
+  """Time from the end of `fit`'s first execution (one batch, or
+  `steps_per_execution` of them) to the end of its last."""
+
+  def on_train_begin(self, logs=None):
+    self.started = None
 
   def on_train_batch_end(self, batch, logs=None):
-    if batch == 0:
+    if self.started is None:
       self.started = time.perf_counter()
 
   def on_train_end(self, logs=None):
