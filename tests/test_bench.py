@@ -20,8 +20,7 @@ def _results():
   curve = lambda *points: [list(p) for p in points]
   run = lambda seconds, top1: {
       'curve': curve((seconds / 2, top1 / 2), (seconds, top1)),
-      'final_top1': top1, 'seconds_to_target': seconds,
-      'train_seconds': seconds, 'stages': []}
+      'final_top1': top1, 'train_seconds': seconds, 'stages': []}
   return {
       'machine': {'cpu': 'test', 'cores': '2'}, 'quick': True,
       'model': 'efficientnetv2-b0', 'seconds': 60.0,
@@ -34,10 +33,10 @@ def _results():
       'progressive': {
           'target_top1': 0.9, 'settings': {'epochs': 2, 'size': 48,
                                            'ibase': 24},
-          'digits': {'fixed': run(40.0, 0.95), 'progressive': run(10.0, 0.96),
-                     'speedup': 4.0},
+          'digits': {'fixed': run(40.0, 0.95),
+                     'progressive': run(10.0, 0.96)},
           'mnist5k': {'fixed': run(30.0, 0.93),
-                      'progressive': run(30.0, 0.94), 'speedup': 1.0}},
+                      'progressive': run(30.0, 0.94)}},
       'memory': {'peak_rss_mb': {'ours': 900.0, 'keras': 1000.0},
                  'steps': 3},
       'flops': {'matmul_gflops': 100.0, 'train_gflops': 25.0,
@@ -67,15 +66,32 @@ def test_summary_holds_the_headline_ratios():
   assert summary['peak_rss_mb'] == 900.0
 
 
-def test_summary_leaves_out_what_did_not_run_or_reach_the_target():
+def test_summary_leaves_out_what_did_not_run():
   results = _results()
-  del results['training'], results['memory']
-  results['progressive']['mnist5k']['speedup'] = None
+  del results['training'], results['memory'], results['progressive']
   summary = report.summary(results)
   assert summary['train_throughput_ratio'] is None
   assert summary['pipeline_to_model_ratio'] is None
   assert summary['peak_rss_mb'] is None
-  assert summary['progressive_speedup'] == 4.0
+  assert summary['progressive_speedup'] is None
+
+
+def test_time_to_target_compares_first_evaluations_at_the_target():
+  fixed = {'curve': [[10.0, 0.5], [20.0, 0.92], [30.0, 0.95]]}
+  staged = {'curve': [[5.0, 0.3], [10.0, 0.91], [15.0, 0.96]]}
+  compared = report.compare(fixed, staged, target=0.9)
+  assert compared['seconds_to_target'] == {'fixed': 20.0,
+                                           'progressive': 10.0}
+  assert compared['speedup'] == 2.0
+
+
+def test_a_target_one_run_misses_becomes_the_best_both_reached():
+  fixed = {'curve': [[10.0, 0.97], [20.0, 0.96]]}
+  staged = {'curve': [[10.0, 0.5], [30.0, 0.94]]}
+  compared = report.compare(fixed, staged, target=0.95)
+  assert compared['target_top1'] == 0.94
+  assert compared['seconds_to_target'] == {'fixed': 10.0,
+                                           'progressive': 30.0}
 
 
 def test_report_writes_the_page_the_charts_and_the_figures(tmp_path):
