@@ -116,10 +116,16 @@ def download(model_name: str, weights: str) -> str:
   """
   url = pretrained_url(model_name, weights)
   archive = os.path.basename(url)
+  cache_dir = os.environ.get(CACHE_ENV)
+  if cache_dir:
+    # Keras takes a directory that does not exist for an unwritable one and
+    # silently puts the archive in /tmp/.keras instead.
+    cache_dir = os.path.expanduser(cache_dir)
+    os.makedirs(cache_dir, exist_ok=True)
   try:
     unpacked = keras.utils.get_file(
-        archive, url, extract=True,
-        cache_dir=os.environ.get(CACHE_ENV), cache_subdir='efficientnetv2_tf')
+        archive, url, extract=True, cache_dir=cache_dir,
+        cache_subdir='efficientnetv2_tf')
   except Exception as e:  # pylint: disable=broad-except
     cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise UserError(

@@ -23,6 +23,7 @@ from efficientnetv2_tf import benchmark as benchmark_lib
 from efficientnetv2_tf import distribute
 from efficientnetv2_tf import export as export_lib
 from efficientnetv2_tf import predict as predict_lib
+from efficientnetv2_tf import progressive
 from efficientnetv2_tf import trainer as trainer_lib
 from hparams.errors import UserError
 
@@ -125,13 +126,32 @@ def sweep_name(combination: Dict[str, Any]) -> str:
   return ''.join(c if c.isalnum() or c in '=,.-_' else '_' for c in text)
 
 
+def _checked_config(make_config: Callable[[Dict[str, Any]], Any],
+                    combination: Dict[str, Any]) -> Any:
+  """A sweep combination's config, refused with its name unless its
+  progressive stages can be planned."""
+  try:
+    cfg = make_config(combination)
+    # The stages' settings do not depend on the dataset's size: planning
+    # with any number of steps an epoch finds the bad ones.
+    progressive.plan(cfg, steps_per_epoch=1)
+  except UserError as e:
+    raise UserError(f'--sweeps combination {sweep_name(combination)}: '
+                    f'{e}') from None
+  return cfg
+
+
 def run_sweep(mode: str, make_config: Callable[[Dict[str, Any]], Any],
               bind: Callable[[Any], Any], model_dir: str,
               strategy: tf.distribute.Strategy, sweeps: str,
               eval_timeout: float = 0.0) -> List[Dict[str, Any]]:
-  """Runs every combination of `sweeps`; writes and prints a summary."""
+  """Runs every combination of `sweeps`; writes and prints a summary.
+
+  Every combination's config and stage plan are checked before the first
+  run starts, so that a bad one does not fail after others have trained.
+  """
   combinations = sweep_combinations(sweeps)
-  configs = [make_config(c) for c in combinations]  # check all up front
+  configs = [_checked_config(make_config, c) for c in combinations]
   rows = []
   for combination, cfg in zip(combinations, configs):
     directory = os.path.join(model_dir, sweep_name(combination))

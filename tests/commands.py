@@ -19,6 +19,7 @@ import shlex
 from typing import (Any, Dict, Iterator, List, Mapping, Optional, Sequence,
                     Union)
 
+import keras
 import ml_collections
 
 import hparams
@@ -44,11 +45,14 @@ TINY = {
 # The run length, set whatever the command says: every epoch costs an
 # evaluation and a checkpoint, so a recipe of 80 epochs could not run in a
 # test. The lengths a command asks for are checked in its configs instead.
-LENGTH = {'train.epochs': 1}
+EPOCHS = 1
+# Flags that only say how much work a command does, set to the least.
+LEAST_WORK = {'benchmark_iterations': 1}
 # Flags that name hardware; a reduced command runs on this machine's CPU.
 MACHINE_FLAGS = ('strategy', 'tpu', 'tpu_zone', 'gcp_project')
-# Flags whose value is a directory a run writes or reads back.
-_RUN_DIR_FLAGS = ('model_dir', 'export_dir')
+# Flags whose value is a path, relative to the repository root, that a
+# command writes or reads back (given or by default).
+_PATH_FLAGS = ('model_dir', 'export_dir', 'image_path', 'predictions_file')
 _OPERATORS = ('&&', '||', ';', '|')
 
 
@@ -61,14 +65,15 @@ def bash_blocks(markdown_path: str) -> List[str]:
 def main_commands(block: str) -> List[List[str]]:
   """The `python main.py ...` commands of a bash block, as argv lists.
 
-  Lines continued with a backslash are joined; commands chained with `&&`
-  or `;` are told apart; other programs are left out.
+  Lines continued with a backslash, or by a quote left open, are joined;
+  commands chained with `&&` or `;` are told apart; other programs are left
+  out.
   """
   commands = []
-  for line in block.replace('\\\n', ' ').splitlines():
+  for words in _lines(block):
     command: List[str] = []
     # A last ';' ends the line's last command.
-    for word in _words(line) + [';']:
+    for word in words + [';']:
       if word not in _OPERATORS:
         command.append(word)
         continue
@@ -76,6 +81,21 @@ def main_commands(block: str) -> List[List[str]]:
         commands.append(command[1:])
       command = []
   return commands
+
+
+def _lines(block: str) -> Iterator[List[str]]:
+  """The words of each shell line of a bash block."""
+  line = ''
+  for text in block.replace('\\\n', ' ').splitlines(keepends=True):
+    line += text
+    try:
+      words = _words(line)
+    except ValueError:  # a quote still open: the line goes on
+      continue
+    yield words
+    line = ''
+  if line:
+    raise ValueError(f'a quote is never closed in this bash block: {line!r}')
 
 
 def _words(line: str) -> List[str]:
@@ -140,24 +160,28 @@ def _default_model_dir(argv: Sequence[str]) -> str:
 
 def reduce(argv: Sequence[str], tmp_path: Union[str, os.PathLike],
            data_dirs: Mapping[str, str],
-           tiny: Optional[Mapping[str, Any]] = None) -> List[str]:
+           tiny: Optional[Mapping[str, Any]] = None,
+           epochs: int = EPOCHS) -> List[str]:
   """A command made tiny: what it is about stays, its cost goes.
 
   Args:
     argv: the command, `['main.py', ...]`.
-    tmp_path: where run directories go; a command's `--model_dir` (given
-      or default), `--export_dir` and `--weights` path are placed under it,
-      so that commands that use each other's runs still find them.
+    tmp_path: where the files a command writes or reads go: its
+      `--model_dir` (given or default), `--export_dir`, `--image_path`,
+      `--predictions_file` (given or default) and `--weights` path are
+      placed under it, so that commands that use each other's runs still
+      find them.
     data_dirs: `--data_dir` by dataset name (`data.dataset`); a dataset not
       in it keeps the command's.
     tiny: the settings for keys the command leaves unset; `TINY` by
       default. A real dataset wants a subset too, e.g. `{**TINY,
       'data.per_class': 2}`.
+    epochs: how long the reduced run trains, whatever the command says.
 
   Returns:
-    The reduced command. It trains for `LENGTH` (one epoch), whatever the
-    command says; a sweep keeps its first combination only, while
-    `configs(argv)` resolves them all.
+    The reduced command, doing the `LEAST_WORK` where a flag says how
+    much. A sweep keeps its first combination only, while `configs(argv)`
+    resolves them all.
   """
   flags = given_flags(argv)
   given = set(_given_keys(argv))
@@ -166,19 +190,19 @@ def reduce(argv: Sequence[str], tmp_path: Union[str, os.PathLike],
   sweep = {}
   if flags.get('sweeps'):
     sweep = runs.sweep_combinations(flags['sweeps'])[0]
-  for key, value in LENGTH.items():
-    if key in sweep:
-      sweep[key] = value
-    else:
-      extra[key] = value
+  if 'train.epochs' in sweep:
+    sweep['train.epochs'] = epochs
+  else:
+    extra['train.epochs'] = epochs
   flags['hparam_str'] = ','.join(
       text for text in (flags.get('hparam_str'), _pairs(extra)) if text)
   if sweep:
     flags['sweeps'] = _pairs(sweep)
   flags.setdefault('model_dir', _default_model_dir(argv))
-  for name in _RUN_DIR_FLAGS:
-    if name in flags:
-      flags[name] = _under(tmp_path, flags[name])
+  for name in _PATH_FLAGS:
+    path = flags.get(name, main.FLAGS[name].default)
+    if path is not None:
+      flags[name] = _under(tmp_path, path)
   if flags.get('weights') not in (None, *checkpoints.WEIGHT_NAMES):
     flags['weights'] = _under(tmp_path, flags['weights'])
   dataset = configs(argv)[0].data.dataset
@@ -186,15 +210,24 @@ def reduce(argv: Sequence[str], tmp_path: Union[str, os.PathLike],
     flags['data_dir'] = data_dirs[dataset]
   for name in MACHINE_FLAGS:
     flags.pop(name, None)
+  flags.update(LEAST_WORK)
   return ['main.py'] + [f'--{name}={_text(value)}'
                         for name, value in flags.items()]
 
 
 def run_main(argv: Sequence[str]) -> None:
   """Runs `main.py` with these flags in this process, as `python main.py`
-  would (a `UserError` is raised rather than printed)."""
-  with _parsed(argv):
-    main.run()
+  would (a `UserError` is raised rather than printed).
+
+  The dtype policy a mixed-precision run makes global is undone
+  afterwards, as the end of its own process would.
+  """
+  policy = keras.mixed_precision.global_policy()
+  try:
+    with _parsed(argv):
+      main.run()
+  finally:
+    keras.mixed_precision.set_global_policy(policy)
 
 
 def _under(tmp_path: Union[str, os.PathLike], path: str) -> str:

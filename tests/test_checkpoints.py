@@ -182,6 +182,19 @@ def test_named_weights_are_fetched_unpacked_and_loaded(v2_b0, monkeypatch,
                              atol=1e-4)
 
 
+def test_named_weights_go_to_a_cache_directory_not_made_yet(
+    v2_b0, monkeypatch, tmp_path):
+  archive = tf1_reference.archive(v2_b0[0],
+                                  tmp_path / 'efficientnetv2-b0.tgz')
+  monkeypatch.setitem(checkpoints.PRETRAINED_URLS, 'efficientnetv2-b0',
+                      {'imagenet': archive.as_uri()})
+  cache = tmp_path / 'new' / 'cache'
+  monkeypatch.setenv(checkpoints.CACHE_ENV, str(cache))
+  prefix = checkpoints.download('efficientnetv2-b0', 'imagenet')
+  assert prefix.startswith(str(cache / 'efficientnetv2_tf'))
+  assert (cache / 'efficientnetv2_tf' / 'efficientnetv2-b0.tgz').is_file()
+
+
 def test_own_checkpoint_saves_and_restores(tmp_path):
   model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
   prefix = checkpoints.save(model, str(tmp_path / 'ckpt'))

@@ -7,45 +7,42 @@ real download path. A recipe is named by its `--model_dir`.
 """
 import csv
 import glob
-import json
 import os
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import keras
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
-import yaml
 
 from efficientnetv2_tf import blockargs
 from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import progressive
 from efficientnetv2_tf.model import EfficientNet
-from hparams import models
 from tests import commands
-from tests import image_files
-from tests import tf1_reference
-from tests.test_imagenet import _bytes
-from tests.test_imagenet import _ints
-from tests.test_imagenet import _write
-from tests.test_imagenet import imagenet_dir  # pylint: disable=unused-import
+from tests import reduced_runs
+from tests.reduced_runs import BATCH
+from tests.reduced_runs import TFDS_EXAMPLES
+# pylint: disable=unused-import
+from tests.reduced_runs import birds_dir
+from tests.reduced_runs import data_dirs
+from tests.reduced_runs import imagenet21k_dir
+from tests.reduced_runs import imagenet_dir
+from tests.reduced_runs import published_weights
+from tests.reduced_runs import unoptimised_graphs
+# pylint: enable=unused-import
 
 RECIPES_PATH = os.path.join(commands.ROOT, 'docs', 'recipes.md')
 RECIPE_YAML_DIR = os.path.join(commands.ROOT, 'hparams', 'recipes')
 RECIPES = {commands.given_flags(argv)['model_dir']: argv
            for argv in commands.bash_commands(RECIPES_PATH)}
-BATCH = commands.TINY['train.batch_size']
-# Examples per split of every tfds mock: one training batch.
-TFDS_EXAMPLES = BATCH
-BIRD_SPECIES = 25
 
 # Recipe: (model name, training images of its reduced run).
 FINE_TUNING = {
     'runs/b0-fashion-mnist': ('efficientnetv2-b0', TFDS_EXAMPLES),
     'runs/b0-mnist': ('efficientnetv2-b0', TFDS_EXAMPLES),
-    'runs/s-birds': ('efficientnetv2-s', BIRD_SPECIES),
+    'runs/s-birds': ('efficientnetv2-s', reduced_runs.BIRD_SPECIES),
     'runs/s-imagenette': ('efficientnetv2-s', TFDS_EXAMPLES),
 }
 # Recipe: (repeats per stage, which stages are Fused-MBConv).
@@ -84,118 +81,19 @@ TESTED = [*FINE_TUNING, *ABLATIONS, WIDTH, DROPOUT, SURVIVAL, PLATEAU,
           STAGE_EPOCHS, DROPOUT_RANGES, *SIZE_RANGES, *IMAGENET_PRESETS,
           *TABLE6, PRETRAIN_21K, FINE_TUNE_1K]
 
-
-@pytest.fixture(scope='module', autouse=True)
-def _unoptimised_graphs() -> Iterator[None]:
-  """Turns off TensorFlow's graph optimisation while these tests run: for a
-  tiny model it takes longer than the training it would speed up."""
-  key = 'disable_meta_optimizer'
-  previous = tf.config.optimizer.get_experimental_options().get(key, False)
-  tf.config.optimizer.set_experimental_options({key: True})
-  yield
-  tf.config.optimizer.set_experimental_options({key: previous})
-
-
-@pytest.fixture(scope='module')
-def birds_dir(tmp_path_factory) -> str:
-  """The 25 species, one training and one validation JPEG each."""
-  root = tmp_path_factory.mktemp('birds')
-  for species in range(BIRD_SPECIES):
-    for split in ('training_set', 'validation_set'):
-      image_files.write(str(root / split / f'species_{species:02d}' /
-                            'bird.jpg'),
-                        image_files.pixels(24, 32, seed=species))
-  return str(root)
-
-
-@pytest.fixture(scope='module')
-def imagenet21k_dir(tmp_path_factory) -> str:
-  """21 files: 0-15 are eval (one image each), 16-19 minival and 20 train
-  (one batch)."""
-  root = tmp_path_factory.mktemp('imagenet21k')
-  jpeg = image_files.encode(image_files.pixels(20, 30), 'jpeg')
-  for i in range(21):
-    _write(root / f'imagenet21k-{i:05d}',
-           [{'image': _bytes(jpeg), 'labels': _ints([i, 21842])}] *
-           (BATCH if i == 20 else 1))
-  return str(root)
-
-
-@pytest.fixture(scope='module')
-def data_dirs(tmp_path_factory, birds_dir, imagenet_dir,
-              imagenet21k_dir) -> Dict[str, str]:
-  """`--data_dir` of every dataset the recipes read."""
-  tfds_dir = str(tmp_path_factory.mktemp('tfds'))
-  return {'fashion_mnist': tfds_dir, 'mnist': tfds_dir,
-          'imagenette': tfds_dir, 'imagenet2012': tfds_dir,
-          'birds': birds_dir, 'imagenet': imagenet_dir,
-          'imagenet21k': imagenet21k_dir}
-
-
-@pytest.fixture(scope='module')
-def published_weights(tmp_path_factory) -> Iterator[str]:
-  """Serves the named weights of the fine-tuning recipes: official-format
-  archives of the reduced models, downloaded through the real path into
-  the cache directory this yields."""
-  root = tmp_path_factory.mktemp('weights')
-  images = np.zeros((1, 32, 32, 3), 'float32')
-  with pytest.MonkeyPatch.context() as patch:
-    for name, blocks in [('efficientnetv2-b0', models.V2_BASE_BLOCKS),
-                         ('efficientnetv2-s', models.V2_S_BLOCKS)]:
-      directory, _, _ = tf1_reference.official_checkpoint(
-          images, root / name, name, blocks,
-          width=commands.TINY['model.width_coefficient'],
-          depth=commands.TINY['model.depth_coefficient'])
-      url = tf1_reference.archive(directory, root / f'{name}.tgz').as_uri()
-      patch.setitem(checkpoints.PRETRAINED_URLS, name,
-                    {'imagenet': url, 'imagenet21k-ft1k': url})
-    # Keras ignores a cache directory that does not exist yet and falls
-    # back to /tmp/.keras, where another test's archive of the same name
-    # would be found.
-    cache = root / 'cache'
-    cache.mkdir()
-    patch.setenv(checkpoints.CACHE_ENV, str(cache))
-    yield str(cache)
+pytestmark = pytest.mark.usefixtures('unoptimised_graphs')
 
 
 def _run(name: str, tmp_path: Any, data_dirs: Dict[str, str]) -> str:
-  """Runs a recipe reduced, tfds reading mock examples; returns the run's
-  directory, the sweep's sub-directory for a sweep."""
-  argv = commands.reduce(RECIPES[name], tmp_path, data_dirs)
-  with tfds.testing.mock_data(num_examples=TFDS_EXAMPLES):
-    commands.run_main(argv)
-  found = glob.glob(os.path.join(commands.given_flags(argv)['model_dir'],
-                                 '**', 'results.json'), recursive=True)
-  assert len(found) == 1, found
-  return os.path.dirname(found[0])
-
-
-def _spy(monkeypatch, module: Any, name: str) -> List[Any]:
-  """Replaces `module.name` by a wrapper that records what each call
-  returns."""
-  returned = []
-  real = getattr(module, name)
-
-  def spy(*args, **kwargs):
-    returned.append(real(*args, **kwargs))
-    return returned[-1]
-  monkeypatch.setattr(module, name, spy)
-  return returned
-
-
-def _results(run_dir: str) -> Dict[str, Any]:
-  with open(os.path.join(run_dir, 'results.json')) as f:
-    return json.load(f)
-
-
-def _saved_config(run_dir: str) -> Dict[str, Any]:
-  with open(os.path.join(run_dir, 'config.yaml')) as f:
-    return yaml.safe_load(f)
+  """Runs a recipe reduced; returns the run's directory."""
+  return reduced_runs.train(commands.reduce(RECIPES[name], tmp_path,
+                                            data_dirs))
 
 
 def _saved_model(run_dir: str) -> EfficientNet:
   """The model a run built, from its saved config, without initialising."""
-  model_cfg = ml_collections.ConfigDict(_saved_config(run_dir)['model'])
+  model_cfg = ml_collections.ConfigDict(
+      reduced_runs.saved_config(run_dir)['model'])
   with keras.StatelessScope():
     return EfficientNet.from_model_config(model_cfg)
 
@@ -239,9 +137,9 @@ def test_every_run_of_a_recipe_has_a_valid_config_and_stage_plan(name):
 def test_fine_tuning_recipe_starts_from_the_named_weights(
     name, data_dirs, published_weights, tmp_path, monkeypatch):
   model_name, train_images = FINE_TUNING[name]
-  loads = _spy(monkeypatch, checkpoints, 'load_official')
+  loads = reduced_runs.spy(monkeypatch, checkpoints, 'load_official')
   run_dir = _run(name, tmp_path, data_dirs)
-  assert _results(run_dir)['step'] == train_images // BATCH
+  assert reduced_runs.results(run_dir)['step'] == train_images // BATCH
   assert len(loads) == 1
   report = loads[0]
   assert report.checkpoint.startswith(
@@ -255,9 +153,9 @@ def test_ablation_recipe_trains_the_changed_blocks(name, data_dirs,
                                                    tmp_path):
   repeats, fused = ABLATIONS[name]
   run_dir = _run(name, tmp_path, data_dirs)
-  assert _results(run_dir)['step'] == 1
-  stages = [blockargs.decode(block)
-            for block in _saved_config(run_dir)['model']['blocks_args']]
+  assert reduced_runs.results(run_dir)['step'] == 1
+  model_cfg = reduced_runs.saved_config(run_dir)['model']
+  stages = [blockargs.decode(block) for block in model_cfg['blocks_args']]
   assert [stage.num_repeat for stage in stages] == repeats
   assert [stage.conv_type == blockargs.FUSED_MBCONV
           for stage in stages] == fused
@@ -267,7 +165,7 @@ def test_ablation_recipe_trains_the_changed_blocks(name, data_dirs,
 @pytest.mark.slow
 def test_width_recipe_keeps_its_width_when_reduced(data_dirs, tmp_path):
   run_dir = _run(WIDTH, tmp_path, data_dirs)
-  assert _results(run_dir)['step'] == 1
+  assert reduced_runs.results(run_dir)['step'] == 1
   model = _saved_model(run_dir)
   assert model.get_layer('stem').filters == 8  # floored at min_depth
   assert model.num_features == 128
@@ -279,8 +177,8 @@ def test_dropout_sweep_resolves_every_rate_and_trains_the_first(
   assert [cfg.model.dropout_rate for cfg in commands.configs(
       RECIPES[DROPOUT])] == [0.2, 0.3, 0.4, 0.5, 0.6]
   run_dir = _run(DROPOUT, tmp_path, data_dirs)
-  assert _results(run_dir)['step'] == 1
-  assert _saved_config(run_dir)['model']['dropout_rate'] == 0.2
+  assert reduced_runs.results(run_dir)['step'] == 1
+  assert reduced_runs.saved_config(run_dir)['model']['dropout_rate'] == 0.2
   with open(os.path.join(os.path.dirname(run_dir), 'sweeps.csv')) as f:
     assert [row['run'] for row in csv.DictReader(f)] == [
         os.path.basename(run_dir)]
@@ -289,7 +187,7 @@ def test_dropout_sweep_resolves_every_rate_and_trains_the_first(
 @pytest.mark.slow
 def test_survival_recipe_drops_deeper_blocks_more_often(data_dirs, tmp_path):
   run_dir = _run(SURVIVAL, tmp_path, data_dirs)
-  assert _results(run_dir)['step'] == 1
+  assert reduced_runs.results(run_dir)['step'] == 1
   blocks = [layer for layer in _saved_model(run_dir).layers
             if layer.name.startswith('blocks_')]
   np.testing.assert_allclose(
@@ -300,9 +198,9 @@ def test_survival_recipe_drops_deeper_blocks_more_often(data_dirs, tmp_path):
 @pytest.mark.slow
 def test_plateau_recipe_saves_its_schedule_and_state(data_dirs, tmp_path):
   run_dir = _run(PLATEAU, tmp_path, data_dirs)
-  results = _results(run_dir)
+  results = reduced_runs.results(run_dir)
   assert results['step'] == 1 and results['eval_images'] == TFDS_EXAMPLES
-  train = _saved_config(run_dir)['train']
+  train = reduced_runs.saved_config(run_dir)['train']
   assert (train['lr_sched'], train['early_stop_patience']) == ('plateau', 3)
   saved = [name for name, _ in tf.train.list_variables(
       os.path.join(run_dir, 'checkpoints'))]
@@ -318,7 +216,7 @@ def test_stage_epochs_recipe_cuts_every_run_into_four_equal_stages(
     assert [s.end_step for s in stages] == [quarter * i for i in (1, 2, 3, 4)]
     assert quarter in (20, 40, 60)
   run_dir = _run(STAGE_EPOCHS, tmp_path, data_dirs)
-  results = _results(run_dir)
+  results = reduced_runs.results(run_dir)
   assert results['step'] == 1 and len(results['stages']) == 4
 
 
@@ -331,7 +229,7 @@ def test_dropout_range_recipe_grows_dropout_from_min_to_max(data_dirs,
     ranges.append((stages[0].dropout_rate, stages[-1].dropout_rate))
   assert ranges == [(low, high) for low in (0.1, 0.2)
                     for high in (0.3, 0.5, 0.7)]
-  results = _results(_run(DROPOUT_RANGES, tmp_path, data_dirs))
+  results = reduced_runs.results(_run(DROPOUT_RANGES, tmp_path, data_dirs))
   assert results['step'] == 1
   assert results['stages'][0].endswith('dropout 0.1')
   assert results['stages'][-1].endswith('dropout 0.3')
@@ -346,7 +244,7 @@ def test_size_range_recipe_grows_images_from_min_to_max(name, data_dirs,
             for stages in (progressive.plan(cfg, steps_per_epoch=100)
                            for cfg in commands.configs(RECIPES[name]))]
   assert ranges == [(first, last) for last in lasts]
-  results = _results(_run(name, tmp_path, data_dirs))
+  results = reduced_runs.results(_run(name, tmp_path, data_dirs))
   assert results['step'] == 1
   assert _stage_columns(results)[0].startswith(f'{first} px')
   assert _stage_columns(results)[-1].startswith(f'{lasts[0]} px')
@@ -357,9 +255,10 @@ def test_size_range_recipe_grows_images_from_min_to_max(name, data_dirs,
 def test_imagenet_preset_recipe_plans_the_code_schedule(name, data_dirs,
                                                         tmp_path):
   run_dir = _run(name, tmp_path, data_dirs)
-  results = _results(run_dir)
+  results = reduced_runs.results(run_dir)
   assert results['dataset'] == 'imagenet' and results['step'] == 1
-  assert _saved_config(run_dir)['progressive']['schedule'] == 'code'
+  saved = reduced_runs.saved_config(run_dir)
+  assert saved['progressive']['schedule'] == 'code'
   # The code schedule's first stage is one step above data.ibase (16).
   assert [c.split(',')[0] for c in _stage_columns(results)] == [
       '20 px', '24 px', '28 px', '32 px']
@@ -368,7 +267,7 @@ def test_imagenet_preset_recipe_plans_the_code_schedule(name, data_dirs,
 @pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(TABLE6))
 def test_table6_recipe_plans_the_papers_stages(name, data_dirs, tmp_path):
-  results = _results(_run(name, tmp_path, data_dirs))
+  results = reduced_runs.results(_run(name, tmp_path, data_dirs))
   assert results['dataset'] == 'imagenet' and results['step'] == 1
   assert _stage_columns(results) == [_describe(*stage)
                                      for stage in TABLE6[name]]
@@ -378,16 +277,16 @@ def test_table6_recipe_plans_the_papers_stages(name, data_dirs, tmp_path):
 def test_21k_pretraining_then_fine_tuning_on_1k_loads_its_weights(
     data_dirs, tmp_path, monkeypatch, caplog):
   pretrain_dir = _run(PRETRAIN_21K, tmp_path, data_dirs)
-  results = _results(pretrain_dir)
+  results = reduced_runs.results(pretrain_dir)
   assert results['dataset'] == 'imagenet21k' and results['step'] == 1
   checkpoint = os.path.join(pretrain_dir, 'checkpoints', 'ckpt-1')
   assert any(name.startswith('ema/')
              for name, _ in tf.train.list_variables(checkpoint))
-  located = _spy(monkeypatch, checkpoints, 'locate')
+  located = reduced_runs.spy(monkeypatch, checkpoints, 'locate')
   fine_tune_dir = _run(FINE_TUNE_1K, tmp_path, data_dirs)
-  results = _results(fine_tune_dir)
+  results = reduced_runs.results(fine_tune_dir)
   assert results['dataset'] == 'imagenet2012' and results['step'] == 1
   assert located == [checkpoints.Checkpoint(checkpoint, 'tf2', 21843)]
-  assert _saved_config(fine_tune_dir)['train']['ft_init_ema']
+  assert reduced_runs.saved_config(fine_tune_dir)['train']['ft_init_ema']
   assert ('Checkpoint head has 21843 classes, the model 1000: the classifier '
           'is not loaded') in caplog.text

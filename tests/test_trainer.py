@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -225,6 +226,27 @@ def test_sweeps_run_each_combination_and_write_a_summary(tmp_path, capsys):
   summary = list(csv.DictReader(open(tmp_path / 'sweeps.csv')))
   assert len(summary) == 2
   assert 'sweep summary:' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('sweeps, message', [
+    ('data.ibase=16|48', 'data.ibase=48: data.ibase=48 is above the '
+                         'training image size 32'),
+    ('progressive.schedule=paper,progressive.dropout_min=0.1|0.5',
+     'progressive.schedule=paper,progressive.dropout_min=0.5: '
+     'progressive.dropout_min=0.5 is above model.dropout_rate=0.2'),
+])
+def test_sweeps_refuse_a_combination_without_a_stage_plan_before_training(
+    sweeps, message, tmp_path):
+  bound = []
+
+  def bind(cfg):
+    bound.append(cfg)
+    return datasets.bind(cfg)
+  with pytest.raises(UserError,
+                     match=re.escape(f'--sweeps combination {message}')):
+    runs.run_sweep('train', tiny_config, bind, str(tmp_path),
+                   distribute.get_strategy('cpu'), sweeps)
+  assert not bound and not os.listdir(tmp_path)
 
 
 def test_bfloat16_accumulation_loops_and_plateau_run_together(tmp_path):
