@@ -20,6 +20,7 @@ import dataclasses
 import math
 import os
 import signal
+import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
@@ -96,10 +97,10 @@ def check_model_dir(model_dir: str, cfg: Any) -> None:
   """Refuses an unwritable model_dir or one that holds another model."""
   try:
     os.makedirs(model_dir, exist_ok=True)
-    probe = os.path.join(model_dir, '.write_test')
-    with open(probe, 'w'):
+    # A probe of its own: the workers of a cluster check the same directory
+    # at the same time.
+    with tempfile.NamedTemporaryFile(dir=model_dir, prefix='.write_test'):
       pass
-    os.remove(probe)
   except OSError as e:
     raise UserError(f'model_dir {model_dir!r} is not writable '
                     f'({e.strerror})') from None

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_RUN = ('model.width_coefficient=0.25,model.depth_coefficient=0.2,'
+TINY_RUN = ('model.width_coefficient=0.25,model.depth_coefficient=0.05,'
             'data.per_class=8,train.batch_size=16,eval.batch_size=120,'
             'train.epochs=4,train.stages=2,runtime.checkpoint_every_steps=2')
 TOTAL_STEPS = 20  # 80 images / 16 per batch * 4 epochs
