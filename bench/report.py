@@ -98,8 +98,10 @@ def _table(header: List[str], rows: List[List[Any]]) -> str:
   lines = ['| ' + ' | '.join(header) + ' |',
            '| ' + ' | '.join(['---'] + ['---:'] * (len(header) - 1)) + ' |']
   for row in rows:
-    cells = [f'{c:,.1f}' if isinstance(c, float) else
-             ('-' if c is None else str(c)) for c in row]
+    # Accuracies (below 1) keep three decimals; rates and seconds one.
+    cells = [(f'{c:.3f}' if abs(c) <= 1 else f'{c:,.1f}')
+             if isinstance(c, float) else ('-' if c is None else str(c))
+             for c in row]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -200,7 +202,7 @@ def _markdown(results: Dict[str, Any]) -> str:
               _table(['', 'images/s'], [
                   ['input pipeline', results['pipeline']['images_per_second']],
                   ['training step (ours)', model_rate]]), '',
-              f'Ratio: {summary_["pipeline_to_model_ratio"]}. Above 1 the '
+              f'Ratio: {_times(summary_["pipeline_to_model_ratio"])}. Above 1 the '
               'input keeps up; the two share the same cores in a real run.',
               '']
   if 'progressive' in results:
