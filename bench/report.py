@@ -259,6 +259,9 @@ def _markdown(results: Dict[str, Any]) -> str:
               _table(['', 'peak RSS, MB'], [['ours', peaks['ours']],
                                              ['keras fit', peaks['keras']]]),
               '']
+  if results.get('notes'):
+    lines += ['## Notes', ''] + [f'- {note}' for note in results['notes']] + [
+        '']
   lines += [
       '## Not measured here', '',
       'GPUs, TPUs, mixed precision on accelerators and multi-host runs: '
