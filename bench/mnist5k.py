@@ -10,10 +10,8 @@ import functools
 from typing import List, Tuple
 
 import numpy as np
-import tensorflow as tf
 
-from datasets.base import Dataset
-from datasets.base import holdout
+from datasets.base import HeldOutArrays
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,27 +26,12 @@ def _load() -> Tuple[np.ndarray, np.ndarray]:
           labels.astype(np.int32))
 
 
-class Mnist5k(Dataset):
+class Mnist5k(HeldOutArrays):
   name = 'mnist5k'
   num_classes = 10
-  splits = ('train', 'eval')
-  augname = 'ft_none'
 
   def load_class_names(self) -> List[str]:
     return [str(digit) for digit in range(10)]
 
-  def _indices(self, split: str) -> np.ndarray:
-    evaluation = holdout(_load()[1], self.val_fraction)
-    return np.flatnonzero(evaluation if split == 'eval' else ~evaluation)
-
-  def source(self, split: str) -> tf.data.Dataset:
-    images, labels = _load()
-    indices = self._indices(split)
-    return tf.data.Dataset.from_tensor_slices((images[indices],
-                                               labels[indices]))
-
-  def count(self, split: str) -> int:
-    return len(self._indices(split))
-
-  def stored_bytes(self, split: str) -> int:
-    return self.count(split) * 28 * 28
+  def arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+    return _load()

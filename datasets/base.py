@@ -28,7 +28,7 @@ preprocesses, batches and mixes.
 import dataclasses
 import math
 import random
-from typing import Any, ClassVar, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -408,3 +408,36 @@ def holdout(labels: Sequence[int], fraction: float) -> np.ndarray:
       count = min(max(count, 1), len(members) - 1)
     mask[members[:count]] = True
   return mask
+
+
+class HeldOutArrays(Dataset):
+  """A dataset held in memory as (images, labels) arrays, with a fixed
+  per-class `val_fraction` held out as 'eval'; 'trainval' is all of it.
+
+  A subclass gives `arrays()`: uint8 images [n, height, width, channels]
+  and integer labels [n].
+  """
+  splits = ('train', 'eval', 'trainval')
+  augname = 'ft_none'
+
+  def arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+    raise NotImplementedError
+
+  def _indices(self, split: str) -> np.ndarray:
+    labels = self.arrays()[1]
+    if split == 'trainval':
+      return np.arange(len(labels))
+    evaluation = holdout(labels, self.val_fraction)
+    return np.flatnonzero(evaluation if split == 'eval' else ~evaluation)
+
+  def source(self, split: str) -> tf.data.Dataset:
+    images, labels = self.arrays()
+    indices = self._indices(split)
+    return tf.data.Dataset.from_tensor_slices((images[indices],
+                                               labels[indices]))
+
+  def count(self, split: str) -> int:
+    return len(self._indices(split))
+
+  def stored_bytes(self, split: str) -> int:
+    return self.count(split) * self.arrays()[0][0].nbytes

@@ -12,10 +12,8 @@ import functools
 from typing import List, Tuple
 
 import numpy as np
-import tensorflow as tf
 
-from datasets.base import Dataset
-from datasets.base import holdout
+from datasets.base import HeldOutArrays
 
 
 @functools.lru_cache(maxsize=1)
@@ -27,31 +25,12 @@ def _load() -> Tuple[np.ndarray, np.ndarray]:
   return images[..., None], digits.target.astype(np.int32)
 
 
-class Digits(Dataset):
+class Digits(HeldOutArrays):
   name = 'digits'
   num_classes = 10
-  splits = ('train', 'eval', 'trainval')
-  augname = 'ft_none'
 
   def load_class_names(self) -> List[str]:
     return [str(digit) for digit in range(10)]
 
-  def _indices(self, split: str) -> np.ndarray:
-    images, labels = _load()
-    del images
-    if split == 'trainval':
-      return np.arange(len(labels))
-    evaluation = holdout(labels, self.val_fraction)
-    return np.flatnonzero(evaluation if split == 'eval' else ~evaluation)
-
-  def source(self, split: str) -> tf.data.Dataset:
-    images, labels = _load()
-    indices = self._indices(split)
-    return tf.data.Dataset.from_tensor_slices((images[indices],
-                                               labels[indices]))
-
-  def count(self, split: str) -> int:
-    return len(self._indices(split))
-
-  def stored_bytes(self, split: str) -> int:
-    return self.count(split) * 64
+  def arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+    return _load()
