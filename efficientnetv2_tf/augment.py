@@ -7,9 +7,15 @@ one; H and W may be unknown until run time. A magnitude is a level on the
 original's scale, where 10 was the top of its search space and larger values
 extrapolate (the paper's presets go up to 25).
 
+By default every op computes what the original computes, quirks included
+(`tests/fixtures/augment_ops.npz` holds the original's outputs at every
+magnitude 0..25). Levels become arguments in float64, as the original's
+Python arithmetic did, so truncations such as `int(level / 10 * 110)` agree.
+
 Randomness is stateless: every random function takes `seed`, an integer
 tensor of shape [2], and the same seed gives the same result eagerly and
-inside `tf.data.Dataset.map`.
+inside `tf.data.Dataset.map`. The random streams differ from the original's
+TF1 ones; the distributions are the same.
 
     >>> image = tf.fill([8, 8, 3], tf.constant(10, tf.uint8))
     >>> apply_op(image, 'Invert', 0, seed=[1, 2])[0, 0].numpy()
@@ -17,13 +23,43 @@ inside `tf.data.Dataset.map`.
     >>> distort(image, 'randaug', 2, 15, seed=[1, 2]).shape
     TensorShape([8, 8, 3])
 
+The original's quirks, kept by default:
+
+- Solarize inverts pixels at or above `int(level / 10 * 256)`, a threshold
+  the original compared in uint8, so it wraps modulo 256 and a level acts
+  as that level minus 10 or 20: Solarize weakens from level 0 (every pixel
+  inverted) to 9 (pixels from 230 up), then 10 and 20 invert every pixel
+  again, 15 and 25 those from 128 up.
+- Posterize keeps `int(level / 10 * 4)` bits by shifting uint8 pixels by
+  8 - bits. Below level 2.5 that shift is 8 and from level 22.5 up it is
+  negative, which wraps in uint8; TF clamps both to 7, so those levels keep
+  1 bit. Level 20 up to 22.5 keeps all 8 (the identity).
+- Contrast blends towards a flat grey of (number of pixels) / 256, clipped
+  to 255 and truncated: the original summed a histogram of the grey image
+  where it meant to average it. The grey depends on the image size alone
+  (3 at 24x40, 64 at 128x128, 196 at 224x224, 255 from 256x256 up), so it
+  changes between progressive-learning stages.
+- cutmix weights every example's labels by the mean pasted area of the
+  whole batch (of its half, when mixup takes the other half), not by the
+  area of the example's own box.
+
+What `fixes=True` changes (`data.augment_fixes`):
+
+- Solarize: the threshold stops at 256, so levels from 10 up leave the
+  image as it is, continuing the weakening below 10.
+- Posterize: the bit count stops at 8, so levels from 20 up leave the
+  image as it is.
+- Contrast blends towards the image's mean grey level, truncated to an
+  integer (PIL rounds it).
+- cutmix weights each example's labels by the area of its own box.
+
 Where this module differs from the original, on purpose:
 
-- Contrast blends towards the image's mean grey. The original used the
-  number of pixels / 256 as the "mean", so its target grey depended on the
-  image size (and so changed between progressive-learning stages).
-- cutmix weights each example's labels by the area of that example's own
-  box; the original used the mean box area of the whole batch.
+- Warps fill uncovered pixels with the grey directly; the original warped
+  an extra channel of ones and filled where it came back 0. With
+  nearest-neighbour sampling the pixels are the same.
+- cutmix draws the boxes of a whole batch at once; the original drew one
+  per example while decoding. The distribution is the same.
 
 Keras 3.15 preprocessing layers checked against the original. None of the
 random ones can follow our seed: `keras.random` takes only an int or a
@@ -53,7 +89,8 @@ the layer is built, while our magnitude may be a tensor.
 - `RandomSharpness`: PIL factor up to 2 (ours reach 4.6 at magnitude 25);
   its "same" convolution zero-pads, darkening the border, where the
   original keeps the border pixels.
-- `RandomContrast`: scales around each channel's mean, not the grey mean.
+- `RandomContrast`: scales around each channel's mean, not around one
+  grey for all three channels.
 - `RandomBrightness`: adds an offset; PIL's Brightness multiplies.
 - `RandomShear`: `x_factor=(a, a)` shears by +-a like ShearX, but `a` is
   fixed at construction and the sign comes from the seed generator.
@@ -103,10 +140,11 @@ def check_magnitude(magnitude: float) -> float:
 
 
 def _level(magnitude: Magnitude) -> tf.Tensor:
-  """A float32 level; tensors can't be range-checked while tracing."""
+  """A float64 level, as the original's Python arithmetic had; tensors
+  can't be range-checked while tracing."""
   if tf.is_tensor(magnitude):
-    return tf.cast(magnitude, tf.float32)
-  return tf.constant(check_magnitude(magnitude), tf.float32)
+    return tf.cast(magnitude, tf.float64)
+  return tf.constant(check_magnitude(magnitude), tf.float64)
 
 
 def _split(seed: Seed, num: int = 2) -> Tuple[tf.Tensor, ...]:
@@ -137,6 +175,14 @@ def _gray(image: tf.Tensor) -> tf.Tensor:
 def _mean_gray(image: tf.Tensor) -> tf.Tensor:
   mean = tf.reduce_mean(tf.cast(tf.image.rgb_to_grayscale(image), tf.float32))
   return tf.fill(tf.shape(image), tf.cast(mean, tf.uint8))
+
+
+def _pixel_count_gray(image: tf.Tensor) -> tf.Tensor:
+  """The original's Contrast target: it summed a 256-bin histogram of the
+  grey image, which counts its pixels, and divided by 256."""
+  count = tf.cast(tf.reduce_prod(tf.shape(image)[:2]), tf.float32)
+  gray = tf.clip_by_value(count / 256.0, 0.0, 255.0)
+  return tf.fill(tf.shape(image), tf.cast(gray, tf.uint8))
 
 
 def _smooth(image: tf.Tensor) -> tf.Tensor:
@@ -182,17 +228,29 @@ def _equalize(image: tf.Tensor) -> tf.Tensor:
   return tf.where(steps == 0, image, equalized)
 
 
-def _posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
-  # Levels below 2.5 give 0 bits, which the original ran as 1 bit because
-  # TF clamps a shift of 8 to 7; levels from 22.5 up give more than 8 bits,
-  # a negative shift, so they keep all 8 (the identity).
-  shift = tf.cast(8 - tf.clip_by_value(bits, 1, 8), tf.uint8)
+def _shift_bits(image: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+  shift = tf.cast(shift, tf.uint8)
   return tf.bitwise.left_shift(tf.bitwise.right_shift(image, shift), shift)
 
 
+def _posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
+  # The original's shift of 8 - bits became a uint8, so a negative one (more
+  # than 8 bits, from level 22.5 up) wrapped past 7; TF clamps any shift past
+  # 7 to 7, and so those levels keep 1 bit, as do those below 2.5 (0 bits).
+  return _shift_bits(image, tf.minimum((8 - bits) % 256, 7))
+
+
+def _posterize_clamped(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
+  return _shift_bits(image, 8 - tf.clip_by_value(bits, 1, 8))
+
+
 def _solarize(image: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
-  # Thresholds from level 10 up exceed every pixel: the identity, as in the
-  # original (Solarize gets weaker as the level grows).
+  # The original compared with the threshold as a uint8, which wraps.
+  return tf.where(image < tf.cast(threshold % 256, tf.uint8), image,
+                  255 - image)
+
+
+def _solarize_clamped(image: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
   return tf.where(tf.cast(image, tf.int32) < threshold, image, 255 - image)
 
 
@@ -278,14 +336,17 @@ def cutout(image: tf.Tensor, pad_size: Union[int, tf.Tensor], replace,
 class Op:
   """An image op and how a level becomes its argument.
 
-  `image_fn(image, arg, replace, seed)` returns the new uint8 image.
-  `level_to_arg(level, translate_const, cutout_const)` maps a float32 level
+  `image_fn(image, arg, replace, seed)` returns the new uint8 image, as the
+  original computes it; `fixed_fn`, with the same arguments, is what
+  `fixes=True` runs instead (None where the two agree).
+  `level_to_arg(level, translate_const, cutout_const)` maps a float64 level
   to `arg`; None for ops without one. With `random_sign`, `arg` is negated
   with probability 1/2, as the original does for geometric ops.
   """
   image_fn: Callable[..., tf.Tensor]
   level_to_arg: Optional[Callable[[tf.Tensor, float, float], tf.Tensor]]
   random_sign: bool = False
+  fixed_fn: Optional[Callable[..., tf.Tensor]] = None
 
 
 OPS: Registry = Registry('augmentation op')
@@ -308,8 +369,8 @@ def _warp_by(matrix):
 
 
 def _linear(top: float):
-  return lambda level, translate_const, cutout_const: (
-      level / LEVEL_SCALE * top)
+  return lambda level, translate_const, cutout_const: tf.cast(
+      level / LEVEL_SCALE * top, tf.float32)
 
 
 def _truncated(top: float):
@@ -319,11 +380,11 @@ def _truncated(top: float):
 
 
 def _enhance_factor(level, translate_const, cutout_const):
-  return level / LEVEL_SCALE * 1.8 + 0.1
+  return tf.cast(level / LEVEL_SCALE * 1.8 + 0.1, tf.float32)
 
 
 def _translate_pixels(level, translate_const, cutout_const):
-  return level / LEVEL_SCALE * translate_const
+  return tf.cast(level / LEVEL_SCALE * translate_const, tf.float32)
 
 
 def _cutout_pad(level, translate_const, cutout_const):
@@ -335,11 +396,14 @@ for _name, _op in {
     'Equalize': Op(_image_only(_equalize), None),
     'Invert': Op(_image_only(lambda image: 255 - image), None),
     'Rotate': Op(_warp_by(_rotation), _linear(30.0), random_sign=True),
-    'Posterize': Op(_with_arg(_posterize), _truncated(4)),
-    'Solarize': Op(_with_arg(_solarize), _truncated(256)),
+    'Posterize': Op(_with_arg(_posterize), _truncated(4),
+                    fixed_fn=_with_arg(_posterize_clamped)),
+    'Solarize': Op(_with_arg(_solarize), _truncated(256),
+                   fixed_fn=_with_arg(_solarize_clamped)),
     'SolarizeAdd': Op(_with_arg(_solarize_add), _truncated(110)),
     'Color': Op(_with_arg(_enhance(_gray)), _enhance_factor),
-    'Contrast': Op(_with_arg(_enhance(_mean_gray)), _enhance_factor),
+    'Contrast': Op(_with_arg(_enhance(_pixel_count_gray)), _enhance_factor,
+                   fixed_fn=_with_arg(_enhance(_mean_gray))),
     'Brightness': Op(_with_arg(_enhance(tf.zeros_like)), _enhance_factor),
     'Sharpness': Op(_with_arg(_enhance(_smooth)), _enhance_factor),
     'ShearX': Op(_warp_by(_shear_x), _linear(0.3), random_sign=True),
@@ -357,10 +421,23 @@ def apply_op(image: tf.Tensor, name: str, magnitude: Magnitude, seed: Seed,
              *,
              translate_const: float = RANDAUGMENT_CONSTS['translate_const'],
              cutout_const: float = RANDAUGMENT_CONSTS['cutout_const'],
-             replace=REPLACE) -> tf.Tensor:
+             replace=REPLACE, negate: Optional[bool] = None,
+             fixes: bool = False) -> tf.Tensor:
   """Applies the op `name` (see `OPS`) at `magnitude` to a uint8 image.
 
   A Python magnitude must pass `check_magnitude`; a tensor is used as is.
+  The geometric ops negate their argument (turn, shear or shift the other
+  way) with probability 1/2, drawn from `seed`; `negate` True or False
+  fixes that choice, and other ops ignore it. `fixes` picks the corrected
+  ops (see the module docstring).
+
+      >>> row = tf.constant([[[10] * 3, [20] * 3, [30] * 3]], tf.uint8)
+      >>> for negate in (False, True):  # level 1 of 10 pixels shifts by 1
+      ...   shifted = apply_op(row, 'TranslateX', 1, [0, 0], negate=negate,
+      ...                      translate_const=10)
+      ...   print(shifted[0, :, 0].numpy())
+      [ 20  30 128]
+      [128  10  20]
   """
   op = OPS.get(name)
   image = tf.convert_to_tensor(image)
@@ -370,25 +447,27 @@ def apply_op(image: tf.Tensor, name: str, magnitude: Magnitude, seed: Seed,
   if op.level_to_arg:
     arg = op.level_to_arg(level, translate_const, cutout_const)
     if op.random_sign:
-      arg = tf.where(_coin(sign_seed, 0.5), -arg, arg)
-  return tf.ensure_shape(op.image_fn(image, arg, replace, op_seed),
-                         image.shape)
+      flip = _coin(sign_seed, 0.5) if negate is None else negate
+      arg = tf.where(flip, -arg, arg)
+  image_fn = op.fixed_fn if fixes and op.fixed_fn else op.image_fn
+  return tf.ensure_shape(image_fn(image, arg, replace, op_seed), image.shape)
 
 
 # ---------------------------------------------------------------- policies
 
 
 def _one_of_ops(image: tf.Tensor, index: tf.Tensor, level: tf.Tensor,
-               seed: tf.Tensor, consts) -> tf.Tensor:
+                seed: tf.Tensor, consts, fixes: bool) -> tf.Tensor:
   """Applies op number `index` of `OPS.names()` at `level`; an index of
   len(OPS.names()) leaves the image as it is."""
-  branches = [functools.partial(apply_op, image, name, level, seed, **consts)
+  branches = [functools.partial(apply_op, image, name, level, seed,
+                                fixes=fixes, **consts)
               for name in OPS.names()]
   return tf.switch_case(index, branches + [lambda: image])
 
 
 def randaugment(image: tf.Tensor, num_layers: int, magnitude: Magnitude,
-                seed: Seed) -> tf.Tensor:
+                seed: Seed, *, fixes: bool = False) -> tf.Tensor:
   """RandAugment: `num_layers` times, applies one uniformly chosen op.
 
   As in the original, the chosen op always applies, at `magnitude`.
@@ -400,7 +479,8 @@ def randaugment(image: tf.Tensor, num_layers: int, magnitude: Magnitude,
         tf.random.experimental.stateless_fold_in(seed, layer))
     choice = tf.random.stateless_uniform([], choice_seed, 0, len(OPS.names()),
                                          tf.int32)
-    image = _one_of_ops(image, choice, level, op_seed, RANDAUGMENT_CONSTS)
+    image = _one_of_ops(image, choice, level, op_seed, RANDAUGMENT_CONSTS,
+                        fixes)
   return image
 
 
@@ -440,8 +520,8 @@ _AUTOAUGMENT_TABLES.add('test', (
 ))
 
 
-def autoaugment(image: tf.Tensor, seed: Seed,
-                policy: str = 'v0') -> tf.Tensor:
+def autoaugment(image: tf.Tensor, seed: Seed, policy: str = 'v0', *,
+                fixes: bool = False) -> tf.Tensor:
   """AutoAugment: picks one sub-policy of `policy` ('v0', the paper's, or
   'test') uniformly and applies each of its ops with its probability."""
   table = _AUTOAUGMENT_TABLES.get(policy)
@@ -454,7 +534,7 @@ def autoaugment(image: tf.Tensor, seed: Seed,
                             for steps in table])
   probs = tf.constant([[prob for _, prob, _ in steps] for steps in table])
   levels = tf.constant([[level for _, _, level in steps] for steps in table],
-                       tf.float32)
+                       tf.float64)
   choice_seed, ops_seed = _split(seed)
   choice = tf.random.stateless_uniform([], choice_seed, 0, len(table),
                                        tf.int32)
@@ -464,36 +544,40 @@ def autoaugment(image: tf.Tensor, seed: Seed,
     index = tf.where(_coin(coin_seed, probs[choice, step]),
                      op_indices[choice, step], len(names))
     image = _one_of_ops(image, index, levels[choice, step], op_seed,
-                        AUTOAUGMENT_CONSTS)
+                        AUTOAUGMENT_CONSTS, fixes)
   return image
 
 
 def _randaugment_or_autoaugment(image: tf.Tensor, num_layers: int,
-                                magnitude: Magnitude,
-                                seed: Seed) -> tf.Tensor:
+                                magnitude: Magnitude, seed: Seed, *,
+                                fixes: bool = False) -> tf.Tensor:
   level = _level(magnitude)
   choice_seed, policy_seed = _split(seed)
   return tf.cond(_coin(choice_seed, 0.5),
-                 lambda: autoaugment(image, policy_seed),
-                 lambda: randaugment(image, num_layers, level, policy_seed))
+                 lambda: autoaugment(image, policy_seed, fixes=fixes),
+                 lambda: randaugment(image, num_layers, level, policy_seed,
+                                     fixes=fixes))
 
 
-# Each takes (image, num_layers, magnitude, seed).
+# Each takes (image, num_layers, magnitude, seed, *, fixes).
 POLICIES: Registry = Registry('augmentation policy')
 POLICIES.add('randaug', randaugment)
-POLICIES.add('autoaug', lambda image, num_layers, magnitude, seed:
-             autoaugment(image, seed))
+POLICIES.add('autoaug', lambda image, num_layers, magnitude, seed, *, fixes:
+             autoaugment(image, seed, fixes=fixes))
 POLICIES.add('ra_aa', _randaugment_or_autoaugment)
 
 
 def distort(image: tf.Tensor, policy: str, num_layers: int,
-            magnitude: Magnitude, seed: Seed) -> tf.Tensor:
+            magnitude: Magnitude, seed: Seed, *,
+            fixes: bool = False) -> tf.Tensor:
   """Applies the `POLICIES` entry `policy` to a uint8 image.
 
   `num_layers` and `magnitude` are RandAugment's; 'autoaug' ignores them and
-  'ra_aa' picks RandAugment or AutoAugment with equal chance.
+  'ra_aa' picks RandAugment or AutoAugment with equal chance. `fixes` picks
+  the corrected ops (see the module docstring).
   """
-  return POLICIES.get(policy)(image, num_layers, magnitude, seed)
+  return POLICIES.get(policy)(image, num_layers, magnitude, seed,
+                              fixes=fixes)
 
 
 # ------------------------------------------------------------ batch mixing
@@ -504,9 +588,9 @@ def _beta(shape, alpha: float, seed: Seed) -> tf.Tensor:
   x_seed, y_seed = _split(seed)
   x = tf.random.stateless_gamma(shape, x_seed, alpha)
   y = tf.random.stateless_gamma(shape, y_seed, alpha)
-  # Both gammas can underflow to 0 for tiny alpha; any value in [0, 1]
-  # is then fine, and 0 avoids a NaN.
-  return tf.math.divide_no_nan(x, x + y)
+  # TF's gamma samples never go below the smallest normal float32, even
+  # for a tiny alpha, so the sum is never 0.
+  return x / (x + y)
 
 
 def _mix_labels(labels: tf.Tensor, own_weight: tf.Tensor) -> tf.Tensor:
@@ -530,58 +614,80 @@ def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float,
   return images, _mix_labels(labels, weight)
 
 
-def cutmix(images: tf.Tensor, labels: tf.Tensor, alpha: float,
-           seed: Seed) -> Tuple[tf.Tensor, tf.Tensor]:
-  """CutMix: pastes a box of the reversed batch's image into each example.
+def cutmix_masks(shape: Union[tf.Tensor, Sequence[int]], alpha: float,
+                 seed: Seed) -> tf.Tensor:
+  """CutMix's boxes for images of `shape` [B, H, W, ...], as a bool mask of
+  shape [B, H, W].
 
   Per example, lam ~ Beta(alpha, alpha); the box has sides sqrt(1 - lam)
-  times the image's, a uniformly random centre, and is clipped at the
-  borders. Labels mix by the area actually pasted.
+  times the image's (truncated, then halved), a uniformly random centre,
+  and is clipped at the borders, as the original's `cutmix_mask`.
   """
-  images, labels = tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
-  shape = tf.shape(images)
+  shape = tf.convert_to_tensor(shape)
   batch, height, width = shape[0], shape[1], shape[2]
   beta_seed, row_seed, col_seed = _split(seed, 3)
   ratio = tf.sqrt(1.0 - _beta([batch], alpha, beta_seed))
 
-  def span(length, centre_seed):
-    """The start and end of each box along one axis, each of shape [B, 1]."""
+  def inside(length, centre_seed):
+    """Whether each position along one axis is in each box: [B, length]."""
     centre = tf.random.stateless_uniform([batch], centre_seed, 0, length,
                                          tf.int32)
     half = tf.cast(ratio * tf.cast(length, tf.float32), tf.int32) // 2
-    start = tf.clip_by_value(centre - half, 0, length)
-    end = tf.clip_by_value(centre + half, 0, length)
-    return start[:, None], end[:, None]
+    start = tf.clip_by_value(centre - half, 0, length)[:, None]
+    end = tf.clip_by_value(centre + half, 0, length)[:, None]
+    positions = tf.range(length)[None]
+    return (positions >= start) & (positions < end)
 
-  top, bottom = span(height, row_seed)
-  left, right = span(width, col_seed)
-  rows, cols = tf.range(height)[None], tf.range(width)[None]
-  in_rows = (rows >= top) & (rows < bottom)
-  in_cols = (cols >= left) & (cols < right)
-  pasted = in_rows[:, :, None] & in_cols[:, None, :]
-  area = tf.reduce_mean(tf.cast(pasted, tf.float32), axis=[1, 2])
-  images = tf.where(pasted[..., None], images[::-1], images)
+  return (inside(height, row_seed)[:, :, None]
+          & inside(width, col_seed)[:, None, :])
+
+
+def cutmix_with_masks(images: tf.Tensor, labels: tf.Tensor, masks: tf.Tensor,
+                      *, fixes: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Pastes the reversed batch's images into each example where `masks`
+  [B, H, W] is True, and mixes the labels by the area pasted.
+
+  As in the original, every example's labels take the mean pasted area of
+  the whole batch; with `fixes`, each takes its own.
+  """
+  images, labels = tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
+  masks = tf.cast(masks, tf.bool)
+  area = tf.reduce_mean(tf.cast(masks, tf.float32), axis=[1, 2])
+  if not fixes:
+    area = tf.fill(tf.shape(area), tf.reduce_mean(area))
+  images = tf.where(masks[..., None], images[::-1], images)
   return images, _mix_labels(labels, 1 - area)
+
+
+def cutmix(images: tf.Tensor, labels: tf.Tensor, alpha: float, seed: Seed,
+           *, fixes: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
+  """CutMix: pastes a box of the reversed batch's image into each example
+  (boxes from `cutmix_masks`, mixing by `cutmix_with_masks`)."""
+  masks = cutmix_masks(tf.shape(images), alpha, seed)
+  return cutmix_with_masks(images, labels, masks, fixes=fixes)
 
 
 def mix_batch(images: tf.Tensor, labels: tf.Tensor,
               mixup_alpha: Optional[float], cutmix_alpha: Optional[float],
-              seed: Seed) -> Tuple[tf.Tensor, tf.Tensor]:
+              seed: Seed, *,
+              fixes: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
   """Mixup, cutmix, or both on halves of the batch, as the alphas ask.
 
   A zero or None alpha disables that method. With both, the first half of
   the batch gets mixup and the second half cutmix, each mixed within its
-  own half, as in the original.
+  own half, as in the original. `fixes` picks cutmix's per-example label
+  weights (see `cutmix_with_masks`).
   """
   if mixup_alpha and cutmix_alpha:
     half = tf.shape(images)[0] // 2
     mixup_seed, cutmix_seed = _split(seed)
     first = mixup(images[:half], labels[:half], mixup_alpha, mixup_seed)
-    second = cutmix(images[half:], labels[half:], cutmix_alpha, cutmix_seed)
+    second = cutmix(images[half:], labels[half:], cutmix_alpha, cutmix_seed,
+                    fixes=fixes)
     return (tf.concat([first[0], second[0]], 0),
             tf.concat([first[1], second[1]], 0))
   if mixup_alpha:
     return mixup(images, labels, mixup_alpha, seed)
   if cutmix_alpha:
-    return cutmix(images, labels, cutmix_alpha, seed)
+    return cutmix(images, labels, cutmix_alpha, seed, fixes=fixes)
   return images, labels

@@ -1,4 +1,10 @@
-"""Augmentation ops, policies, cutout and batch mixing; eager and in tf.data."""
+"""Augmentation ops, policies, cutout and batch mixing; eager and in tf.data.
+
+The original's outputs come from `tests/fixtures/augment_ops.npz`, written
+by `tools/oracle/augment_fixtures.py` running the original code.
+"""
+import functools
+import pathlib
 import re
 
 import numpy as np
@@ -9,6 +15,19 @@ from efficientnetv2_tf import augment
 from hparams.errors import UserError
 
 SEED = tf.constant([7, 11], tf.int64)
+MAGNITUDES = range(26)
+PHOTOMETRIC_OPS = ('AutoContrast', 'Equalize', 'Invert', 'Posterize',
+                   'Solarize', 'SolarizeAdd', 'Color', 'Contrast',
+                   'Brightness', 'Sharpness')
+GEOMETRIC_OPS = ('Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
+
+
+@functools.lru_cache(maxsize=None)
+def original():
+  """What the original computed; see `tools/oracle/augment_fixtures.py`."""
+  path = pathlib.Path(__file__).parent / 'fixtures' / 'augment_ops.npz'
+  with np.load(path) as arrays:
+    return dict(arrays)
 
 
 def random_image(height=32, width=32, low=20, high=200, seed=0):
@@ -48,6 +67,40 @@ def test_op_gives_same_uint8_image_eagerly_and_in_dataset_map(name):
   assert not np.array_equal(eager.numpy(), image)
 
 
+@pytest.mark.parametrize('name', PHOTOMETRIC_OPS)
+def test_photometric_op_matches_the_original_at_every_magnitude(name):
+  image = original()['image']
+  for magnitude in MAGNITUDES:
+    np.testing.assert_allclose(
+        op(image, name, magnitude).astype(int), original()[name][magnitude],
+        rtol=0, atol=1, err_msg=f'{name} at magnitude {magnitude}')
+
+
+@pytest.mark.parametrize('negate', [False, True])
+@pytest.mark.parametrize('name', GEOMETRIC_OPS)
+def test_geometric_op_with_fixed_sign_matches_the_original(name, negate):
+  image = original()['image']
+  for magnitude in MAGNITUDES:
+    expected = original()[name][int(negate), magnitude]
+    differing = (op(image, name, magnitude, negate=negate) != expected).any(-1)
+    assert differing.mean() <= 0.005, (name, magnitude)
+
+
+def test_fixes_change_only_contrast_and_high_solarize_and_posterize_levels():
+  image = original()['image']
+  changed = {
+      'Contrast': [m for m in MAGNITUDES if m != 5],  # 5: factor 1
+      'Solarize': [m for m in MAGNITUDES if m >= 10],
+      'Posterize': [23, 24, 25],
+  }
+  for name in PHOTOMETRIC_OPS:
+    for magnitude in MAGNITUDES:
+      difference = np.abs(op(image, name, magnitude, fixes=True).astype(int)
+                          - original()[name][magnitude]).max()
+      should_change = magnitude in changed.get(name, [])
+      assert (difference > 1) == should_change, (name, magnitude, difference)
+
+
 def test_invert_is_255_minus_pixels():
   image = random_image(low=0, high=256)
   np.testing.assert_array_equal(op(image, 'Invert', 0), 255 - image)
@@ -59,6 +112,21 @@ def test_solarize_inverts_only_pixels_at_or_above_threshold():
   expected = np.where(image < 128, image, 255 - image)
   assert (image < 128).any() and (image >= 128).any()
   np.testing.assert_array_equal(op(image, 'Solarize', 5), expected)
+
+
+def test_solarize_threshold_wraps_from_level_10_as_in_the_original():
+  image = random_image(low=0, high=256)
+  np.testing.assert_array_equal(op(image, 'Solarize', 10), 255 - image)
+  np.testing.assert_array_equal(op(image, 'Solarize', 20), 255 - image)
+  np.testing.assert_array_equal(op(image, 'Solarize', 15),
+                                np.where(image < 128, image, 255 - image))
+
+
+@pytest.mark.parametrize('magnitude', [10, 15, 20, 25])
+def test_solarize_with_fixes_leaves_image_from_level_10(magnitude):
+  image = random_image(low=0, high=256)
+  np.testing.assert_array_equal(
+      op(image, 'Solarize', magnitude, fixes=True), image)
 
 
 def test_solarize_add_brightens_only_pixels_below_128():
@@ -75,9 +143,20 @@ def test_posterize_keeps_top_bits():
   np.testing.assert_array_equal(op(image, 'Posterize', 5), image & 0b11000000)
 
 
-def test_posterize_above_level_20_is_identity_not_an_error():
+@pytest.mark.parametrize('magnitude', [23, 25])
+def test_posterize_from_level_22_5_keeps_one_bit_as_the_original_ran(
+    magnitude):
   image = random_image(low=0, high=256)
-  np.testing.assert_array_equal(op(image, 'Posterize', 25), image)
+  np.testing.assert_array_equal(op(image, 'Posterize', 20), image)
+  np.testing.assert_array_equal(op(image, 'Posterize', magnitude),
+                                image & 0b10000000)
+
+
+@pytest.mark.parametrize('magnitude', [20, 23, 25])
+def test_posterize_with_fixes_leaves_image_from_level_20(magnitude):
+  image = random_image(low=0, high=256)
+  np.testing.assert_array_equal(
+      op(image, 'Posterize', magnitude, fixes=True), image)
 
 
 def test_posterize_below_level_2_5_keeps_one_bit_as_the_original_ran():
@@ -108,11 +187,24 @@ def test_brightness_at_factor_one_is_identity():
   np.testing.assert_array_equal(op(image, 'Brightness', 5), image)
 
 
-def test_contrast_pulls_towards_mean_grey_whatever_the_image_size():
+@pytest.mark.parametrize('height,width,gray', [(8, 8, 0), (32, 32, 4),
+                                               (24, 40, 3), (64, 80, 20),
+                                               (256, 256, 255)])
+def test_contrast_pulls_towards_pixel_count_over_256_as_the_original(
+    height, width, gray):
+  image = np.zeros((height, width, 3), np.uint8)
+  image[:, width // 2:] = 200  # mean grey 100
+  out = op(image, 'Contrast', 0)  # factor 0.1
+  expected = np.floor(np.float32(gray) + np.float32(0.1) *
+                      (np.float32([0, 200]) - gray))
+  np.testing.assert_array_equal(out[0, [0, -1], 0], expected)
+
+
+def test_contrast_with_fixes_pulls_towards_mean_grey_whatever_the_size():
   for size in (8, 32):
     image = np.zeros((size, size, 3), np.uint8)
     image[:, size // 2:] = 200  # mean grey 100
-    out = op(image, 'Contrast', 0)  # factor 0.1
+    out = op(image, 'Contrast', 0, fixes=True)  # factor 0.1
     np.testing.assert_allclose(out[0, [0, -1], 0], [90, 110], atol=1)
 
 
@@ -236,6 +328,22 @@ def test_policy_runs_in_dataset_map_with_tensor_magnitude(policy):
   np.testing.assert_array_equal(mapped.numpy(), eager.numpy())
 
 
+@pytest.mark.parametrize('fixes', [False, True])
+@pytest.mark.parametrize('policy', sorted(augment.POLICIES.names()))
+def test_distort_passes_fixes_down_to_every_op_it_applies(policy, fixes,
+                                                          monkeypatch):
+  apply_op, passed = augment.apply_op, []
+
+  def recording_apply_op(*args, **kwargs):
+    passed.append(kwargs['fixes'])
+    return apply_op(*args, **kwargs)
+
+  monkeypatch.setattr(augment, 'apply_op', recording_apply_op)
+  for seed in range(4):
+    augment.distort(random_image(), policy, 2, 10, [seed, 0], fixes=fixes)
+  assert passed and set(passed) == {fixes}
+
+
 def test_distort_dispatches_to_randaugment_and_autoaugment():
   image = random_image()
   np.testing.assert_array_equal(
@@ -308,40 +416,79 @@ def test_mixup_blends_with_reversed_batch_favouring_own_example():
   np.testing.assert_allclose(mixed_labels.sum(1), 1, atol=1e-6)
 
 
-def test_cutmix_label_weight_is_fraction_of_pixels_from_partner():
+def test_cutmix_with_the_originals_masks_gives_the_originals_output():
+  fixture = original()
+  assert len(np.unique(fixture['cutmix_masks'].mean(axis=(1, 2)))) > 1
+  mixed, mixed_labels = augment.cutmix_with_masks(
+      fixture['cutmix_images'], fixture['cutmix_labels'],
+      fixture['cutmix_masks'])
+  np.testing.assert_array_equal(mixed, fixture['cutmix_mixed_images'])
+  np.testing.assert_allclose(mixed_labels, fixture['cutmix_mixed_labels'],
+                             atol=1e-6)
+
+
+def test_cutmix_with_fixes_weights_labels_by_each_examples_own_box():
+  fixture = original()
+  masks = fixture['cutmix_masks']
+  _, mixed_labels = augment.cutmix_with_masks(
+      fixture['cutmix_images'], fixture['cutmix_labels'], masks, fixes=True)
+  mixed_labels = mixed_labels.numpy()
+  own_area = masks.mean(axis=(1, 2))
+  batch = len(masks)
+  np.testing.assert_allclose(
+      mixed_labels[np.arange(batch), np.arange(batch)[::-1]], own_area,
+      atol=1e-6)
+  np.testing.assert_allclose(mixed_labels.sum(1), 1, atol=1e-6)
+
+
+def pasted_boxes(images, mixed):
+  """Where each mixed example took its partner's pixels: [B, H, W]."""
+  taken = mixed[..., 0] != images[..., 0]
+  for mask in taken:
+    if mask.any():
+      filled_box(mask)
+  return taken
+
+
+@pytest.mark.parametrize('fixes', [False, True])
+def test_cutmix_label_weight_is_batch_mean_pasted_area_or_own_with_fixes(
+    fixes):
   images = np.zeros((BATCH, 16, 16, 3), np.float32)
   images[1::2] = 1  # each example's reversed partner has the other value
   labels = np.eye(BATCH, dtype=np.float32)
-  partial = 0
+  unequal = 0
   for seed in range(4):
     mixed, mixed_labels = (t.numpy() for t in augment.cutmix(
-        images, labels, 1.0, [seed, 5]))
-    for i in range(BATCH):
-      taken = mixed[i, ..., 0] != images[i, ..., 0]
-      if taken.any():
-        filled_box(taken)
-      fraction = taken.mean()
-      np.testing.assert_allclose(mixed_labels[i, BATCH - 1 - i], fraction,
-                                 atol=1e-6)
-      partial += 0 < fraction < 1
-    np.testing.assert_allclose(mixed_labels.sum(1), 1, atol=1e-6)
-  assert partial > 0
+        images, labels, 1.0, [seed, 5], fixes=fixes))
+    fractions = pasted_boxes(images, mixed).mean(axis=(1, 2))
+    unequal += np.ptp(fractions) > 0.05
+    # The original weights every example by the batch's mean pasted area.
+    weights = fractions if fixes else np.full(BATCH, fractions.mean())
+    expected = ((1 - weights)[:, None] * labels
+                + weights[:, None] * labels[::-1])
+    np.testing.assert_allclose(mixed_labels, expected, atol=1e-6)
+  assert unequal > 0
 
 
-def test_mix_batch_with_both_gives_mixup_then_cutmix_halves():
+@pytest.mark.parametrize('fixes', [False, True])
+def test_mix_batch_with_both_gives_mixup_then_cutmix_halves(fixes):
   images, labels = numbered_batch(8)
   mixed, mixed_labels = (t.numpy() for t in augment.mix_batch(
-      images, labels, 0.2, 1.0, SEED))
+      images, labels, 0.2, 1.0, SEED, fixes=fixes))
   for i in range(4):  # mixup within the first half
     partner = 3 - i
     assert np.ptp(mixed[i]) < 1e-5
     assert set(np.flatnonzero(mixed_labels[i])) <= {i, partner}
     assert mixed_labels[i, i] >= 0.5
-  for i in range(4, 8):  # cutmix within the second half
+  # cutmix within the second half, weighted by the half's mean area unless
+  # fixes asks for each example's own
+  pasted = [(mixed[i] == 11 - i).mean() for i in range(4, 8)]
+  assert np.ptp(pasted) > 0.05
+  for i, area in zip(range(4, 8), pasted):
     partner = 11 - i
     assert set(np.unique(mixed[i])) <= {i, partner}
     np.testing.assert_allclose(mixed_labels[i, partner],
-                               (mixed[i] == partner).mean(), atol=1e-6)
+                               area if fixes else np.mean(pasted), atol=1e-6)
   np.testing.assert_allclose(mixed_labels.sum(1), 1, atol=1e-6)
 
 
