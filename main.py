@@ -107,14 +107,26 @@ def make_config(extra=None):
   return cfg
 
 
+def _model_keys() -> dict:
+  """The model keys of --hparam_str, for building published weights' model
+  (a run's own config.yaml says how its model was built)."""
+  return {key.split('.', 1)[1]: value for key, value in
+          hparams.as_mapping(FLAGS.hparam_str).items()
+          if key.startswith('model.')}
+
+
 def run_inference(model_dir: str) -> None:
   from efficientnetv2_tf import runs  # pylint: disable=g-import-not-at-top
   if FLAGS.mode == 'predict':
     if not FLAGS.image_path:
       raise UserError('--mode=predict needs --image_path (an image, a '
                       'directory or a glob)')
-    runs.run_predict(FLAGS.export_dir or model_dir, FLAGS.image_path,
-                     FLAGS.top_k, FLAGS.predictions_file)
+    source = FLAGS.export_dir or model_dir
+    if FLAGS.weights:
+      source = runs.load_source(model_dir, FLAGS.model_name, FLAGS.weights,
+                                model_config=_model_keys())
+    runs.run_predict(source, FLAGS.image_path, FLAGS.top_k,
+                     FLAGS.predictions_file)
     return
   # Bad options are refused before the model is loaded, which takes a while.
   if FLAGS.mode == 'export':
@@ -126,7 +138,7 @@ def run_inference(model_dir: str) -> None:
     from efficientnetv2_tf import benchmark  # pylint: disable=g-import-not-at-top
     benchmark.parse_batch_sizes(FLAGS.batch_sizes)
   source = runs.load_source(model_dir, FLAGS.model_name, FLAGS.weights,
-                            FLAGS.checkpoint)
+                            FLAGS.checkpoint, _model_keys())
   if FLAGS.mode == 'export':
     runs.run_export(source, export_dir, FLAGS.overwrite,
                     FLAGS.tflite_quantization)

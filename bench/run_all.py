@@ -129,7 +129,7 @@ def train_input(cfg) -> tf.data.Dataset:
   """The input our trainer reads for `train_config`, for `fit`."""
   return datasets.bind(cfg).pipeline(
       'train', TRAIN_BATCH, training=True, image_size=TRAIN_SIZE,
-      augmentation=Augmentation.from_config(cfg.data), seed=0)
+      augmentation=Augmentation.from_config(cfg), seed=0)
 
 
 class _FitTimer(keras.callbacks.Callback):

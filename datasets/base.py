@@ -16,7 +16,8 @@ it; nothing else is edited:
     >>> dataset.num_classes, dataset.split_size('train')
     (2, 8)
     >>> images, labels = next(iter(dataset.pipeline(
-    ...     'eval', batch_size=4, training=False, image_size=8)))
+    ...     'eval', batch_size=4, training=False, image_size=8,
+    ...     augmentation=Augmentation('ft_none'))))
     >>> images.shape, labels.shape
     (TensorShape([4, 8, 8, 3]), TensorShape([4, 2]))
 
@@ -79,9 +80,8 @@ class Dataset:
     num_classes: the number of classes, where it is known in advance; it is
       checked against the source's class names. Otherwise it is the number
       of class names the source has.
-    multi_label: True when an image has several labels (sigmoid loss);
+    multi_label: True when an image has several labels;
       `source` then yields multi-hot label vectors.
-    augname: the default preprocessing (an `AUGMENTATIONS` name).
     download_hint: how to get the data when it is missing.
 
   Constructor arguments: `data_dir` where the data is; `per_class` and
@@ -99,7 +99,6 @@ class Dataset:
   aliases: ClassVar[Sequence[str]] = ()
   splits: ClassVar[Sequence[str]] = ('train', 'eval')
   multi_label: ClassVar[bool] = False
-  augname: ClassVar[str] = 'randaug'
   download_hint: ClassVar[str] = ''
 
   def __init_subclass__(cls, **kwargs):
@@ -230,7 +229,7 @@ class Dataset:
                *,
                training: bool,
                image_size: int,
-               augmentation: Optional[Augmentation] = None,
+               augmentation: Augmentation,
                seed: Optional[int] = None,
                input_context: Optional[tf.distribute.InputContext] = None,
                repeat: Optional[bool] = None,
@@ -244,7 +243,8 @@ class Dataset:
         pipeline yields the per-replica share of it.
       training: shuffle, repeat, augment and mix; otherwise one ordered pass.
       image_size: the output height and width.
-      augmentation: the augmentation settings; defaults to the dataset's.
+      augmentation: the run's recipe: how to augment in training, and how
+        to crop, resize and normalise at evaluation (its `contract`).
       seed: makes the order and the augmentation repeatable; without it,
         training order is non-deterministic, which is faster.
       input_context: from `strategy.distribute_datasets_from_function`;
@@ -253,7 +253,6 @@ class Dataset:
       dtype: of the images, e.g. tf.bfloat16 for mixed precision.
     """
     self.check_split(split)
-    augmentation = augmentation or Augmentation(self.augname)
     repeat = training if repeat is None else repeat
     drop_remainder = training if drop_remainder is None else drop_remainder
     num_shards, index = 1, 0
@@ -312,7 +311,8 @@ class Dataset:
         mix_seed = tf.stack([tf.cast(base_seed + index * 7919 + 1, tf.int64),
                              position])
         return mix_batch(batch[0], batch[1], augmentation.mixup_alpha,
-                         augmentation.cutmix_alpha, mix_seed)
+                         augmentation.cutmix_alpha, mix_seed,
+                         fixes=augmentation.fixes)
       batches = batches.enumerate().map(mix,
                                         num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
@@ -381,7 +381,7 @@ def bind(cfg: Any, data_dir: Optional[str] = None) -> Dataset:
   A `model.num_classes` the user set must agree with the dataset. The
   augmentation settings are checked too, so that bad ones fail early.
   """
-  Augmentation.from_config(cfg.data)
+  Augmentation.from_config(cfg)
   dataset = from_config(cfg.data, data_dir)
   if cfg.model.num_classes is None:
     cfg.model.num_classes = dataset.num_classes
@@ -418,7 +418,6 @@ class HeldOutArrays(Dataset):
   and integer labels [n].
   """
   splits = ('train', 'eval', 'trainval')
-  augname = 'ft_none'
 
   def arrays(self) -> Tuple[np.ndarray, np.ndarray]:
     raise NotImplementedError

@@ -103,7 +103,6 @@ class ImageFolder(Dataset):
   """Images in class sub-folders; see the module docstring."""
   name = 'image_folder'
   splits = ('train', 'eval', 'test')
-  augname = 'randaug'
   download_hint = 'Pass --data_dir=PATH of the folder with the images.'
 
   # Subclasses may name the folders their data comes in.

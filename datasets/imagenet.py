@@ -8,7 +8,7 @@ the two never overlap; `trainval` reads all of them and `eval` the
 validation files.
 
 ImageNet-21k (fall 2011, 21,843 classes) records hold `image` and a list
-of `labels`; it is multi-label, for the sigmoid loss. Its first 16 files
+of `labels`; it is multi-label (multi-hot labels; see `train.loss_type`). Its first 16 files
 are `eval` and the next 4 `minival`.
 
 Neither is downloaded: convert the data and pass `--data_dir`.
@@ -129,7 +129,6 @@ class ImageNet21k(TFRecordDataset):
   name = 'imagenet21k'
   num_classes = 21_843
   multi_label = True
-  augname = 'none'
   download_hint = 'Convert ImageNet-21k (fall 2011) to TFRecord files.'
   files = {
       'train': Files('imagenet21k*', 20, None),

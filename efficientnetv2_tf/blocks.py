@@ -53,22 +53,28 @@ def _conv(filters: int, kernel_size: int, strides: int, name: str,
 class _Block(keras.layers.Layer):
   """Holds the options shared by every block: activation and BatchNorm.
 
+  With `bn_sync`, BatchNorm computes its batch statistics over all replicas
+  of a `tf.distribute` strategy (Keras's `synchronized=True`), as the
+  original's `tpu_bn` did on TPU; it has the same variables either way.
+
   A block lists its weighted sub-layers in order in `sublayers()`; `build`
   and `compute_output_shape` walk that chain, so Keras never has to trace
   `call` to build the model (which makes building the large variants fast).
   """
 
   def __init__(self, act_fn: str = 'silu', bn_momentum: float = 0.9,
-               bn_epsilon: float = 1e-3, **kwargs):
+               bn_epsilon: float = 1e-3, bn_sync: bool = False, **kwargs):
     super().__init__(**kwargs)
     self.act_fn = act_fn
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
+    self.bn_sync = bn_sync
     self.act = activation(act_fn)
 
   def _bn(self, name: str) -> keras.layers.BatchNormalization:
     return keras.layers.BatchNormalization(
-        momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name)
+        momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+        synchronized=self.bn_sync, name=name)
 
   def sublayers(self):
     raise NotImplementedError
@@ -89,7 +95,8 @@ class _Block(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), 'act_fn': self.act_fn,
-            'bn_momentum': self.bn_momentum, 'bn_epsilon': self.bn_epsilon}
+            'bn_momentum': self.bn_momentum, 'bn_epsilon': self.bn_epsilon,
+            'bn_sync': self.bn_sync}
 
 
 @serializable

@@ -26,50 +26,30 @@ from efficientnetv2_tf.blocks import MBConv
 from hparams.errors import UserError
 from hparams.registry import close_matches
 from hparams.registry import unknown_name_message
-
-_BUCKET = 'https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/'
-_V2_URL = _BUCKET + 'v2/'
-_V1_URL = _BUCKET + 'advprop/'
-_V1_JFT_URL = _BUCKET + 'noisystudent/'
-
+from hparams.weights import published_weights
+from hparams.weights import TAGS
 
 CACHE_ENV = 'EFFICIENTNETV2_TF_CACHE'
 EMA_SUFFIX = '/ExponentialMovingAverage'
 # Optimizer slots and bookkeeping that a checkpoint may hold beside weights.
 _IGNORED = re.compile(r'(/(RMSProp|Momentum|Adam|ExponentialMovingAverage)'
                       r'(_\d+)?$)|(^global_step$)')
+# The published archives name the classifier `head/dense`; the original
+# code run in TF1 graph mode today writes `head_1/dense`.
+CLASSIFIER_SCOPES = ('head/dense', 'head_1/dense')
 
 
-def _pretrained_urls() -> Dict[str, Dict[str, str]]:
-  urls = {}
-  for size in ('s', 'm', 'l', 'xl', 'b0', 'b1', 'b2', 'b3'):
-    name = f'efficientnetv2-{size}'
-    urls[name] = {
-        'imagenet21k': f'{_V2_URL}{name}-21k.tgz',
-        'imagenet21k-ft1k': f'{_V2_URL}{name}-21k-ft1k.tgz',
-    }
-    if size != 'xl':  # XL was only published with ImageNet-21k
-      urls[name]['imagenet'] = f'{_V2_URL}{name}.tgz'
-  for idx in range(8):
-    name = f'efficientnet-b{idx}'
-    urls[name] = {
-        'imagenet': f'{_V1_URL}{name}.tar.gz',
-        'jft': f'{_V1_JFT_URL}noisy_student_{name}.tar.gz',
-    }
-  return urls
+def cache_dir() -> str:
+  """Where named weights are kept: `$EFFICIENTNETV2_TF_CACHE`, else
+  `~/.keras`; archives go in its `efficientnetv2_tf/` folder."""
+  return os.path.expanduser(os.environ.get(CACHE_ENV) or '~/.keras')
 
 
-PRETRAINED_URLS = _pretrained_urls()
-WEIGHT_NAMES = ('imagenet', 'imagenet21k', 'imagenet21k-ft1k', 'jft')
-
-
-def pretrained_url(model_name: str, weights: str) -> str:
-  available = PRETRAINED_URLS.get(model_name, {})
-  if weights not in available:
-    choices = ', '.join(sorted(available)) or 'none'
-    raise UserError(f'no {weights!r} weights are published for {model_name}; '
-                    f'available: {choices}')
-  return available[weights]
+def archive_path(model_name: str, tag: str) -> str:
+  """Where `download` keeps the archive of published weights. An archive
+  put there by hand (fetched elsewhere) is used without a download."""
+  url = published_weights(model_name, tag).url
+  return os.path.join(cache_dir(), 'efficientnetv2_tf', os.path.basename(url))
 
 
 def _find_checkpoint(path: str) -> str:
@@ -83,7 +63,7 @@ def _find_checkpoint(path: str) -> str:
     if tf.io.gfile.exists(path + '.index'):
       return path
     raise UserError(f'weights path {path!r} does not exist; pass one of '
-                    f'{", ".join(WEIGHT_NAMES)}, a checkpoint prefix, a '
+                    f'{", ".join(TAGS)}, a checkpoint prefix, a '
                     'directory holding one, or a .weights.h5 file')
   prefixes = []
   for root, _, files in tf.io.gfile.walk(path):
@@ -111,27 +91,24 @@ def _reader(path: str):
 def download(model_name: str, weights: str) -> str:
   """Downloads and unpacks named weights once; returns the checkpoint prefix.
 
-  The archives are kept in `$EFFICIENTNETV2_TF_CACHE` if set, else in
-  `~/.keras/efficientnetv2_tf`.
+  The archives are kept in `archive_path(model_name, weights)`.
   """
-  url = pretrained_url(model_name, weights)
-  archive = os.path.basename(url)
-  cache_dir = os.environ.get(CACHE_ENV)
-  if cache_dir:
-    # Keras takes a directory that does not exist for an unwritable one and
-    # silently puts the archive in /tmp/.keras instead.
-    cache_dir = os.path.expanduser(cache_dir)
-    os.makedirs(cache_dir, exist_ok=True)
+  url = published_weights(model_name, weights).url
+  archive = archive_path(model_name, weights)
+  # Keras takes a directory that does not exist for an unwritable one and
+  # silently puts the archive in /tmp/.keras instead.
+  os.makedirs(os.path.dirname(archive), exist_ok=True)
   try:
     unpacked = keras.utils.get_file(
-        archive, url, extract=True, cache_dir=cache_dir,
-        cache_subdir='efficientnetv2_tf')
+        os.path.basename(archive), url, extract=True,
+        cache_dir=cache_dir(), cache_subdir='efficientnetv2_tf')
   except Exception as e:  # pylint: disable=broad-except
     cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise UserError(
         f'could not download {weights!r} weights for {model_name} from {url} '
-        f'({cause}). Offline? Fetch and unpack that archive elsewhere, then '
-        "pass its directory: weights='/path/to/dir'") from None
+        f'({cause}). Offline? Fetch that archive elsewhere and put it at '
+        f"{archive}, or unpack it and pass its directory: "
+        "weights='/path/to/dir'") from None
   return _find_checkpoint(unpacked)
 
 
@@ -170,9 +147,11 @@ def _block_layers(block: MBConv) -> Dict[str, keras.layers.Layer]:
   return names
 
 
-def official_variable_map(model: keras.Model,
-                          prefix: str) -> Dict[str, keras.Variable]:
-  """Maps each official TF1 variable name to the variable of `model`."""
+def official_variable_map(model: keras.Model, prefix: str,
+                          classifier: str = CLASSIFIER_SCOPES[0]
+                          ) -> Dict[str, keras.Variable]:
+  """Maps each official TF1 variable name to the variable of `model`;
+  `classifier` is the classifier's scope (see `CLASSIFIER_SCOPES`)."""
   stem, head = model.get_layer('stem'), model.get_layer('head')
   layers = {'stem/conv2d': stem.conv, 'stem/tpu_batch_normalization': stem.bn}
   for layer in model.layers:
@@ -182,7 +161,7 @@ def official_variable_map(model: keras.Model,
   layers['head/conv2d'] = head.conv
   layers['head/tpu_batch_normalization'] = head.bn
   if model.include_top:
-    layers['head/dense'] = model.get_layer('predictions')
+    layers[classifier] = model.get_layer('predictions')
   return {f'{prefix}/{layer_name}/{weight_name}': variable
           for layer_name, layer in layers.items()
           for weight_name, variable in _layer_weights(layer).items()}
@@ -207,6 +186,15 @@ def _checkpoint_model_name(path: str, names: List[str]) -> str:
   return stems.pop()
 
 
+def _classifier_scope(names, model_name: str) -> str:
+  """The scope the checkpoint's classifier is under (`head/dense` unless
+  only `head_1/dense` is there)."""
+  for scope in CLASSIFIER_SCOPES:
+    if any(n.startswith(f'{model_name}/{scope}/') for n in names):
+      return scope
+  return CLASSIFIER_SCOPES[0]
+
+
 def _listing(title: str, items: List[str], limit: int = 5) -> str:
   shown = ', '.join(items[:limit]) + (', ...' if len(items) > limit else '')
   return f'{len(items)} {title} ({shown})'
@@ -229,9 +217,11 @@ def load_official(model: keras.Model, path: str, model_name: str,
     raise UserError(f'checkpoint {path!r} holds {found!r} weights; this model '
                     f'is {model_name!r}. Build {found!r} or pass a checkpoint '
                     f'of {model_name!r}')
-  head = f'{model_name}/head/dense/'
+  classifier = _classifier_scope(shapes, model_name)
+  head = f'{model_name}/{classifier}/'
   expected = {name: var for name, var in official_variable_map(
-      model, model_name).items() if not (skip_head and name.startswith(head))}
+      model, model_name, classifier).items()
+              if not (skip_head and name.startswith(head))}
   sources = {}  # our variable name -> the checkpoint tensor to load
   for name in expected:
     ema = name + EMA_SUFFIX
@@ -274,22 +264,23 @@ class Checkpoint:
 
 def locate(weights: str, model_name: str) -> Checkpoint:
   """Finds (downloading named weights first) and inspects a checkpoint."""
-  if weights in WEIGHT_NAMES:
+  if weights in TAGS:
     weights = download(model_name, weights)
   if weights.endswith(('.weights.h5', '.keras')):
     if not tf.io.gfile.exists(weights):
       raise UserError(f'weights file {weights!r} does not exist')
     return Checkpoint(weights, 'keras')
   if not tf.io.gfile.exists(weights) and os.sep not in weights and \
-      close_matches(weights, WEIGHT_NAMES):
-    raise UserError(unknown_name_message('weights', weights, WEIGHT_NAMES) +
+      close_matches(weights, TAGS):
+    raise UserError(unknown_name_message('weights', weights, TAGS) +
                     ', or a checkpoint path')
   path = _find_checkpoint(weights)
   reader = _reader(path)
   if reader.has_tensor(_OBJECT_GRAPH):
     return Checkpoint(path, 'tf2', _own_head_classes(reader))
-  bias = reader.get_variable_to_shape_map().get(
-      f'{model_name}/head/dense/bias')
+  shapes = reader.get_variable_to_shape_map()
+  bias = shapes.get(f'{model_name}/{_classifier_scope(shapes, model_name)}'
+                    '/bias')
   return Checkpoint(path, 'official', int(bias[0]) if bias else None)
 
 

@@ -21,7 +21,8 @@ is a GPU, else 'cpu'.
     ('mixed_float16', 'mixed_bfloat16')
 
 `distribute_input` turns a per-replica `dataset_fn` into the batches for
-`strategy.run`.
+`strategy.run`, and `resolve_bn_sync` says whether BatchNorm shares its
+batch statistics across the replicas (`model.bn_sync`).
 
 Mixed precision computes in float16 on GPUs, which needs loss scaling
 (`wrap_optimizer`), and in bfloat16 on TPUs and CPUs, which does not.
@@ -29,10 +30,11 @@ Under 'multi_worker' every worker saves (saving is collective), so each
 writes to its own `worker_dir`; only the chief's copy in `model_dir` is kept.
 
 What was run where: this module was written and tested on a machine with
-neither GPU nor TPU. Tested here: 'cpu', 'gpus' on two logical CPUs,
-'multi_worker' with a one-worker TF_CONFIG, the errors of 'gpu' without a
-GPU, of 'multi_worker' without TF_CONFIG and of 'tpu' when the resolver
-fails, and the precision, batch-size and chief logic on CPU or with fake
+neither GPU nor TPU. Tested here: 'cpu', 'gpus' on two logical CPUs
+(cross-replica BatchNorm included), 'multi_worker' with a one-worker
+TF_CONFIG, the errors of 'gpu' without a GPU, of 'multi_worker' without
+TF_CONFIG and of 'tpu' when the resolver fails, and the precision,
+batch-size, chief and BatchNorm-sharing logic on CPU or with fake
 strategies. Not run: 'gpu' and 'gpus' on real GPUs, float16 training, a
 multi-machine cluster, and any TPU. A grpc:// TPU address that nothing
 answers at makes TensorFlow's connect wait rather than fail, so a wrong
@@ -242,6 +244,24 @@ def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
   resolver = strategy.cluster_resolver
   return os.path.join(model_dir, 'workers',
                       f'{resolver.task_type}_{resolver.task_id}')
+
+
+def resolve_bn_sync(requested: Optional[bool],
+                    strategy: tf.distribute.Strategy) -> bool:
+  """Whether BatchNorm should share batch statistics across replicas.
+
+  `requested` is `model.bn_sync`: None means on under `TPUStrategy`, as the
+  original's `tpu_bn`, and off elsewhere; True and False force it. With one
+  replica there is nothing to share, so the answer is then False whatever
+  was asked: plain BatchNorm computes the same statistics, and with fewer
+  ops. Every strategy in `STRATEGIES` can share them.
+
+      >>> resolve_bn_sync(None, get_strategy('cpu'))
+      False
+  """
+  if requested is None:
+    requested = isinstance(strategy, tf.distribute.TPUStrategy)
+  return bool(requested) and strategy.num_replicas_in_sync > 1
 
 
 def distribute_input(strategy: tf.distribute.Strategy,

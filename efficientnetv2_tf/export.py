@@ -35,7 +35,6 @@ import shutil
 from typing import Any, Dict, List, Optional
 
 import keras
-import ml_collections
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
 
@@ -45,8 +44,11 @@ from efficientnetv2_tf import get_model
 from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import Normalize
-from efficientnetv2_tf.preprocessing import preprocess_image
+from efficientnetv2_tf.preprocessing import eval_image
 from hparams.errors import UserError
+from hparams.weights import InputContract
+from hparams.weights import recipe_contract
+from hparams.weights import TAGS
 
 IMAGENET_LABELS = os.path.join(os.path.dirname(__file__), 'data',
                                'imagenet1k_labels.tsv')
@@ -83,17 +85,18 @@ def default_labels(num_classes: int) -> List[str]:
 class Source:
   """A model ready to export or run, with what its inputs need.
 
-  `augname` names the preprocessing recipe (see `AUGMENTATIONS`); only its
-  evaluation path is used here. `checkpoint` and `step` say where the
-  weights came from.
+  `contract` says how an evaluation image is cropped, resized and
+  normalised: a run's recipe, or the published weights' (see
+  `hparams.weights`). `checkpoint` and `step` say where the weights came
+  from; `weights` names the published entry ('model.tag'), if any.
   """
   model: EfficientNet
   model_name: str
-  image_size: int
-  augname: str
+  contract: InputContract
   labels: List[str]
   checkpoint: Optional[str] = None
   step: Optional[int] = None
+  weights: Optional[str] = None
 
   def __post_init__(self):
     if len(self.labels) != self.model.num_classes:
@@ -101,8 +104,12 @@ class Source:
                       f'{self.model.num_classes} classes')
 
   @property
+  def image_size(self) -> int:
+    return self.contract.image_size
+
+  @property
   def normalization(self) -> str:
-    return 'imagenet' if self.augname.startswith('effnetv1') else 'symmetric'
+    return self.contract.normalization
 
 
 def _checkpoint_step(path: str) -> Optional[int]:
@@ -113,12 +120,14 @@ def _checkpoint_step(path: str) -> Optional[int]:
 
 def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
   """The model of a training run, with the EMA weights of its latest (or the
-  named) checkpoint, its eval size, recipe and class names."""
+  named) checkpoint, the evaluation contract of its recipe at its eval size,
+  and its class names."""
   config_path = os.path.join(model_dir, 'config.yaml')
   if not os.path.isfile(config_path):
     raise UserError(f'{model_dir!r} is not a run directory: it has no '
                     'config.yaml; pass the --model_dir of a training run')
-  cfg = ml_collections.ConfigDict(hparams.load_yaml(config_path))
+  # Through the strict chain, so that keys newer than the run get defaults.
+  cfg = hparams.resolve(None, None, hparams.load_yaml(config_path))
   if checkpoint is None:
     checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir,
                                                          'checkpoints'))
@@ -141,21 +150,28 @@ def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
       labels = readable_labels(f.read().splitlines())
   else:
     labels = default_labels(model.num_classes)
-  return Source(model, model_name, int(cfg.eval.isize), cfg.data.augname,
-                labels, checkpoint, _checkpoint_step(checkpoint))
+  contract = Augmentation.from_config(cfg).contract(int(cfg.eval.isize))
+  return Source(model, model_name, contract, labels, checkpoint,
+                _checkpoint_step(checkpoint))
 
 
 def load_pretrained(model_name: str, weights: str,
-                    model_config: Optional[str] = None) -> Source:
-  """Published weights ('imagenet', ...) or a checkpoint path, with the eval
-  size and recipe of the model's ImageNet preset; `model_config` as for
-  `get_model`."""
+                    model_config: Optional[str] = None,
+                    normalization: Optional[str] = None) -> Source:
+  """Published weights ('imagenet', ...) with their own input contract, or a
+  checkpoint path with the V2 evaluation contract at the model preset's eval
+  size (`normalization` changes it); `model_config` as for `get_model`."""
   model = get_model(model_name, model_config, weights=weights,
                     training=False)
-  cfg = hparams.get_config(model_name, 'imagenet')
-  augname = 'effnetv1' if weights == 'jft' else 'none'
-  return Source(model, cfg.model.model_name, int(cfg.eval.isize), augname,
-                default_labels(model.num_classes), weights)
+  if weights in TAGS:
+    entry = hparams.published_weights(model.name, weights)
+    contract, name = entry.contract, entry.name
+  else:
+    cfg = hparams.get_config(model_name)
+    contract = recipe_contract('default', cfg.eval.isize, normalization)
+    name = None
+  return Source(model, model.name, contract,
+                default_labels(model.num_classes), weights, weights=name)
 
 
 def _check_images(images: tf.Tensor) -> tf.Tensor:
@@ -177,14 +193,11 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
     super().__init__()
     self.model = source.model
     self.labels = tf.constant(source.labels)
-    self._size = source.image_size
-    self._augmentation = Augmentation(source.augname)
+    self._contract = source.contract
     self._top_k = min(TOP_K, len(source.labels))
 
   def _eval_image(self, image: tf.Tensor) -> tf.Tensor:
-    return preprocess_image(image, self._size, training=False,
-                            augmentation=self._augmentation,
-                            seed=tf.zeros([2], tf.int32))
+    return eval_image(image, self._contract)
 
   def _outputs(self, inputs: tf.Tensor) -> Dict[str, tf.Tensor]:
     probabilities = tf.nn.softmax(self.model(inputs, training=False))
@@ -322,9 +335,9 @@ def export(source: Source, export_dir: str, overwrite: bool = False,
       'model_name': source.model_name,
       'num_classes': source.model.num_classes,
       'image_size': source.image_size,
+      'weights': source.weights,
       'preprocessing': {
-          'recipe': source.augname,
-          'normalization': source.normalization,
+          **source.contract.describe(),
           'input': 'float32 RGB in [0, 1] (serving_default, hub, tflite) '
                    'or encoded images (serving_bytes)'},
       'checkpoint': source.checkpoint,

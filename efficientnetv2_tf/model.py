@@ -28,6 +28,10 @@ class EfficientNet(keras.Model):
   `with_endpoints`, a list `[outputs, reduction_1, ..., reduction_5]` where
   `reduction_i` is the last feature map at stride 2**i.
 
+  `bn_sync=True` makes every BatchNorm compute its training statistics over
+  all replicas of the current `tf.distribute` strategy. It changes no
+  variable, so weights move freely between models with and without it.
+
       >>> from hparams.models import V2_BASE_BLOCKS
       >>> model = EfficientNet(V2_BASE_BLOCKS, num_classes=10,
       ...                      width_coefficient=0.25, depth_coefficient=0.2)
@@ -51,6 +55,7 @@ class EfficientNet(keras.Model):
                act_fn: str = 'silu',
                bn_momentum: float = 0.9,
                bn_epsilon: float = 1e-3,
+               bn_sync: bool = False,
                conv_dropout: float = 0.0,
                headbias: Optional[float] = None,
                include_preprocessing: bool = False,
@@ -67,7 +72,7 @@ class EfficientNet(keras.Model):
                                     depth_coefficient, depth_divisor,
                                     min_depth, rounding_floor)
     common = dict(act_fn=act_fn, bn_momentum=bn_momentum,
-                  bn_epsilon=bn_epsilon)
+                  bn_epsilon=bn_epsilon, bn_sync=bn_sync)
 
     inputs = keras.Input(shape=tuple(input_shape), name='images')
     x = inputs
@@ -122,11 +127,15 @@ class EfficientNet(keras.Model):
                         **kwargs) -> 'EfficientNet':
     """Builds the model that the `model` section of a run config describes.
 
-    An unset `num_classes` means ImageNet's 1,000.
+    An unset `num_classes` means ImageNet's 1,000, an unset `bn_sync`
+    off: the trainer, which knows the strategy, passes
+    `bn_sync=distribute.resolve_bn_sync(...)`.
     """
     arguments = {key: model_cfg[key] for key in MODEL_CONFIG_KEYS}
     if arguments['num_classes'] is None:
       arguments['num_classes'] = 1000
+    if arguments['bn_sync'] is None:
+      arguments['bn_sync'] = False
     arguments['name'] = model_cfg.model_name
     return cls(**{**arguments, **kwargs})
 
@@ -136,9 +145,9 @@ MODEL_CONFIG_KEYS = (
     'blocks_args', 'width_coefficient', 'depth_coefficient', 'num_classes',
     'dropout_rate', 'survival_prob', 'feature_size', 'depth_divisor',
     'min_depth', 'rounding_floor', 'act_fn', 'bn_momentum', 'bn_epsilon',
-    'conv_dropout', 'headbias')
+    'bn_sync', 'conv_dropout', 'headbias')
 
-# name: (test, what is allowed), for the numeric arguments.
+# name: (test, what is allowed), for the numeric and boolean arguments.
 _ALLOWED = {
     'width_coefficient': (lambda v: v > 0, '> 0'),
     'depth_coefficient': (lambda v: v > 0, '> 0'),
@@ -151,6 +160,7 @@ _ALLOWED = {
     'rounding_floor': (lambda v: 0 <= v < 1, 'in [0, 1)'),
     'bn_momentum': (lambda v: 0 <= v < 1, 'in [0, 1)'),
     'bn_epsilon': (lambda v: v > 0, '> 0'),
+    'bn_sync': (lambda v: isinstance(v, bool), 'True or False'),
     'conv_dropout': (lambda v: v is None or 0 <= v < 1, 'in [0, 1)'),
 }
 

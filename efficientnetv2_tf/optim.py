@@ -37,7 +37,9 @@ Where this module differs from the original, on purpose:
 - `build_optimizer(weight_decay=...)` is Keras's decoupled decay (new); the
   original's decay is the L2 term `weight_decay_loss`.
 - Softmax labels are always scaled to sum to 1; the original did so only
-  for multi-class datasets. One-hot and mixed labels already sum to 1.
+  for multi-class datasets (`data.multiclass`). One-hot and mixed labels
+  already sum to 1. There an all-zero label row was 0 / 0, a NaN loss;
+  here it stays zero (no loss without label smoothing).
 """
 import contextlib
 import math
@@ -341,27 +343,45 @@ def clip_gradients(grads: Sequence[Optional[tf.Tensor]],
   return tf.clip_by_global_norm(grads, clip_norm)[0]
 
 
+# What `classification_loss` computes; `train.loss_type` picks one.
+LOSS_TYPES = ('softmax', 'sigmoid')
+
+
+def check_loss_type(loss_type: str, name: str = 'loss_type') -> str:
+  """`loss_type` if it is one of `LOSS_TYPES`, else a `UserError` that
+  calls it `name` (e.g. the config key)."""
+  if loss_type not in LOSS_TYPES:
+    raise UserError(f'{name} must be one of {", ".join(LOSS_TYPES)}; '
+                    f'received: {loss_type!r}')
+  return loss_type
+
+
 def classification_loss(labels: tf.Tensor, logits: tf.Tensor, *,
-                        multi_label: bool,
+                        loss_type: str,
                         label_smoothing: float) -> tf.Tensor:
   """Per-example cross-entropy [B], in float32, for [B, C] labels.
 
-  Labels may be soft (mixup, cutmix). Softmax by default: each label row
-  is scaled to sum to 1 (as the original did for multi-class data), then
-  smoothed to `(1 - s) * y + s / C`. With `multi_label`, the mean over
-  classes of sigmoid cross-entropy with labels `(1 - s) * y + s / 2`, as
-  TF1's `sigmoid_cross_entropy` and Keras's binary cross-entropy smooth.
+  Labels may be one-hot, multi-hot (ImageNet-21k) or soft (mixup, cutmix).
+  `loss_type` is one of `LOSS_TYPES`:
+
+  - 'softmax': each label row is divided by its sum, then smoothed to
+    `(1 - s) * y + s / C`; an all-zero row stays zero before smoothing.
+  - 'sigmoid': the mean over classes of sigmoid cross-entropy with the
+    labels as they are (one-hot ones too), smoothed to
+    `(1 - s) * y + s / 2`, as TF1's `sigmoid_cross_entropy` and Keras's
+    binary cross-entropy smooth.
 
   Divide the sum by the global batch size, e.g. with
   `tf.nn.compute_average_loss`.
 
-      >>> classification_loss([[0.0, 1.0]], [[0.0, 0.0]], multi_label=False,
+      >>> classification_loss([[1.0, 1.0]], [[0.0, 0.0]], loss_type='softmax',
       ...                     label_smoothing=0.0).numpy().round(4)
       array([0.6931], dtype=float32)
   """
+  check_loss_type(loss_type)
   labels = tf.cast(labels, tf.float32)
   logits = tf.cast(logits, tf.float32)
-  if multi_label:
+  if loss_type == 'sigmoid':
     labels = labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
         labels=labels, logits=logits), axis=-1)
@@ -387,9 +407,10 @@ class ExponentialMovingAverage(tf.Module):
   `update` may run inside `strategy.run`: the averages are mirrored with
   ONLY_FIRST_REPLICA aggregation, so each follows the first replica's copy
   of its variable. Weights are the same on every replica; Keras 3 leaves
-  each replica its own batch-norm statistics, and the first replica's are
-  the ones cross-replica reads and checkpoints see. Call `swap`, `applied`
-  and `copy_to` outside `strategy.run`.
+  each replica its own batch-norm statistics (the same on all with
+  `bn_sync`), and the first replica's are the ones cross-replica reads and
+  checkpoints see. Call `swap`, `applied` and `copy_to` outside
+  `strategy.run`.
   A decay <= 0 means no averaging; `maybe_ema` then returns None.
   """
 

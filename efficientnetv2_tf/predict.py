@@ -8,7 +8,7 @@ is reported and the others still go through.
 """
 import glob
 import os
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple, Union
 
 import numpy as np
 
@@ -37,10 +37,15 @@ def image_files(image_path: str) -> List[str]:
   return sorted(found)
 
 
-def classifier(source: str) -> Tuple[Callable[[tf.Tensor], Dict[str, tf.Tensor]],
-                                     List[str]]:
-  """`serving_bytes` and the class names of an export directory, or of a
-  run directory's latest checkpoint."""
+def classifier(source: Union[str, export.Source]
+               ) -> Tuple[Callable[[tf.Tensor], Dict[str, tf.Tensor]],
+                          List[str]]:
+  """`serving_bytes` and the class names of an export directory, of a run
+  directory's latest checkpoint, or of a loaded `export.Source` (such as
+  published weights, served with their own input contract)."""
+  if isinstance(source, export.Source):
+    module = export.ServingModule(source)
+    return lambda images: module.serving_bytes(images), source.labels
   saved_model = os.path.join(source, 'saved_model')
   if os.path.isdir(saved_model):
     with open(os.path.join(source, 'labels.txt')) as f:
@@ -54,8 +59,8 @@ def classifier(source: str) -> Tuple[Callable[[tf.Tensor], Dict[str, tf.Tensor]]
                   'run directory (no config.yaml)')
 
 
-def predict(source: str, image_path: str, top_k: int = 5
-            ) -> List[Dict[str, Any]]:
+def predict(source: Union[str, export.Source], image_path: str,
+            top_k: int = 5) -> List[Dict[str, Any]]:
   """Classifies every image of `image_path` with the model at `source`."""
   if top_k < 1:
     raise UserError(f'--top_k must be >= 1; received: {top_k}')

@@ -1,13 +1,15 @@
 """Image preprocessing: decoding, cropping, augmentation and normalisation.
 
-The models take images in [-1, 1]: `(pixels - 128) / 128` ("symmetric"),
-as the original EfficientNetV2 code feeds them. The EfficientNet V1
-checkpoints trained with Noisy Student (`weights='jft'`) expect the ImageNet
-mean and standard deviation instead ("imagenet").
+A model's inputs follow an `InputContract` (`hparams.weights`): a
+normalisation, a resize method and a crop rule. Training follows one of
+the original's three recipes (see `Pipeline`): 'default' (EfficientNetV2:
+`(x - 128) / 128`), 'effnetv1' (ImageNet mean/std, TF1 bicubic) and 'ft'
+(fine-tuning: the whole image, `(x / 255 - 0.5) / 0.5`). Evaluation uses
+the contract of the recipe a run trained with (`Augmentation.contract`)
+or of the published weights served (`hparams.published_weights`).
 
 `preprocess_image` turns one encoded or decoded image into a model input,
-following the original's three recipes (see `Pipeline`), with stateless
-randomness so that a seed makes it repeatable.
+with stateless randomness so that a seed makes it repeatable.
 """
 import dataclasses
 from typing import Any, Optional, Tuple
@@ -19,24 +21,26 @@ from efficientnetv2_tf import augment
 from efficientnetv2_tf.blocks import serializable
 from hparams.errors import UserError
 from hparams.registry import Registry
-
-MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-NORMALIZATIONS = {
-    'symmetric': ((128.0,) * 3, (128.0,) * 3),
-    'imagenet': (MEAN_RGB, STDDEV_RGB),
-}
+from hparams.weights import CENTRE_CROP_BELOW
+from hparams.weights import check_normalization
+from hparams.weights import CROP_PADDING
+from hparams.weights import InputContract
+from hparams.weights import NORMALIZATIONS
+from hparams.weights import published_weights
+from hparams.weights import recipe_contract
+from hparams.weights import TAGS
 
 
 @serializable
 class Normalize(keras.layers.Layer):
-  """Maps 0-255 pixels to the model's input range: `(x - mean) / stddev`."""
+  """Maps 0-255 pixels to the model's input range: `(x - mean) / stddev`.
+
+  `mode` names one of `hparams.weights.NORMALIZATIONS`.
+  """
 
   def __init__(self, mode: str = 'symmetric', **kwargs):
     super().__init__(**kwargs)
-    if mode not in NORMALIZATIONS:
-      raise UserError(f'unknown preprocessing mode {mode!r}; allowed: '
-                      f'{", ".join(NORMALIZATIONS)}')
+    check_normalization(mode, 'preprocessing mode')
     self.mode = mode
     self.mean, self.stddev = NORMALIZATIONS[mode]
 
@@ -48,10 +52,9 @@ class Normalize(keras.layers.Layer):
     return {**super().get_config(), 'mode': self.mode}
 
 
-# Images below this size are centre-cropped for evaluation; larger ones are
-# resized whole, as in the original.
-CENTRE_CROP_BELOW = 320
-CROP_PADDING = 32
+def normalize(image: tf.Tensor, mode: str) -> tf.Tensor:
+  mean, stddev = NORMALIZATIONS[mode]
+  return (image - mean) / stddev
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +62,8 @@ class Pipeline:
   """One preprocessing recipe: how to crop, resize, augment and normalise.
 
   `path` is 'default' (EfficientNetV2), 'ft' (fine-tuning: resize without
-  cropping, mean/std 0.5) or 'effnetv1' (ImageNet mean/std, bicubic resize);
+  cropping, mean/std 0.5) or 'effnetv1' (ImageNet mean/std, TF1 bicubic);
+  `hparams.weights.RECIPE_CONTRACTS` says how each evaluates;
   `policy` is None or an `augment.POLICIES` name; `cutout` applies to 'ft'.
   """
   path: str
@@ -88,7 +92,9 @@ class Augmentation:
 
   `augname` names a `Pipeline` (see `AUGMENTATIONS`); `magnitude` is the
   RandAugment magnitude (`data.ram`); the mix alphas act on whole batches;
-  `flip` allows random horizontal flips (not for digits).
+  `flip` allows random horizontal flips (not for digits); `fixes` picks
+  the corrected augmentation ops over the original's (`data.augment_fixes`,
+  see `augment`); `normalization`, if set, replaces the recipe's.
   Progressive learning changes `magnitude` and the alphas per stage with
   `dataclasses.replace`.
   """
@@ -98,9 +104,12 @@ class Augmentation:
   mixup_alpha: float = 0.0
   cutmix_alpha: float = 0.0
   flip: bool = True
+  fixes: bool = False
+  normalization: Optional[str] = None
 
   def __post_init__(self):
     AUGMENTATIONS.get(self.augname or 'none')
+    check_normalization(self.normalization, 'data.normalization')
     try:
       augment.check_magnitude(self.magnitude)
     except UserError as e:
@@ -118,11 +127,32 @@ class Augmentation:
   def pipeline(self) -> Pipeline:
     return AUGMENTATIONS.get(self.augname or 'none')
 
+  def contract(self, image_size: int) -> InputContract:
+    """How this recipe evaluates: crop, resize and normalisation."""
+    return recipe_contract(self.pipeline.path, image_size, self.normalization)
+
   @classmethod
-  def from_config(cls, data_cfg: Any) -> 'Augmentation':
-    """From the `data` section of a run config."""
-    return cls(data_cfg.augname, data_cfg.ra_num_layers, data_cfg.ram,
-               data_cfg.mixup_alpha, data_cfg.cutmix_alpha, data_cfg.flip)
+  def from_config(cls, cfg: Any) -> 'Augmentation':
+    """From a run config. Unless `data.normalization` says otherwise, a
+    run fine-tuning from published weights normalises as they expect."""
+    data = cfg.data
+    normalization = data.normalization
+    entry = _named_weights(cfg.model.model_name, cfg.train.ft_init_ckpt)
+    if normalization is None and entry is not None:
+      normalization = entry.contract.normalization
+    return cls(data.augname, data.ra_num_layers, data.ram, data.mixup_alpha,
+               data.cutmix_alpha, data.flip, data.augment_fixes,
+               normalization)
+
+
+def _named_weights(model_name: str, weights: Optional[str]):
+  """The registry entry of `weights` if it names published weights."""
+  if weights not in TAGS:
+    return None
+  try:
+    return published_weights(model_name, weights)
+  except UserError:
+    return None
 
 
 def decode_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -165,25 +195,65 @@ def _random_crop(image: tf.Tensor, seed: tf.Tensor, area_range: Tuple[float,
   return tf.slice(image, begin, size), whole
 
 
-def _centre_crop(image: tf.Tensor, image_size: int,
-                 round_up: bool = False) -> tf.Tensor:
-  """The central square that `image_size / (image_size + 32)` of the short
-  side spans."""
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
+def _centre_window(height: tf.Tensor, width: tf.Tensor, image_size: int,
+                   round_up: bool) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """(top, left, side) of the central square that `image_size /
+  (image_size + 32)` of the short side spans; V1 rounds the offsets up
+  (`round_up`), V2 down."""
   ratio = image_size / (image_size + CROP_PADDING)
   side = tf.cast(ratio * tf.cast(tf.minimum(height, width), tf.float32),
                  tf.int32)
   side = tf.maximum(side, 1)
   extra = 1 if round_up else 0
-  return tf.image.crop_to_bounding_box(image, (height - side + extra) // 2,
-                                       (width - side + extra) // 2, side, side)
+  return (height - side + extra) // 2, (width - side + extra) // 2, side
+
+
+def _centre_crop(image: tf.Tensor, image_size: int,
+                 round_up: bool = False) -> tf.Tensor:
+  shape = tf.shape(image)
+  top, left, side = _centre_window(shape[0], shape[1], image_size, round_up)
+  return tf.image.crop_to_bounding_box(image, top, left, side, side)
+
+
+def _decode_centre_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
+  """V1's evaluation crop of encoded bytes. A JPEG is decoded with the crop
+  window, as V1 did: libjpeg then upsamples colour within the window, which
+  gives other pixels near its edges than decoding whole and cropping."""
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(image)
+    top, left, side = _centre_window(shape[0], shape[1], image_size, True)
+    return tf.image.decode_and_crop_jpeg(
+        image, tf.stack([top, left, side, side]), channels=3)
+  return tf.cond(tf.io.is_jpeg(image), jpeg,
+                 lambda: _centre_crop(decode_rgb(image), image_size, True))
 
 
 def _resize(image: tf.Tensor, image_size: int, method: str) -> tf.Tensor:
-  image = tf.image.resize(image, [image_size, image_size], method=method)
+  """Resizes to a square; 'bicubic_tf1' is TF1's `resize_bicubic` (corner
+  pixel centres, a = -0.75), which the V1 code used."""
+  if method == 'bicubic_tf1':
+    image = tf.compat.v1.image.resize_bicubic(
+        image[None], [image_size, image_size], align_corners=False,
+        half_pixel_centers=False)[0]
+  else:
+    image = tf.image.resize(image, [image_size, image_size], method=method)
   image.set_shape([image_size, image_size, 3])
   return image
+
+
+def eval_image(image: tf.Tensor, contract: InputContract) -> tf.Tensor:
+  """Encoded bytes or pixels -> a float32 model input, as `contract` says."""
+  size = contract.image_size
+  if contract.crop == 'always' and image.dtype == tf.string:
+    image = _decode_centre_crop(image, size)
+  else:
+    image = decode_rgb(image)
+    if contract.crop == 'always':
+      image = _centre_crop(image, size, round_up=True)
+    elif contract.crop == 'below_320' and size < CENTRE_CROP_BELOW:
+      image = _centre_crop(image, size)
+  image = _resize(tf.cast(image, tf.float32), size, contract.resize)
+  return normalize(image, contract.normalization)
 
 
 def _flip(image: tf.Tensor, augmentation: Augmentation,
@@ -200,51 +270,32 @@ def _distort(image: tf.Tensor, policy: Optional[str], augmentation:
     return image
   pixels = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
   pixels = augment.distort(pixels, policy, augmentation.num_layers,
-                           augmentation.magnitude, seed)
+                           augmentation.magnitude, seed,
+                           fixes=augmentation.fixes)
   return tf.cast(pixels, tf.float32)
 
 
-def _default(image, image_size, training, augmentation, seeds):
-  if training:
-    image, _ = _random_crop(image, seeds[0], (0.05, 1.0), 0.0, 100)
-    image = _resize(image, image_size, 'bilinear')
-    image = _flip(image, augmentation, seeds[1])
-    image = _distort(image, augmentation.pipeline.policy, augmentation,
-                     seeds[2])
-  else:
-    if image_size < CENTRE_CROP_BELOW:
-      image = _centre_crop(image, image_size)
-    image = _resize(image, image_size, 'bilinear')
-  return (image - 128.0) / 128.0
+def _default(image, image_size, augmentation, seeds):
+  image, _ = _random_crop(image, seeds[0], (0.05, 1.0), 0.0, 100)
+  image = _resize(image, image_size, 'bilinear')
+  image = _flip(image, augmentation, seeds[1])
+  return _distort(image, augmentation.pipeline.policy, augmentation, seeds[2])
 
 
-def _finetune(image, image_size, training, augmentation, seeds):
-  image = _resize(tf.cast(image, tf.float32), image_size, 'bilinear')
-  if training:
-    image = _flip(image, augmentation, seeds[0])
-    image = _distort(image, augmentation.pipeline.policy, augmentation,
-                     seeds[1])
-  image = (image / 255.0 - 0.5) / 0.5
-  if training and augmentation.pipeline.cutout:
-    noise = tf.random.stateless_uniform(tf.shape(image), seeds[3])
-    image = augment.cutout(image, image_size // 4, noise, seeds[2])
-  return image
+def _finetune(image, image_size, augmentation, seeds):
+  image = _resize(image, image_size, 'bilinear')
+  image = _flip(image, augmentation, seeds[0])
+  return _distort(image, augmentation.pipeline.policy, augmentation, seeds[1])
 
 
-def _effnetv1(image, image_size, training, augmentation, seeds):
-  if training:
-    cropped, whole = _random_crop(image, seeds[0], (0.08, 1.0), 0.1, 10)
-    # When no crop satisfies the constraints, fall back to the eval crop.
-    image = tf.cond(whole, lambda: _centre_crop(image, image_size, True),
-                    lambda: cropped)
-    image = _resize(image, image_size, 'bicubic')
-    image = _flip(image, augmentation, seeds[1])
-    image = _distort(image, augmentation.pipeline.policy, augmentation,
-                     seeds[2])
-  else:
-    image = _resize(_centre_crop(image, image_size, True), image_size,
-                    'bicubic')
-  return (image - MEAN_RGB) / STDDEV_RGB
+def _effnetv1(image, image_size, augmentation, seeds):
+  cropped, whole = _random_crop(image, seeds[0], (0.08, 1.0), 0.1, 10)
+  # When no crop satisfies the constraints, fall back to the eval crop.
+  image = tf.cond(whole, lambda: _centre_crop(image, image_size, True),
+                  lambda: cropped)
+  image = _resize(image, image_size, 'bicubic_tf1')
+  image = _flip(image, augmentation, seeds[1])
+  return _distort(image, augmentation.pipeline.policy, augmentation, seeds[2])
 
 
 _PATHS = {'default': _default, 'ft': _finetune, 'effnetv1': _effnetv1}
@@ -258,19 +309,26 @@ def preprocess_image(image: tf.Tensor,
                      dtype: tf.DType = tf.float32) -> tf.Tensor:
   """Encoded bytes or uint8 pixels -> a normalised [size, size, 3] image.
 
-  Training crops at random (inception-style, 5-100% of the area), resizes,
-  flips and augments; evaluation centre-crops by `size / (size + 32)` below
-  320 px and resizes. The result is in about [-1, 1] (ImageNet mean/std for
-  the 'effnetv1' pipelines). `seed` (shape [2]) makes training
-  preprocessing repeatable; without it one is drawn at random.
+  Training crops at random (inception-style), resizes, flips and augments
+  as the recipe says; evaluation follows `augmentation.contract(size)`.
+  `seed` (shape [2]) makes training preprocessing repeatable; without it
+  one is drawn at random.
 
       >>> image = tf.zeros([40, 60, 1], tf.uint8)  # grayscale
       >>> preprocess_image(image, 32, training=False).shape
       TensorShape([32, 32, 3])
   """
+  contract = augmentation.contract(image_size)
+  if not training:
+    return tf.cast(eval_image(image, contract), dtype)
+  image = tf.cast(decode_rgb(image), tf.float32)
   if seed is None:
     seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
   seeds = tf.random.experimental.stateless_split(seed, 4)
-  image = tf.cast(decode_rgb(image), tf.float32)
   path = _PATHS[augmentation.pipeline.path]
-  return tf.cast(path(image, image_size, training, augmentation, seeds), dtype)
+  image = normalize(path(image, image_size, augmentation, seeds),
+                    contract.normalization)
+  if augmentation.pipeline.cutout:
+    noise = tf.random.stateless_uniform(tf.shape(image), seeds[3])
+    image = augment.cutout(image, image_size // 4, noise, seeds[2])
+  return tf.cast(image, dtype)

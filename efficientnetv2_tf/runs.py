@@ -14,7 +14,7 @@ import csv
 import itertools
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import tensorflow as tf
 
@@ -69,10 +69,13 @@ def run(mode: str, cfg: Any, bind: Callable[[Any], Any], model_dir: str,
 
 def load_source(model_dir: str, model_name: str,
                 weights: Optional[str] = None,
-                checkpoint: Optional[str] = None) -> export_lib.Source:
-  """Published or given `weights` when set, else the run in `model_dir`."""
+                checkpoint: Optional[str] = None,
+                model_config: Optional[Dict[str, Any]] = None
+                ) -> export_lib.Source:
+  """Published or given `weights` (a model built with `model_config`) when
+  set, else the run in `model_dir`."""
   if weights:
-    return export_lib.load_pretrained(model_name, weights)
+    return export_lib.load_pretrained(model_name, weights, model_config)
   return export_lib.load_run(model_dir, checkpoint)
 
 
@@ -86,7 +89,8 @@ def run_export(source: export_lib.Source, export_dir: str, overwrite: bool,
   return info
 
 
-def run_predict(source: str, image_path: str, top_k: int,
+def run_predict(source: Union[str, export_lib.Source], image_path: str,
+                top_k: int,
                 output: str) -> List[Dict[str, Any]]:
   rows = predict_lib.predict(source, image_path, top_k)
   for row in rows:

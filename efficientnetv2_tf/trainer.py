@@ -135,7 +135,8 @@ class Trainer:
     self.model_dir = model_dir
     self.strategy = strategy
     self.chief = distribute.is_chief(strategy)
-    self.multi_label = dataset.multi_label
+    self.loss_type = optim.check_loss_type(cfg.train.loss_type,
+                                           'train.loss_type')
     self.plan = make_plan(cfg, dataset.split_size(cfg.data.train_split),
                           strategy.num_replicas_in_sync)
     self.policy = distribute.precision_policy(
@@ -143,7 +144,7 @@ class Trainer:
     distribute.apply_precision(self.policy)
     self.image_dtype = tf.bfloat16 if 'bfloat16' in self.policy else (
         tf.float16 if 'float16' in self.policy else tf.float32)
-    self.augmentation = Augmentation.from_config(cfg.data)
+    self.augmentation = Augmentation.from_config(cfg)
     self.reporter = reporting.Reporter(model_dir, enabled=self.chief)
     work_dir = distribute.worker_dir(model_dir, strategy)
     self._build(os.path.join(work_dir, 'checkpoints'))
@@ -163,7 +164,9 @@ class Trainer:
     cfg = self.cfg
     train = cfg.train
     with self.strategy.scope():
-      self.model = EfficientNet.from_model_config(cfg.model)
+      bn_sync = distribute.resolve_bn_sync(cfg.model.bn_sync, self.strategy)
+      logging.info('cross-replica BatchNorm: %s', 'on' if bn_sync else 'off')
+      self.model = EfficientNet.from_model_config(cfg.model, bn_sync=bn_sync)
       has_checkpoint = tf.train.latest_checkpoint(checkpoint_dir) is not None
       if train.ft_init_ckpt and not has_checkpoint:
         found = checkpoints.locate(train.ft_init_ckpt, cfg.model.model_name)
@@ -250,7 +253,7 @@ class Trainer:
       with tf.GradientTape() as tape:
         logits = model(images, training=True)
         per_example = optim.classification_loss(
-            labels, logits, multi_label=self.multi_label,
+            labels, logits, loss_type=self.loss_type,
             label_smoothing=cfg.train.label_smoothing)
         loss = tf.nn.compute_average_loss(per_example,
                                           global_batch_size=micro_batch)
@@ -474,7 +477,7 @@ class Trainer:
     def replica_step(images, labels):
       logits = tf.cast(model(images, training=False), tf.float32)
       per_example = optim.classification_loss(
-          labels, logits, multi_label=self.multi_label, label_smoothing=0.0)
+          labels, logits, loss_type=self.loss_type, label_smoothing=0.0)
       target = tf.argmax(labels, -1, output_type=tf.int32)
       top1 = tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == target,
                      tf.float32)
@@ -496,7 +499,8 @@ class Trainer:
       self._eval_fn = self._make_eval_fn()
     dataset_fn = self.dataset.distribute_fn(
         self.cfg.data.eval_split, self.cfg.eval.batch_size, training=False,
-        image_size=self.cfg.eval.isize, dtype=self.image_dtype)
+        image_size=self.cfg.eval.isize, augmentation=self.augmentation,
+        dtype=self.image_dtype)
     batches = distribute.distribute_input(self.strategy, dataset_fn)
     totals = np.zeros(4)
     with self.ema.applied() if self.ema else contextlib.nullcontext():

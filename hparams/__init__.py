@@ -27,6 +27,10 @@ from hparams.errors import UserError
 from hparams.models import list_models
 from hparams.models import model_preset
 from hparams.registry import Registry
+from hparams.weights import InputContract
+from hparams.weights import list_published
+from hparams.weights import published_weights
+from hparams.weights import PublishedWeights
 
 
 def get_config(model_name: str = 'efficientnetv2-b0',

@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
           'headbias': config_dict.placeholder(float),
           # None: from the dataset or the checkpoint, else 1000 (ImageNet).
           'num_classes': config_dict.placeholder(int),
+          # Cross-replica BatchNorm statistics. None: on under TPUStrategy,
+          # as the original's tpu_bn; off elsewhere.
+          'bn_sync': config_dict.placeholder(bool),
       },
       'train': {
           'epochs': 350,
@@ -86,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
           'weight_decay_inc': 0.0,
           'weight_decay_exclude': '.*(bias|gamma|beta).*',
           'label_smoothing': 0.1,
+          # softmax: cross-entropy, multi-hot labels divided by their sum,
+          # as the original; sigmoid: per-class binary cross-entropy.
+          'loss_type': 'softmax',
           'gclip': 0.0,
           'ft_init_ckpt': config_dict.placeholder(str),
           'ft_init_ema': True,
@@ -132,6 +138,12 @@ def base_config() -> ml_collections.ConfigDict:
           'shuffle_buffer': 16384,
           'flip': True,  # random horizontal flips in training
           'augname': 'randaug',
+          # False: augmentation ops compute what the original's do, quirks
+          # included; True: the corrected ops (see efficientnetv2_tf.augment).
+          'augment_fixes': False,
+          # symmetric | inception | imagenet (see hparams.weights). None:
+          # the recipe's, or the named weights' when fine-tuning from them.
+          'normalization': config_dict.placeholder(str),
           'ra_num_layers': 2,
           'ram': 15.0,
           'mixup_alpha': 0.0,

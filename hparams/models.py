@@ -30,6 +30,8 @@ V1_VARIANTS = {
     'efficientnet-b5': (1.6, 2.2, 456, 0.4),
     'efficientnet-b6': (1.8, 2.6, 528, 0.5),
     'efficientnet-b7': (2.0, 3.1, 600, 0.5),
+    'efficientnet-b8': (2.2, 3.6, 672, 0.5),
+    'efficientnet-l2': (4.3, 5.3, 800, 0.5),
 }
 
 # EfficientNetV2. Stages marked c1 are Fused-MBConv, the others MBConv.

@@ -203,7 +203,7 @@ def reduce(argv: Sequence[str], tmp_path: Union[str, os.PathLike],
     path = flags.get(name, main.FLAGS[name].default)
     if path is not None:
       flags[name] = _under(tmp_path, path)
-  if flags.get('weights') not in (None, *checkpoints.WEIGHT_NAMES):
+  if flags.get('weights') not in (None, *checkpoints.TAGS):
     flags['weights'] = _under(tmp_path, flags['weights'])
   dataset = configs(argv)[0].data.dataset
   if dataset in data_dirs:

@@ -109,17 +109,16 @@ def published_weights(tmp_path_factory) -> Iterator[str]:
         **kwargs)
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(export, 'get_model', get_tiny_model)
+    cache = root / 'cache'
+    patch.setenv(checkpoints.CACHE_ENV, str(cache))
     for name, blocks in [('efficientnetv2-b0', models.V2_BASE_BLOCKS),
                          ('efficientnetv2-s', models.V2_S_BLOCKS)]:
       directory, _, _ = tf1_reference.official_checkpoint(
           images, root / name, name, blocks,
           width=commands.TINY['model.width_coefficient'],
           depth=commands.TINY['model.depth_coefficient'])
-      url = tf1_reference.archive(directory, root / f'{name}.tgz').as_uri()
-      patch.setitem(checkpoints.PRETRAINED_URLS, name,
-                    {'imagenet': url, 'imagenet21k-ft1k': url})
-    cache = root / 'cache'
-    patch.setenv(checkpoints.CACHE_ENV, str(cache))
+      for tag in ('imagenet', 'imagenet21k-ft1k'):
+        tf1_reference.place_in_cache(directory, name, tag)
     yield str(cache)
 
 

@@ -76,6 +76,7 @@ def test_fused_block_without_expansion_activates_after_projection():
     blocks.Stem(16, act_fn='relu', bn_momentum=0.99, name='stem'),
     blocks.MBConv(8, 16, 5, 2, 6, 0.25, survival_prob=0.9, conv_dropout=0.1),
     blocks.MBConv(8, 8, 3, 1, 1, None, fused=True, survival_prob=0.7),
+    blocks.MBConv(8, 16, 3, 1, 4, 0.25, bn_sync=True),
     blocks.SqueezeExcite(12, 3, act_fn='relu'),
     blocks.Head(32, bn_epsilon=1e-5),
     blocks.StochasticDepth(0.8, seed=3),
@@ -90,6 +91,16 @@ def test_block_config_round_trips(layer):
   clone(x)
   assert [tuple(w.shape) for w in clone.weights] == [
       tuple(w.shape) for w in layer.weights]
+
+
+@pytest.mark.parametrize('bn_sync', [False, True])
+def test_bn_sync_reaches_every_batch_norm_of_a_block(bn_sync):
+  for block in (blocks.Stem(8, bn_sync=bn_sync),
+                blocks.MBConv(8, 16, 3, 1, 4, 0.25, bn_sync=bn_sync),
+                blocks.Head(8, bn_sync=bn_sync)):
+    norms = [layer for layer in block.sublayers()
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(bn.synchronized == bn_sync for bn in norms)
 
 
 def test_unknown_activation_lists_allowed_ones():

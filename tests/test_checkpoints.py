@@ -1,9 +1,12 @@
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import efficientnetv2_tf
+import hparams
 from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import optim
 from hparams import models
@@ -161,22 +164,23 @@ def test_unpublished_weights_are_reported():
 def test_offline_download_names_the_url_and_how_to_pass_a_path(
     monkeypatch, tmp_path):
   url = 'http://127.0.0.1:9/efficientnetv2-b0.tgz'  # nothing listens here
-  monkeypatch.setitem(checkpoints.PRETRAINED_URLS, 'efficientnetv2-b0',
-                      {'imagenet': url})
+  entry = dataclasses.replace(
+      hparams.published_weights('efficientnetv2-b0', 'imagenet'), url=url)
+  monkeypatch.setattr(checkpoints, 'published_weights', lambda *_: entry)
   monkeypatch.setenv(checkpoints.CACHE_ENV, str(tmp_path))
   with pytest.raises(UserError) as err:
     efficientnetv2_tf.get_model('efficientnetv2-b0', weights='imagenet')
   assert url in str(err.value)
   assert "weights='/path/to/dir'" in str(err.value)
+  assert str(tmp_path / 'efficientnetv2_tf' / 'efficientnetv2-b0.tgz') in str(
+      err.value)
 
 
 def test_named_weights_are_fetched_unpacked_and_loaded(v2_b0, monkeypatch,
                                                        tmp_path):
   path, expected, _ = v2_b0
-  archive = tf1_reference.archive(path, tmp_path / 'efficientnetv2-b0.tgz')
-  monkeypatch.setitem(checkpoints.PRETRAINED_URLS, 'efficientnetv2-b0',
-                      {'imagenet': archive.as_uri()})
   monkeypatch.setenv(checkpoints.CACHE_ENV, str(tmp_path / 'cache'))
+  tf1_reference.place_in_cache(path, 'efficientnetv2-b0', 'imagenet')
   model = efficientnetv2_tf.get_model('efficientnetv2-b0', weights='imagenet')
   np.testing.assert_allclose(model(IMAGE, training=False), expected,
                              atol=1e-4)
@@ -184,12 +188,9 @@ def test_named_weights_are_fetched_unpacked_and_loaded(v2_b0, monkeypatch,
 
 def test_named_weights_go_to_a_cache_directory_not_made_yet(
     v2_b0, monkeypatch, tmp_path):
-  archive = tf1_reference.archive(v2_b0[0],
-                                  tmp_path / 'efficientnetv2-b0.tgz')
-  monkeypatch.setitem(checkpoints.PRETRAINED_URLS, 'efficientnetv2-b0',
-                      {'imagenet': archive.as_uri()})
   cache = tmp_path / 'new' / 'cache'
   monkeypatch.setenv(checkpoints.CACHE_ENV, str(cache))
+  tf1_reference.place_in_cache(v2_b0[0], 'efficientnetv2-b0', 'imagenet')
   prefix = checkpoints.download('efficientnetv2-b0', 'imagenet')
   assert prefix.startswith(str(cache / 'efficientnetv2_tf'))
   assert (cache / 'efficientnetv2_tf' / 'efficientnetv2-b0.tgz').is_file()

@@ -13,6 +13,9 @@ from datasets.digits import _load as load_digits
 from efficientnetv2_tf.preprocessing import Augmentation
 from hparams.errors import UserError
 
+# The recipe the digits preset trains with: the whole 8 px image, resized.
+FT_NONE = Augmentation('ft_none')
+
 
 class Stripes(datasets.Dataset):
   """A dataset defined outside the package: registered by being defined."""
@@ -36,7 +39,8 @@ def test_subclass_is_registered_and_usable():
   assert isinstance(dataset, Stripes)
   assert dataset.num_classes == 3 and dataset.split_size('train') == 12
   images, labels = next(iter(dataset.pipeline(
-      'eval', 6, training=False, image_size=16)))
+      'eval', 6, training=False, image_size=16,
+      augmentation=Augmentation('none'))))
   assert images.shape == (6, 16, 16, 3) and labels.shape == (6, 3)
   np.testing.assert_array_equal(np.argmax(labels, 1), np.arange(6) % 3)
 
@@ -133,18 +137,21 @@ def test_seed_repeats_order_and_augmentation():
 
 def test_training_order_is_nondeterministic_without_a_seed():
   dataset = datasets.get_dataset('digits')
-  options = dataset.pipeline('train', 8, training=True,
-                             image_size=16).options()
+  options = dataset.pipeline('train', 8, training=True, image_size=16,
+                             augmentation=FT_NONE).options()
   assert options.deterministic is False
-  seeded = dataset.pipeline('train', 8, training=True, image_size=16, seed=1)
+  seeded = dataset.pipeline('train', 8, training=True, image_size=16, seed=1,
+                            augmentation=FT_NONE)
   assert seeded.options().deterministic is True
 
 
 def test_training_pipeline_repeats_and_evaluation_covers_each_image_once():
   dataset = datasets.get_dataset('digits', per_class=3)  # 30 images
-  train = dataset.pipeline('train', 16, training=True, image_size=16, seed=0)
+  train = dataset.pipeline('train', 16, training=True, image_size=16, seed=0,
+                           augmentation=FT_NONE)
   assert len(list(train.take(5))) == 5  # more than one epoch
-  evaluation = dataset.pipeline('train', 16, training=False, image_size=16)
+  evaluation = dataset.pipeline('train', 16, training=False, image_size=16,
+                                augmentation=FT_NONE)
   sizes = [len(labels) for _, labels in evaluation]
   assert sizes == [16, 14]
 
@@ -152,7 +159,8 @@ def test_training_pipeline_repeats_and_evaluation_covers_each_image_once():
 def test_eval_batches_are_normalised_and_one_hot():
   dataset = datasets.get_dataset('digits')
   images, labels = next(iter(dataset.pipeline('eval', 32, training=False,
-                                              image_size=24)))
+                                              image_size=24,
+                                              augmentation=FT_NONE)))
   assert images.dtype == tf.float32 and images.shape == (32, 24, 24, 3)
   assert -1.0 <= float(tf.reduce_min(images)) < -0.9
   assert 0.9 < float(tf.reduce_max(images)) <= 1.0
@@ -162,7 +170,8 @@ def test_eval_batches_are_normalised_and_one_hot():
 def test_bfloat16_images():
   dataset = datasets.get_dataset('digits', per_class=2)
   images, _ = next(iter(dataset.pipeline('train', 4, training=True,
-                                         image_size=16, dtype=tf.bfloat16)))
+                                         image_size=16, augmentation=FT_NONE,
+                                         dtype=tf.bfloat16)))
   assert images.dtype == tf.bfloat16
 
 
@@ -183,14 +192,15 @@ def test_input_context_shards_and_splits_the_batch():
                                          input_pipeline_id=index,
                                          num_replicas_in_sync=2)
     pipeline = dataset.pipeline('train', 8, training=False, image_size=8,
-                                input_context=context)
+                                augmentation=FT_NONE, input_context=context)
     batches = list(pipeline.as_numpy_iterator())
     assert batches[0][0].shape[0] == 4  # the per-replica share of 8
     shards.append(np.concatenate([images for images, _ in batches]))
   assert len(shards[0]) + len(shards[1]) == 40
   whole = np.concatenate(
       [images for images, _ in dataset.pipeline(
-          'train', 40, training=False, image_size=8).as_numpy_iterator()])
+          'train', 40, training=False, image_size=8,
+          augmentation=FT_NONE).as_numpy_iterator()])
   np.testing.assert_array_equal(whole[0::2], shards[0])
   np.testing.assert_array_equal(whole[1::2], shards[1])
 
@@ -201,6 +211,7 @@ def test_batch_not_divisible_by_replicas_is_rejected():
                      'the 3 replicas'):
     datasets.get_dataset('digits').pipeline('train', 8, training=True,
                                             image_size=8,
+                                            augmentation=FT_NONE,
                                             input_context=context)
 
 

@@ -87,9 +87,59 @@ ONE_WORKER = """
     """
 
 
+BN_SYNC_ON_TWO_CPUS = """
+    import numpy as np
+    import keras
+    import tensorflow as tf
+    from efficientnetv2_tf import distribute
+    from efficientnetv2_tf.model import EfficientNet
+    from hparams.models import V2_BASE_BLOCKS
+    distribute.set_logical_cpus(2)
+    strategy = distribute.get_strategy('gpus')
+
+    def tiny(bn_sync):  # no random drops: the oracle must see the same
+      return EfficientNet(V2_BASE_BLOCKS, num_classes=10,
+                          width_coefficient=0.25, depth_coefficient=0.2,
+                          survival_prob=None, bn_sync=bn_sync,
+                          input_shape=(32, 32, 3))
+
+    def images_fn(context):  # another batch, of another mean, per replica
+      replica = context.replica_id_in_sync_group
+      return tf.random.stateless_normal((4, 32, 32, 3), [replica, 0]) + replica
+
+    images = strategy.experimental_distribute_values_from_function(images_fn)
+    both_batches = tf.concat(strategy.experimental_local_results(images), 0)
+    for bn_sync in (True, False):
+      with strategy.scope():
+        model = tiny(bn_sync)
+        optimizer = keras.optimizers.SGD(0.1)
+        optimizer.build(model.trainable_variables)
+      # The oracle: plain BatchNorm on one device, over both batches at once.
+      reference = tiny(False)
+      reference.set_weights(model.get_weights())
+      reference(both_batches, training=True)
+
+      def replica_step(x):
+        with tf.GradientTape() as tape:
+          loss = tf.reduce_mean(model(x, training=True) ** 2)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+      tf.function(lambda: strategy.run(replica_step, args=(images,)))()
+      means = [v for v in model.weights if v.path.endswith('moving_mean')]
+      expected = [v for v in reference.weights
+                  if v.path.endswith('moving_mean')]
+      first, second = zip(*[strategy.experimental_local_results(v.value)
+                            for v in means])
+      print(bn_sync, len(means) > 10,
+            all(np.array_equal(a, b) for a, b in zip(first, second)),
+            all(np.allclose(a, b, atol=1e-5) for a, b in zip(first, expected)))
+    """
+
+
 @pytest.fixture(scope='module')
 def subprocesses():
-  """Both subprocess scripts, started together: each spends seconds
+  """The subprocess scripts, started together: each spends seconds
   importing TensorFlow."""
   with socket.socket() as sock:
     sock.bind(('localhost', 0))
@@ -97,7 +147,8 @@ def subprocesses():
   one_worker = {'cluster': {'worker': [f'localhost:{port}']},
                 'task': {'type': 'worker', 'index': 0}}
   processes = {'gpus': start_python(GPUS_ON_TWO_CPUS),
-               'multi_worker': start_python(ONE_WORKER, one_worker)}
+               'multi_worker': start_python(ONE_WORKER, one_worker),
+               'bn_sync': start_python(BN_SYNC_ON_TWO_CPUS)}
   yield processes
   for process in processes.values():
     if process.poll() is None:
@@ -262,6 +313,44 @@ def test_gpus_mirrors_over_two_logical_cpus(subprocesses):
 def test_multi_worker_with_one_worker_is_its_chief(subprocesses):
   assert output_of(subprocesses['multi_worker']) == [
       'True', '1', 'True', '/runs/s']
+
+
+def test_bn_sync_shares_batch_statistics_across_replicas(subprocesses):
+  # After one training step on another batch per replica, synchronised
+  # BatchNorm leaves the same moving means on both replicas, those of the
+  # two batches together; plain BatchNorm leaves each replica its own.
+  assert output_of(subprocesses['bn_sync']) == [
+      'True', 'True', 'True', 'True', 'False', 'True', 'False', 'False']
+
+
+def fake_tpu_with(replicas):
+  class FakeTPUStrategy(tf.distribute.TPUStrategy):
+    num_replicas_in_sync = replicas
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+      pass
+  return FakeTPUStrategy()
+
+
+def strategy_with(replicas):
+  return types.SimpleNamespace(num_replicas_in_sync=replicas)
+
+
+@pytest.mark.parametrize('requested, strategy, expected', [
+    (None, fake_tpu_with(8), True),  # the original's tpu_bn
+    (None, strategy_with(2), False),
+    (True, strategy_with(2), True),
+    (False, fake_tpu_with(8), False),
+    (True, fake_tpu_with(1), False),  # one replica: nothing to share
+    (None, fake_tpu_with(1), False),
+])
+def test_resolve_bn_sync(requested, strategy, expected):
+  assert distribute.resolve_bn_sync(requested, strategy) is expected
+
+
+def test_bn_sync_on_one_cpu_is_plain_batch_norm():
+  cpu = distribute.get_strategy('cpu')
+  assert distribute.resolve_bn_sync(True, cpu) is False
 
 
 def test_module_docstring_example_runs():

@@ -17,7 +17,6 @@ from efficientnetv2_tf import export
 from efficientnetv2_tf import predict
 from efficientnetv2_tf import runs
 from efficientnetv2_tf import trainer as trainer_lib
-from efficientnetv2_tf.preprocessing import Normalize
 from hparams import models
 from hparams.errors import UserError
 from tests import tf1_reference
@@ -49,8 +48,10 @@ def exported(tmp_path_factory):
 
 
 def ema_logits(trainer, images):
+  """The run's EMA logits for [0, 1] images, normalised by hand as its
+  recipe (`ft_none`: `(x / 255 - 0.5) / 0.5`) says."""
   with trainer.ema.applied():
-    return trainer.model(Normalize()(images * 255.0), training=False).numpy()
+    return trainer.model((images - 0.5) / 0.5, training=False).numpy()
 
 
 def test_export_writes_every_artefact_and_describes_them(exported):
@@ -62,7 +63,9 @@ def test_export_writes_every_artefact_and_describes_them(exported):
   assert saved['model_name'] == 'efficientnetv2-b0'
   assert saved['image_size'] == 32 and saved['num_classes'] == 10
   assert saved['step'] == trainer.step == 5
-  assert saved['preprocessing']['recipe'] == 'ft_none'
+  assert saved['preprocessing']['normalization'] == 'inception'
+  assert saved['preprocessing']['crop'] == 'none'
+  assert saved['preprocessing']['resize'] == 'bilinear'
   assert all(size > 0 for size in info['files'].values())
   labels = open(os.path.join(export_dir, 'labels.txt')).read().split()
   assert labels == [str(i) for i in range(10)]  # digits' class names

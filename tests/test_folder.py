@@ -7,6 +7,7 @@ import pytest
 
 import datasets
 from datasets.folder import image_problem
+from efficientnetv2_tf.preprocessing import Augmentation
 from hparams.errors import UserError
 from tests import image_files
 
@@ -65,8 +66,9 @@ def test_classes_splits_and_skipped_files(split_folders, caplog):
 
 def test_every_format_decodes_to_rgb(split_folders):
   dataset = datasets.get_dataset('image_folder', split_folders)
-  batches = list(dataset.pipeline('train', 4, training=False,
-                                  image_size=24).as_numpy_iterator())
+  batches = list(dataset.pipeline(
+      'train', 4, training=False, image_size=24,
+      augmentation=Augmentation('none')).as_numpy_iterator())
   images = np.concatenate([b[0] for b in batches])
   labels = np.concatenate([b[1] for b in batches]).argmax(1)
   assert images.shape == (len(TRAIN_FILES), 24, 24, 3)
@@ -85,8 +87,9 @@ def test_strict_fails_naming_the_file(split_folders):
 
 def test_training_pipeline_augments_mixed_sizes(split_folders):
   dataset = datasets.get_dataset('image_folder', split_folders)
-  images, labels = next(iter(dataset.pipeline('train', 6, training=True,
-                                              image_size=32, seed=1)))
+  images, labels = next(iter(dataset.pipeline(
+      'train', 6, training=True, image_size=32, seed=1,
+      augmentation=Augmentation('randaug'))))
   assert images.shape == (6, 32, 32, 3) and labels.shape == (6, 3)
 
 
@@ -213,8 +216,11 @@ def test_damage_inside_a_file_is_dropped_at_decode_time(tmp_path):
   image_files.write(str(tmp_path / 'train' / 'b' / 'bad.png'), data=damaged)
   dataset = datasets.get_dataset('image_folder', str(tmp_path))
   assert dataset.split_size('train') == 3  # the listing check passes it
-  batches = dataset.pipeline('train', 8, training=False, image_size=8)
+  recipe = Augmentation('none')
+  batches = dataset.pipeline('train', 8, training=False, image_size=8,
+                             augmentation=recipe)
   assert sum(len(labels) for _, labels in batches) == 2
   strict = datasets.get_dataset('image_folder', str(tmp_path), strict=True)
   with pytest.raises(Exception, match='(?i)png|crc|decode|invalid'):
-    list(strict.pipeline('train', 8, training=False, image_size=8))
+    list(strict.pipeline('train', 8, training=False, image_size=8,
+                         augmentation=recipe))

@@ -10,7 +10,9 @@ from tests.conftest import TINY
 
 # All variables at 1000 classes, as the original implementation counts them,
 # except efficientnet-b3: the V1 checkpoints were trained with V1's channel
-# rounding, which the V2 code (12,314,268) dropped.
+# rounding, which the V2 code (12,314,268) dropped. b8 and l2 round as V1
+# did too; their trainable counts, 87,413,142 and 480,309,308, are timm's
+# 87.4M and 480.3M for the same checkpoints.
 PARAMS = {
     'efficientnetv2-b0': 7_200_312, 'efficientnetv2-b1': 8_212_124,
     'efficientnetv2-b2': 10_178_374, 'efficientnetv2-b3': 14_467_622,
@@ -20,10 +22,13 @@ PARAMS = {
     'efficientnet-b2': 9_177_562, 'efficientnet-b3': 12_320_528,
     'efficientnet-b4': 19_466_816, 'efficientnet-b5': 30_562_520,
     'efficientnet-b6': 43_265_136, 'efficientnet-b7': 66_658_680,
+    'efficientnet-b8': 87_793_174, 'efficientnet-l2': 481_399_996,
 }
-TRAINABLE = {'efficientnetv2-b0': 7_139_704, 'efficientnetv2-s': 21_458_488}
+TRAINABLE = {'efficientnetv2-b0': 7_139_704, 'efficientnetv2-s': 21_458_488,
+             'efficientnet-b8': 87_413_142, 'efficientnet-l2': 480_309_308}
 LARGE = {'efficientnetv2-m', 'efficientnetv2-l', 'efficientnetv2-xl',
-         'efficientnet-b5', 'efficientnet-b6', 'efficientnet-b7'}
+         'efficientnet-b5', 'efficientnet-b6', 'efficientnet-b7',
+         'efficientnet-b8', 'efficientnet-l2'}
 
 
 def _count(weights):
@@ -113,6 +118,52 @@ def test_keras_file_round_trips(tmp_path):
   x = np.random.rand(2, 32, 32, 3).astype('float32')
   np.testing.assert_allclose(loaded(x, training=False),
                              model(x, training=False), atol=1e-6)
+
+
+def batch_norms(model):
+  return [sub for layer in model.layers if hasattr(layer, 'sublayers')
+          for sub in layer.sublayers()
+          if isinstance(sub, keras.layers.BatchNormalization)]
+
+
+def test_bn_sync_synchronises_every_batch_norm_and_round_trips(tmp_path):
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                      bn_sync=True)
+  assert model.get_config()['bn_sync'] is True
+  assert len(batch_norms(model)) == sum(
+      w.path.endswith('moving_mean') for w in model.weights)
+  assert all(bn.synchronized for bn in batch_norms(model))
+  model.save(tmp_path / 'model.keras')
+  loaded = keras.models.load_model(tmp_path / 'model.keras')
+  assert all(bn.synchronized for bn in batch_norms(loaded))
+  x = np.random.rand(2, 32, 32, 3).astype('float32')
+  np.testing.assert_allclose(loaded(x, training=False),
+                             model(x, training=False), atol=1e-6)
+
+
+def test_bn_sync_changes_no_variable_nor_the_checkpoint_mapping():
+  plain = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  synced = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                       bn_sync=True)
+  assert not any(bn.synchronized for bn in batch_norms(plain))
+  assert [w.path for w in synced.weights] == [w.path for w in plain.weights]
+  official = {name: v.path for name, v in
+              efficientnetv2_tf.checkpoints.official_variable_map(
+                  plain, 'efficientnetv2-b0').items()}
+  assert len(official) == len(plain.weights)
+  assert {name: v.path for name, v in
+          efficientnetv2_tf.checkpoints.official_variable_map(
+              synced, 'efficientnetv2-b0').items()} == official
+
+
+@pytest.mark.parametrize('bn_sync, synchronized', [
+    (None, False), (True, True), (False, False)])
+def test_model_config_bn_sync_unset_means_off(bn_sync, synchronized):
+  cfg = hparams.get_config('efficientnetv2-b0', None, {
+      'model': {**hparams.as_mapping(TINY), 'bn_sync': bn_sync}})
+  with keras.StatelessScope():  # structure only; skip initialising weights
+    model = EfficientNet.from_model_config(cfg.model)
+  assert {bn.synchronized for bn in batch_norms(model)} == {synchronized}
 
 
 def test_preprocessing_layer_takes_0_255_pixels():
@@ -212,6 +263,7 @@ def test_unknown_model_name_lists_known_names():
     ('depth_divisor=0', 'depth_divisor must be > 0, received depth_divisor=0'),
     ('conv_dropout=1.5', r'conv_dropout must be in \[0, 1\)'),
     ('dropout_rate=None', 'model.dropout_rate=None has the wrong type'),
+    ('bn_sync=yes', 'model.bn_sync=.yes. has the wrong type'),
 ])
 def test_malformed_model_config_is_rejected(model_config, expected):
   with pytest.raises(UserError, match=expected):

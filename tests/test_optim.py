@@ -347,7 +347,7 @@ ONE_HOT = [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
 
 
 def loss_of(labels, logits=LOGITS, **kwargs):
-  kwargs.setdefault('multi_label', False)
+  kwargs.setdefault('loss_type', 'softmax')
   kwargs.setdefault('label_smoothing', 0.0)
   return optim.classification_loss(tf.constant(labels), tf.constant(logits),
                                    **kwargs)
@@ -373,14 +373,44 @@ def test_soft_labels_give_the_mixed_loss():
                              softmax_xent(mixed, LOGITS), rtol=1e-6)
 
 
-def test_multi_hot_labels_are_normalised_for_softmax():
-  np.testing.assert_allclose(loss_of([[1.0, 1.0, 0.0]], [LOGITS[0]]).numpy(),
-                             loss_of([[0.5, 0.5, 0.0]], [LOGITS[0]]).numpy())
+MULTI_HOT = [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
 
 
-def test_multi_label_is_mean_sigmoid_cross_entropy_with_smoothing():
+def test_softmax_divides_multi_hot_labels_by_their_sum_then_smooths():
+  loss = loss_of(MULTI_HOT, label_smoothing=0.3)
+  # By hand: [1/2, 1/2, 0] * 0.7 + 0.3 / 3 and [1/3, 1/3, 1/3] (unchanged).
+  target = [[0.45, 0.45, 0.1], [1 / 3, 1 / 3, 1 / 3]]
+  np.testing.assert_allclose(loss.numpy(), softmax_xent(target, LOGITS),
+                             rtol=1e-6)
+  smoothed_first = np.array(MULTI_HOT) * 0.7 + 0.1
+  smoothed_first /= smoothed_first.sum(-1, keepdims=True)
+  assert not np.allclose(loss.numpy(), softmax_xent(smoothed_first, LOGITS),
+                         rtol=1e-3)
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.3])
+def test_softmax_leaves_an_all_zero_label_row_zero_before_smoothing(
+    smoothing):
+  loss = loss_of([[0.0, 0.0, 0.0]], [LOGITS[0]], label_smoothing=smoothing)
+  np.testing.assert_allclose(
+      loss.numpy(), softmax_xent([[smoothing / 3] * 3], [LOGITS[0]]),
+      rtol=1e-6, atol=1e-7)
+
+
+def test_sigmoid_is_mean_binary_cross_entropy_of_the_labels_as_they_are():
+  loss = loss_of(MULTI_HOT, loss_type='sigmoid')
+  # By hand for [1, 1, 0] and logits [1, 2, 3]:
+  # (log(1 + e^-1) + log(1 + e^-2) + log(1 + e^3)) / 3.
+  by_hand = (math.log1p(math.exp(-1)) + math.log1p(math.exp(-2)) +
+             math.log1p(math.exp(3))) / 3
+  assert loss.numpy()[0] == pytest.approx(by_hand, rel=1e-6)
+  np.testing.assert_allclose(loss.numpy(), sigmoid_xent(MULTI_HOT, LOGITS),
+                             rtol=1e-6)
+
+
+def test_sigmoid_smooths_towards_one_half_as_tf1_and_keras_do():
   labels = [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
-  loss = loss_of(labels, multi_label=True, label_smoothing=0.2)
+  loss = loss_of(labels, loss_type='sigmoid', label_smoothing=0.2)
   target = np.array(labels) * 0.8 + 0.1
   np.testing.assert_allclose(loss.numpy(), sigmoid_xent(target, LOGITS),
                              rtol=1e-6)
@@ -390,16 +420,34 @@ def test_multi_label_is_mean_sigmoid_cross_entropy_with_smoothing():
   np.testing.assert_allclose(loss.numpy(), keras_loss.numpy(), rtol=1e-5)
 
 
-@pytest.mark.parametrize('multi_label', [False, True])
-def test_bfloat16_logits_give_float32_losses(multi_label):
+def test_sigmoid_takes_one_hot_labels_unchanged():
+  # As the original's loss_type=sigmoid: one-hot labels are binary targets.
+  loss = loss_of(ONE_HOT, loss_type='sigmoid', label_smoothing=0.1)
+  target = np.array(ONE_HOT) * 0.9 + 0.05
+  np.testing.assert_allclose(loss.numpy(), sigmoid_xent(target, LOGITS),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize('loss_type', optim.LOSS_TYPES)
+def test_bfloat16_logits_give_float32_losses(loss_type):
   logits = tf.cast(tf.constant(LOGITS), tf.bfloat16)
   loss = optim.classification_loss(tf.constant(ONE_HOT), logits,
-                                   multi_label=multi_label,
-                                   label_smoothing=0.1)
+                                   loss_type=loss_type, label_smoothing=0.1)
   assert loss.dtype == tf.float32
   np.testing.assert_allclose(
-      loss.numpy(), loss_of(ONE_HOT, multi_label=multi_label,
+      loss.numpy(), loss_of(ONE_HOT, loss_type=loss_type,
                             label_smoothing=0.1).numpy(), rtol=1e-6)
+
+
+def test_unknown_loss_type_names_the_value_and_the_allowed_ones():
+  with pytest.raises(UserError) as err:
+    loss_of(ONE_HOT, loss_type='focal')
+  assert str(err.value) == ("loss_type must be one of softmax, sigmoid; "
+                            "received: 'focal'")
+  with pytest.raises(UserError, match=r"^train\.loss_type must be one of "
+                     r"softmax, sigmoid; received: 'Softmax'$"):
+    optim.check_loss_type('Softmax', 'train.loss_type')
+  assert optim.check_loss_type('sigmoid') == 'sigmoid'
 
 
 # --------------------------------------------------------------------- EMA

@@ -3,10 +3,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import hparams
 from efficientnetv2_tf import preprocessing
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import preprocess_image
 from hparams.errors import UserError
+from hparams.weights import InputContract
+from hparams.weights import NORMALIZATIONS
 from tests import image_files
 
 SEED = tf.constant([3, 4])
@@ -78,7 +81,7 @@ def test_training_preprocessing_inside_dataset_map_matches_eager():
 
 
 def test_effnetv1_normalises_with_imagenet_mean_and_stddev():
-  mean = np.array(preprocessing.MEAN_RGB).round().astype(np.uint8)
+  mean = np.array(NORMALIZATIONS['imagenet'][0]).round().astype(np.uint8)
   image = tf.constant(np.broadcast_to(mean, (64, 64, 3)).copy())
   out = preprocess_image(image, 32, False, Augmentation('effnetv1'))
   np.testing.assert_allclose(out, 0.0, atol=0.01)
@@ -122,6 +125,43 @@ def test_bad_settings_get_one_line_errors(kwargs, message):
     Augmentation(**kwargs)
 
 
+def test_ft_normalises_by_half_of_255_and_v2_by_128():
+  image = tf.fill([8, 8, 3], tf.constant(255, tf.uint8))
+  ft = preprocess_image(image, 8, False, Augmentation('ft_none'))
+  v2 = preprocess_image(image, 8, False, Augmentation('none'))
+  np.testing.assert_allclose(ft, 1.0, atol=1e-6)
+  np.testing.assert_allclose(v2, 127 / 128, atol=1e-6)
+
+
+def test_a_normalization_override_changes_only_the_normalisation():
+  image = tf.constant(image_files.pixels(40, 30))
+  plain = preprocess_image(image, 16, False, Augmentation('none'))
+  renormalised = preprocess_image(
+      image, 16, False, Augmentation('none', normalization='imagenet'))
+  mean, stddev = NORMALIZATIONS['imagenet']
+  np.testing.assert_allclose((plain.numpy() * 128 + 128 - mean) / stddev,
+                             renormalised, atol=1e-4)
+
+
+def test_tf1_bicubic_is_not_tf2_bicubic():
+  # TF1's kernel (a = -0.75, corner-aligned pixel centres) and TF2's differ,
+  # so the V1 recipe must name which one it uses.
+  image = tf.constant(image_files.pixels(37, 53))
+  tf1 = preprocessing.eval_image(image, InputContract(
+      'symmetric', 'bicubic_tf1', 'none', 24))
+  tf2 = tf.image.resize(tf.cast(image, tf.float32), [24, 24], 'bicubic')
+  assert float(tf.reduce_max(tf.abs(tf1 * 128 + 128 - tf2))) > 1.0
+
+
+def test_unknown_contract_fields_are_one_line_errors():
+  with pytest.raises(UserError, match=r"resize must be one of bilinear, "
+                     r"bicubic_tf1; received: 'area'"):
+    InputContract('symmetric', 'area', 'none', 8)
+  with pytest.raises(UserError, match=r"data.normalization must be one of "
+                     r"symmetric, inception, imagenet"):
+    Augmentation('none', normalization='01')
+
+
 def test_every_augmentation_name_has_a_known_recipe():
   names = preprocessing.AUGMENTATIONS.names()
   assert {'none', 'randaug', 'autoaug', 'ra_aa', 'ft', 'ft_randaug',
@@ -129,3 +169,21 @@ def test_every_augmentation_name_has_a_known_recipe():
   for name in names:
     pipeline = preprocessing.AUGMENTATIONS.get(name)
     assert pipeline.path in ('default', 'ft', 'effnetv1')
+
+
+@pytest.mark.parametrize('model_name, weights, normalization, expected', [
+    ('efficientnetv2-b0', 'imagenet', None, 'imagenet'),
+    ('efficientnetv2-s', 'imagenet21k-ft1k', None, 'inception'),
+    ('efficientnetv2-s', 'imagenet', None, 'symmetric'),
+    ('efficientnet-b0', 'jft', None, 'imagenet'),
+    ('efficientnetv2-b0', 'imagenet', 'symmetric', 'symmetric'),
+    ('efficientnetv2-b0', None, None, 'inception'),  # the ft recipe's own
+])
+def test_fine_tuning_from_named_weights_normalises_as_they_expect(
+    model_name, weights, normalization, expected):
+  cfg = hparams.get_config(model_name, 'FashionMnistFt', {
+      'train': {'ft_init_ckpt': weights},
+      'data': {'normalization': normalization}})
+  augmentation = Augmentation.from_config(cfg)
+  assert augmentation.contract(64).normalization == expected
+  assert augmentation.contract(64).crop == 'none'  # still the ft recipe

@@ -74,7 +74,7 @@ ON_QUICK_START_RUN = [argv for argv in MAIN_COMMANDS
 ON_NAMED_WEIGHTS = [argv for argv in MAIN_COMMANDS
                     if _mode(argv) in runs.INFERENCE_MODES
                     and commands.given_flags(argv).get('weights')
-                    in checkpoints.WEIGHT_NAMES]
+                    in checkpoints.TAGS]
 
 pytestmark = pytest.mark.usefixtures('unoptimised_graphs')
 
@@ -100,8 +100,11 @@ def test_model_table_matches_presets_counts_and_weights():
     assert (int(train), int(evaluation)) == (hparams.train_image_size(cfg),
                                              cfg.eval.isize)
     assert float(dropout) == cfg.model.dropout_rate
-    assert set(weights.strip().split(', ')) == set(
-        checkpoints.PRETRAINED_URLS[name])
+    assert set(weights.strip().split(', ')) == set(hparams.weights.tags(name))
+
+
+def test_readme_weights_table_is_the_registry():
+  assert hparams.weights.markdown_table() in README
 
 
 @pytest.mark.slow
@@ -112,11 +115,8 @@ def test_python_examples_run(monkeypatch, tmp_path):
   image = np.zeros((1, 32, 32, 3), 'float32')
   directory, _, _ = tf1_reference.official_checkpoint(
       image, tmp_path / 'ckpt', 'efficientnetv2-b0', models.V2_BASE_BLOCKS)
-  archive = tf1_reference.archive(directory,
-                                  tmp_path / 'efficientnetv2-b0.tgz')
-  monkeypatch.setitem(checkpoints.PRETRAINED_URLS, 'efficientnetv2-b0',
-                      {'imagenet': archive.as_uri()})
   monkeypatch.setenv(checkpoints.CACHE_ENV, str(tmp_path / 'cache'))
+  tf1_reference.place_in_cache(directory, 'efficientnetv2-b0', 'imagenet')
   namespace = {}
   # The export examples need an export; tests/test_export.py runs them.
   examples = [b for b in _blocks('python') if EXPORT_EXAMPLE not in b]
@@ -227,7 +227,7 @@ def test_training_command_trains_on_its_dataset(same_runs, data_dirs,
   results = reduced_runs.results(run_dir)
   assert results['dataset'] == commands.configs(argv)[0].data.dataset
   assert results['step'] >= 1
-  if commands.given_flags(argv).get('weights') in checkpoints.WEIGHT_NAMES:
+  if commands.given_flags(argv).get('weights') in checkpoints.TAGS:
     assert [report.checkpoint.startswith(published_weights)
             for report in loads] == [True]
 

@@ -5,15 +5,17 @@ them, through a `get(name, shape)` callback. Given a callback that makes up
 values, the same pass both defines a checkpoint's contents and computes the
 logits that checkpoint must produce: the fixture for the parity test.
 """
-import os
-import tarfile
-
 import math
+import os
+import pathlib
 import re
+import tarfile
 import types
 
 import numpy as np
 import tensorflow as tf
+
+from efficientnetv2_tf import checkpoints
 
 BN_EPSILON = 1e-3
 
@@ -182,3 +184,12 @@ def archive(directory, path):
   with tarfile.open(path, 'w:gz') as tar:
     tar.add(directory, arcname=os.path.basename(str(path)).split('.')[0])
   return path
+
+
+def place_in_cache(directory, model_name, tag):
+  """Packs a checkpoint directory as the archive of published weights and
+  puts it where `checkpoints.download` keeps it, so that loading those
+  weights takes the real download path without touching the network."""
+  path = pathlib.Path(checkpoints.archive_path(model_name, tag))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  return archive(directory, path)
