@@ -27,31 +27,39 @@ CASES = [('efficientnetv2-b0', 'imagenet'),
          ('efficientnetv2-s', 'imagenet')]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('model_name, tag', CASES)
-def test_named_weights_serve_the_originals_probabilities(
-    model_name, tag, tmp_path, monkeypatch):
+def _place(model_name, tag, tmp_path, monkeypatch):
+  """The original's checkpoint of `model_name`, packed as the archive of
+  `tag` and put where the download would keep it."""
   monkeypatch.setenv(checkpoints.CACHE_ENV, str(tmp_path / 'cache'))
   directory = str(tmp_path / 'checkpoint')
   oracle_fixtures.write_official_checkpoint(directory, model_name)
   archive = checkpoints.archive_path(model_name, tag)
-  os.makedirs(os.path.dirname(archive))
+  os.makedirs(os.path.dirname(archive), exist_ok=True)
   oracle_fixtures.pack_archive(directory, archive)
 
+
+def _check_log_probabilities(probabilities, model_name, tag):
+  # Measured: 2e-6. A wrong resize, crop or JPEG decoding moves it to 1e-3
+  # to 3e-2, a wrong normalisation to 0.3.
+  np.testing.assert_allclose(
+      np.log(probabilities), oracle_fixtures.end_to_end(
+          model_name, tag)['log_probs'], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_exported_named_weights_serve_the_originals_probabilities(
+    tmp_path, monkeypatch):
+  # The V1 recipe of V2-B0: mean/std, TF1 bicubic, JPEG decoded in the crop.
+  model_name, tag = CASES[0]
+  _place(model_name, tag, tmp_path, monkeypatch)
   source = export.load_pretrained(model_name, tag,
                                   oracle_fixtures.model_config(model_name))
   export_dir = str(tmp_path / 'export')
   export.export(source, export_dir, tflite=False)
   serve = tf.saved_model.load(
       os.path.join(export_dir, 'saved_model')).signatures['serving_bytes']
-  expected = oracle_fixtures.end_to_end(model_name, tag)
   probabilities = serve(tf.constant(oracle_fixtures.jpegs()))['probabilities']
-
-  assert source.contract.image_size == expected['image_size']
-  # Measured: 2e-6. A wrong resize, crop or JPEG decoding moves it to 1e-3
-  # to 3e-2, a wrong normalisation to 0.3.
-  np.testing.assert_allclose(np.log(probabilities.numpy()),
-                             expected['log_probs'], atol=1e-4)
+  _check_log_probabilities(probabilities.numpy(), model_name, tag)
   contract = hparams.published_weights(model_name, tag).contract
   recorded = json.load(open(os.path.join(export_dir, 'export.json')))
   assert recorded['weights'] == f'{model_name}.{tag}'
@@ -62,13 +70,20 @@ def test_named_weights_serve_the_originals_probabilities(
               'image_size': contract.image_size}
 
 
-def _place(model_name, tag, tmp_path, monkeypatch):
-  monkeypatch.setenv(checkpoints.CACHE_ENV, str(tmp_path / 'cache'))
-  directory = str(tmp_path / 'checkpoint')
-  oracle_fixtures.write_official_checkpoint(directory, model_name)
-  archive = checkpoints.archive_path(model_name, tag)
-  os.makedirs(os.path.dirname(archive), exist_ok=True)
-  oracle_fixtures.pack_archive(directory, archive)
+@pytest.mark.parametrize('model_name, tag', CASES)
+def test_named_weights_serve_the_originals_probabilities(
+    model_name, tag, tmp_path, monkeypatch):
+  _place(model_name, tag, tmp_path, monkeypatch)
+  source = export.load_pretrained(model_name, tag,
+                                  oracle_fixtures.model_config(model_name))
+  assert source.image_size == oracle_fixtures.end_to_end(
+      model_name, tag)['image_size']
+  # The export's serving_bytes signature, traced here without the
+  # SavedModel round trip (which the test above and test_export.py cover).
+  serving = export.ServingModule(source)
+  probabilities = serving.serving_bytes(tf.constant(oracle_fixtures.jpegs()))
+  _check_log_probabilities(probabilities['probabilities'].numpy(),
+                           model_name, tag)
 
 
 @pytest.mark.parametrize('tag, mean, stddev', [
