@@ -125,10 +125,8 @@ def main() -> None:
   with tf.compat.v1.Session() as session:
     arrays = session.run(graphs)
   arrays['image'] = image
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  np.savez_compressed(args.output, **arrays)
-  print(f'wrote {args.output} ({os.path.getsize(args.output) / 1e6:.2f} MB) in '
-        f'{time.time() - start:.0f} s')
+  original.save(args.output, arrays)
+  print(f'in {time.time() - start:.0f} s')
 
 
 if __name__ == '__main__':

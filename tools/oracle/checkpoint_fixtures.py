@@ -223,10 +223,7 @@ def main() -> None:
   for seed, (name, model_config) in enumerate(MODELS.items()):
     fixtures.update(model_fixtures(tf, effnetv2_model, utils, preprocessing,
                                    name, model_config, seed, images, jpegs))
-  os.makedirs(os.path.dirname(args.output), exist_ok=True)
-  np.savez_compressed(args.output, **fixtures)
-  print(f'wrote {len(fixtures)} arrays to {args.output} '
-        f'({os.path.getsize(args.output) / 1e3:.0f} kB)')
+  original.save(args.output, fixtures)
 
 
 if __name__ == '__main__':

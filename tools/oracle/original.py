@@ -27,6 +27,7 @@ import types
 
 os.environ['TF_USE_LEGACY_KERAS'] = '1'
 
+import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tf_keras  # pylint: disable=g-import-not-at-top
 
@@ -101,6 +102,14 @@ def argument_parser(doc: str) -> argparse.ArgumentParser:
                       help='the efficientnetv2/ folder of google/automl at '
                       f'commit {ORIGINAL_COMMIT}')
   return parser
+
+
+def save(path: str, arrays) -> None:
+  """Writes a fixture file and says how large it is."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.savez_compressed(path, **arrays)
+  print(f'wrote {len(arrays)} arrays to {path} '
+        f'({os.path.getsize(path) / 1e3:.0f} kB)')
 
 
 def load(automl_dir: str) -> None:

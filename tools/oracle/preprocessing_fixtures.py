@@ -116,10 +116,7 @@ def main() -> None:
     fixtures[f'shape/{index}'] = np.array(shape, np.int32)
   for size in sorted({s for _, sizes in RECIPES.values() for s in sizes}):
     fixtures[f'pixels/{size}'] = kept_pixels(size)
-  os.makedirs(os.path.dirname(args.output), exist_ok=True)
-  np.savez_compressed(args.output, **fixtures)
-  print(f'wrote {len(fixtures)} arrays to {args.output} '
-        f'({os.path.getsize(args.output) / 1e3:.0f} kB)')
+  original.save(args.output, fixtures)
 
 
 if __name__ == '__main__':
