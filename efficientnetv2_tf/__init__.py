@@ -70,8 +70,8 @@ def get_model(model_name: str,
       returns pooled features.
     weights: None (random), a published tag ('imagenet', 'imagenet21k',
       'imagenet21k-ft1k'; 'jft', 'jft-475' for V1: see
-      `list_models(pretrained=True)` and `weights_info`), or a path: an official TF1 checkpoint (prefix or
-      directory), one of our TF2 checkpoints, or a `.weights.h5` file. Named
+      `list_models(pretrained=True)` and `weights_info`), or a path: an
+      official TF1 checkpoint (prefix or directory), one of our TF2 checkpoints, or a `.weights.h5` file. Named
       weights are downloaded once into `$EFFICIENTNETV2_TF_CACHE` (default
       `~/.keras/efficientnetv2_tf`). Where a checkpoint holds EMA values
       (official ones, and those of a training run), those are loaded. The classifier takes the checkpoint's number of classes (21,843
