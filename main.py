@@ -17,10 +17,12 @@ dataset preset, and `--hparam_str`; it is saved as `<model_dir>/config.yaml`.
 Rerunning a command resumes from its last checkpoint.
 
 Bad input ends with a one-line `error: ...` on stderr and exit status 2; a
-run that cannot go on (a NaN loss) exits 1; SIGTERM saves and exits 143.
+run that cannot go on (a NaN loss, a lost worker) exits 1 with one such
+line; SIGTERM saves and exits 143, on every worker of a cluster.
 """
 import importlib.util
 import os
+import re
 import sys
 
 from absl import app
@@ -91,6 +93,26 @@ flags.DEFINE_integer('benchmark_iterations', 20,
 flags.DEFINE_bool('jit_compile', False, 'benchmark: compile with XLA.')
 
 
+# Library errors name their arguments; these are the flags that set them.
+FLAG_OF_ARGUMENT = {
+    'data_dir': '--data_dir', 'eval_timeout': '--eval_timeout',
+    'export_dir': '--export_dir', 'image_path': '--image_path',
+    'model_dir': '--model_dir', 'overwrite=True': '--overwrite',
+    'top_k': '--top_k',
+}
+_ARGUMENT = re.compile(r'(?<![\w./\-])(' + '|'.join(
+    re.escape(name) for name in FLAG_OF_ARGUMENT) + r')(?![\w])')
+
+
+def in_flags(message: str) -> str:
+  """`message` with the argument names it quotes written as flags.
+
+  >>> in_flags("image_path '/x' matches no image file; see data.data_dir")
+  "--image_path '/x' matches no image file; see data.data_dir"
+  """
+  return _ARGUMENT.sub(lambda m: FLAG_OF_ARGUMENT[m.group(1)], message)
+
+
 def import_file(path: str) -> None:
   if not os.path.isfile(path):
     raise UserError(f'--dataset_module {path!r} is not a file')
@@ -116,17 +138,18 @@ def _model_keys() -> dict:
 
 
 def run_inference(model_dir: str) -> None:
-  from efficientnetv2_tf import runs  # pylint: disable=g-import-not-at-top
+  from app import inference  # pylint: disable=g-import-not-at-top
   if FLAGS.mode == 'predict':
     if not FLAGS.image_path:
       raise UserError('--mode=predict needs --image_path (an image, a '
                       'directory or a glob)')
     source = FLAGS.export_dir or model_dir
     if FLAGS.weights:
-      source = runs.load_source(model_dir, FLAGS.model_name, FLAGS.weights,
-                                model_config=_model_keys())
-    runs.run_predict(source, FLAGS.image_path, FLAGS.top_k,
-                     FLAGS.predictions_file)
+      source = inference.load_source(
+          model_dir, FLAGS.model_name, FLAGS.weights,
+          model_config=_model_keys())
+    inference.run_predict(source, FLAGS.image_path, FLAGS.top_k,
+                          FLAGS.predictions_file)
     return
   # Bad options are refused before the model is loaded, which takes a while.
   if FLAGS.mode == 'export':
@@ -137,33 +160,34 @@ def run_inference(model_dir: str) -> None:
   else:
     from efficientnetv2_tf import benchmark  # pylint: disable=g-import-not-at-top
     benchmark.parse_batch_sizes(FLAGS.batch_sizes)
-  source = runs.load_source(model_dir, FLAGS.model_name, FLAGS.weights,
-                            FLAGS.checkpoint, _model_keys())
+  source = inference.load_source(model_dir, FLAGS.model_name, FLAGS.weights,
+                                 FLAGS.checkpoint, _model_keys())
   if FLAGS.mode == 'export':
-    runs.run_export(source, export_dir, FLAGS.overwrite,
-                    FLAGS.tflite_quantization)
+    inference.run_export(source, export_dir, FLAGS.overwrite,
+                         FLAGS.tflite_quantization)
   else:
-    runs.run_benchmark(source, FLAGS.image_size, FLAGS.batch_sizes,
-                       FLAGS.benchmark_iterations, FLAGS.jit_compile)
+    inference.run_benchmark(source, FLAGS.image_size, FLAGS.batch_sizes,
+                            FLAGS.benchmark_iterations, FLAGS.jit_compile)
 
 
 def run() -> None:
   from efficientnetv2_tf import distribute  # pylint: disable=g-import-not-at-top
-  from efficientnetv2_tf import runs  # pylint: disable=g-import-not-at-top
+  from app import runs  # pylint: disable=g-import-not-at-top
   runs.check_mode(FLAGS.mode)
   model_dir = FLAGS.model_dir or os.path.join(
       'runs', f'{FLAGS.model_name}-{FLAGS.dataset_cfg}')
   if FLAGS.mode in runs.INFERENCE_MODES:
     run_inference(model_dir)
     return
-  cfg = make_config()  # bad flags fail before TensorFlow starts
+  # Datasets register their default recipes, which --dataset_cfg may name.
+  import datasets  # pylint: disable=g-import-not-at-top
+  if FLAGS.dataset_module:
+    import_file(FLAGS.dataset_module)
+  cfg = make_config()  # bad flags fail before any TensorFlow op runs
   # The strategy comes first: multi-worker collectives must be set up
   # before any other TensorFlow op runs.
   strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu,
                                      FLAGS.tpu_zone, FLAGS.gcp_project)
-  import datasets  # pylint: disable=g-import-not-at-top
-  if FLAGS.dataset_module:
-    import_file(FLAGS.dataset_module)
   bind = lambda config: datasets.bind(config, FLAGS.data_dir)
   if FLAGS.sweeps:
     runs.run_sweep(FLAGS.mode, make_config, bind, model_dir, strategy,
@@ -175,20 +199,20 @@ def run() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from efficientnetv2_tf import trainer  # pylint: disable=g-import-not-at-top
+  from efficientnetv2_tf import train_state  # pylint: disable=g-import-not-at-top
   try:
     run()
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {in_flags(str(e))}', file=sys.stderr)
     sys.exit(2)
   except OSError as e:
     detail = f'{e.strerror}: {e.filename}' if e.strerror else str(e)
     print(f'error: {detail}', file=sys.stderr)
     sys.exit(2)
-  except trainer.TrainingError as e:
+  except train_state.TrainingError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  except trainer.Preempted as e:
+  except train_state.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(143)
 

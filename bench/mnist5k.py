@@ -11,7 +11,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from datasets.base import HeldOutArrays
+from datasets.arrays import HeldOutArrays
 
 
 @functools.lru_cache(maxsize=1)

@@ -153,90 +153,102 @@ def _progressive_chart(results: Dict[str, Any], path: str) -> None:
   plt.close(figure)
 
 
-def _markdown(results: Dict[str, Any]) -> str:
-  machine = results['machine']
-  summary_ = results['summary']
-  lines = [
+def _header(results: Dict[str, Any]) -> List[str]:
+  return [
       '# Benchmarks', '',
       'Written by `python bench/run_all.py' +
       (' --quick' if results['quick'] else '') + '`; do not edit by hand. '
       'Each comparison ran in one process, the settings taking turns, and '
       'each figure is the median of its turns. The ratios carry over to '
       'other machines better than the absolute figures.', '',
-      _table(['machine', ''], [[k, v] for k, v in machine.items()]), '',
-      f'Total run time: {results["seconds"] / 60:.1f} minutes.', '',
-      '## Summary', '', '```json', json.dumps(summary_, indent=1), '```', '',
+      _table(['machine', ''], [[k, v] for k, v in results['machine'].items()]),
+      '', f'Total run time: {results["seconds"] / 60:.1f} minutes.', '',
+      '## Summary', '', '```json', json.dumps(results['summary'], indent=1),
+      '```', '',
   ]
-  if 'training' in results:
-    training = results['training']
-    rates = training['images_per_second']
-    lines += [
-        '## Training throughput', '',
-        f'{results["model"]} at 128 px, batch 32, float32, on the digits '
-        'input pipeline: our `Trainer` against `keras.applications.'
-        'EfficientNetV2B0(weights=None)` trained by `Model.fit`, both with '
-        'RMSProp (TF1 accumulator), an EMA of the weights and label '
-        f'smoothing; {training["steps_per_turn"]} steps per turn.', '',
-        _table(['setting', 'images/s', 'ratio to keras'],
-               [[name, rate, _times(_ratio(rate, rates['keras']))]
-                for name, rate in rates.items()]), '',
-        '![throughput](benchmarks_throughput.png)', '']
-  if 'inference' in results:
-    rows = []
-    for batch, rates in results['inference']['images_per_second'].items():
-      rows.append([batch.replace('_', ' '), rates['ours'], rates['keras'],
-                   _times(_ratio(rates['ours'], rates['keras']))])
-    lines += ['## Inference throughput', '',
-              f'{results["model"]} at 224 px, `model(x, training=False)` '
-              'in a `tf.function`, one fixed batch.', '',
-              _table(['batch', 'ours, images/s', 'keras, images/s', 'ratio'],
-                     rows), '']
-  if 'pipeline' in results:
-    model_rate = results.get('training', {}).get('images_per_second',
-                                                 {}).get('ours')
-    lines += ['## Input pipeline', '',
-              f'The image-folder training pipeline on '
-              f'{results["pipeline"]["source"]}: decode, random crop, flip, '
-              'RandAugment (2 ops, magnitude 15), batch 32 at 128 px, '
-              'against what our training step consumes.', '',
-              _table(['', 'images/s'], [
-                  ['input pipeline', results['pipeline']['images_per_second']],
-                  ['training step (ours)', model_rate]]), '',
-              f'Ratio: {_times(summary_["pipeline_to_model_ratio"])}. Above 1 the '
-              'input keeps up; the two share the same cores in a real run.',
-              '']
-  if 'progressive' in results:
-    progressive = results['progressive']
-    settings = progressive['settings']
-    rows, speedups = [], []
-    for name in ('digits', 'mnist5k'):
-      compared = comparison(progressive, name)
-      speedups.append(f'{name} {_times(compared["speedup"])}')
-      for label in ('fixed', 'progressive'):
-        run = progressive[name][label]
-        rows.append([name, label, compared['target_top1'],
-                     compared['seconds_to_target'][label],
-                     run['train_seconds'], run['final_top1']])
-    lines += [
-        '## Progressive learning', '',
-        f'{results["model"]} trained from scratch for {settings["epochs"]} '
-        f'epochs at {settings["size"]} px (fixed), or in 4 equal stages '
-        f'growing from `data.ibase={settings["ibase"]}` to '
-        f'{settings["size"]} px (the original code\'s schedule), both '
-        f'evaluated at {settings["size"]} px after every epoch. '
-        + ('At most ' + str(settings['per_class']) + ' images per class. '
-           if settings.get('per_class') else '') +
-        f'The target is eval top-1 {progressive["target_top1"]}, or, where '
-        'a run never reaches it, the best top-1 both runs reached. Times '
-        'are training seconds, tracing and input included, evaluations '
-        'left out.', '',
-        _table(['dataset', 'training', 'target', 'seconds to target',
-                'seconds in all', 'final top-1'], rows), '',
-        'Speed-up (fixed time to target / progressive): ' +
-        ', '.join(speedups) + '.', '',
-        '![progressive](benchmarks_progressive.png)', '']
+
+
+def _training(results: Dict[str, Any]) -> List[str]:
+  training = results['training']
+  rates = training['images_per_second']
+  return [
+      '## Training throughput', '',
+      f'{results["model"]} at 128 px, batch 32, float32, on the digits '
+      'input pipeline: our `Trainer` against `keras.applications.'
+      'EfficientNetV2B0(weights=None)` trained by `Model.fit`, both with '
+      'RMSProp (TF1 accumulator), an EMA of the weights and label '
+      f'smoothing; {training["steps_per_turn"]} steps per turn.', '',
+      _table(['setting', 'images/s', 'ratio to keras'],
+             [[name, rate, _times(_ratio(rate, rates['keras']))]
+              for name, rate in rates.items()]), '',
+      '![throughput](benchmarks_throughput.png)', '']
+
+
+def _inference(results: Dict[str, Any]) -> List[str]:
+  rows = []
+  for batch, rates in results['inference']['images_per_second'].items():
+    rows.append([batch.replace('_', ' '), rates['ours'], rates['keras'],
+                 _times(_ratio(rates['ours'], rates['keras']))])
+  return ['## Inference throughput', '',
+          f'{results["model"]} at 224 px, `model(x, training=False)` '
+          'in a `tf.function`, one fixed batch.', '',
+          _table(['batch', 'ours, images/s', 'keras, images/s', 'ratio'],
+                 rows), '']
+
+
+def _pipeline(results: Dict[str, Any]) -> List[str]:
+  model_rate = results.get('training', {}).get('images_per_second',
+                                               {}).get('ours')
+  ratio = _times(results['summary']['pipeline_to_model_ratio'])
+  return ['## Input pipeline', '',
+          f'The image-folder training pipeline on '
+          f'{results["pipeline"]["source"]}: decode, random crop, flip, '
+          'RandAugment (2 ops, magnitude 15), batch 32 at 128 px, '
+          'against what our training step consumes.', '',
+          _table(['', 'images/s'], [
+              ['input pipeline', results['pipeline']['images_per_second']],
+              ['training step (ours)', model_rate]]), '',
+          f'Ratio: {ratio}. Above 1 the '
+          'input keeps up; the two share the same cores in a real run.',
+          '']
+
+
+def _progressive(results: Dict[str, Any]) -> List[str]:
+  progressive = results['progressive']
+  settings = progressive['settings']
+  rows, speedups = [], []
+  for name in ('digits', 'mnist5k'):
+    compared = comparison(progressive, name)
+    speedups.append(f'{name} {_times(compared["speedup"])}')
+    for label in ('fixed', 'progressive'):
+      run = progressive[name][label]
+      rows.append([name, label, compared['target_top1'],
+                   compared['seconds_to_target'][label],
+                   run['train_seconds'], run['final_top1']])
+  return [
+      '## Progressive learning', '',
+      f'{results["model"]} trained from scratch for {settings["epochs"]} '
+      f'epochs at {settings["size"]} px (fixed), or in 4 equal stages '
+      f'growing from `data.ibase={settings["ibase"]}` to '
+      f'{settings["size"]} px (the original code\'s schedule), both '
+      f'evaluated at {settings["size"]} px after every epoch. '
+      + ('At most ' + str(settings['per_class']) + ' images per class. '
+         if settings.get('per_class') else '') +
+      f'The target is eval top-1 {progressive["target_top1"]}, or, where '
+      'a run never reaches it, the best top-1 both runs reached. Times '
+      'are training seconds, tracing and input included, evaluations '
+      'left out.', '',
+      _table(['dataset', 'training', 'target', 'seconds to target',
+              'seconds in all', 'final top-1'], rows), '',
+      'Speed-up (fixed time to target / progressive): ' +
+      ', '.join(speedups) + '.', '',
+      '![progressive](benchmarks_progressive.png)', '']
+
+
+def _efficiency(results: Dict[str, Any]) -> List[str]:
   flops = results['flops']
-  lines += [
+  summary_ = results['summary']
+  return [
       '## Efficiency against the machine', '',
       f'A float32 2048x2048 matmul ran at {flops["matmul_gflops"]:.1f} '
       'GFLOP/s. One image\'s forward pass costs ' + ', '.join(
@@ -250,15 +262,30 @@ def _markdown(results: Dict[str, Any]) -> str:
           ['inference (ours, 224 px, batch 32)',
            flops.get('inference_gflops'),
            _times(summary_['inference_fraction_of_matmul_flops'])]]), '']
-  if 'memory' in results:
-    peaks = results['memory']['peak_rss_mb']
-    lines += ['## Memory', '',
-              f'Peak resident memory of a fresh process that trains '
-              f'{results["model"]} at 128 px, batch 32, for '
-              f'{results["memory"]["steps"]} steps.', '',
-              _table(['', 'peak RSS, MB'], [['ours', peaks['ours']],
-                                             ['keras fit', peaks['keras']]]),
-              '']
+
+
+def _memory(results: Dict[str, Any]) -> List[str]:
+  peaks = results['memory']['peak_rss_mb']
+  return ['## Memory', '',
+          f'Peak resident memory of a fresh process that trains '
+          f'{results["model"]} at 128 px, batch 32, for '
+          f'{results["memory"]["steps"]} steps.', '',
+          _table(['', 'peak RSS, MB'], [['ours', peaks['ours']],
+                                         ['keras fit', peaks['keras']]]),
+          '']
+
+
+# The sections of the page that appear when their benchmark ran.
+_SECTIONS = (('training', _training), ('inference', _inference),
+             ('pipeline', _pipeline), ('progressive', _progressive),
+             ('flops', _efficiency), ('memory', _memory))
+
+
+def _markdown(results: Dict[str, Any]) -> str:
+  lines = _header(results)
+  for key, section in _SECTIONS:
+    if key in results:
+      lines += section(results)
   if results.get('notes'):
     lines += ['## Notes', ''] + [f'- {note}' for note in results['notes']] + [
         '']

@@ -92,7 +92,7 @@ def train_config(**runtime: Any):
   """
   cfg = hparams.get_config(MODEL, 'digits', {
       'train': {'batch_size': TRAIN_BATCH, 'stages': 0, 'epochs': 1000,
-                'isize': float(TRAIN_SIZE), 'weight_decay': 0.0,
+                'image_size': TRAIN_SIZE, 'weight_decay': 0.0,
                 'jit_compile': runtime.pop('jit_compile', False)},
       'eval': {'isize': TRAIN_SIZE},
       'data': {'seed': 0},
@@ -249,7 +249,7 @@ def progressive_run(dataset: str, progressive: bool,
       'data': {'dataset': dataset, 'seed': 0, 'ibase': settings_['ibase'],
                'per_class': settings_['per_class']},
       'train': {'epochs': settings_['epochs'],
-                'isize': float(settings_['size']),
+                'image_size': settings_['size'],
                 'stages': 4 if progressive else 0, 'sched': progressive},
       'progressive': {'schedule': 'code'},
       'eval': {'isize': settings_['size']},

@@ -8,20 +8,27 @@
     (10, 50)
 
 A new dataset is one subclass of `Dataset` (or of `TfdsDataset`,
-`ImageFolder`, `TFRecordDataset`) with a `name`; see `datasets.base`.
+`ImageFolder`, `TFRecordDataset`, `HeldOutArrays`) with a `name`; see
+`datasets.base`. Each is a `DatasetSource`
+(`efficientnetv2_tf.dataset_protocol`), all that the trainer reads.
 """
+from datasets.arrays import HeldOutArrays
 from datasets.base import bind
 from datasets.base import Dataset
 from datasets.base import DATASETS
 from datasets.base import from_config
 from datasets.base import get_dataset
 from datasets.base import list_datasets
+from datasets.birds import Birds
 from datasets.digits import Digits
 from datasets.folder import ImageFolder
-from datasets.imagenet import TFRecordDataset
+from datasets.imagenet import ImageNet
+from datasets.imagenet import ImageNet21k
 from datasets.tfds_datasets import TfdsDataset
+from datasets.tfrecord import TFRecordDataset
 
 __all__ = [
-    'DATASETS', 'Dataset', 'bind', 'Digits', 'ImageFolder', 'TFRecordDataset',
+    'DATASETS', 'Dataset', 'bind', 'Birds', 'Digits', 'HeldOutArrays',
+    'ImageFolder', 'ImageNet', 'ImageNet21k', 'TFRecordDataset',
     'TfdsDataset', 'from_config', 'get_dataset', 'list_datasets',
 ]

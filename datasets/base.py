@@ -11,7 +11,8 @@ it; nothing else is edited:
     ...     return ['dark', 'light']
     ...   def source(self, split):
     ...     images = np.repeat([0, 255], 4).astype('uint8').reshape(-1, 1, 1, 1)
-    ...     return tf.data.Dataset.from_tensor_slices((images, np.repeat([0, 1], 4)))
+    ...     labels = np.repeat([0, 1], 4)
+    ...     return tf.data.Dataset.from_tensor_slices((images, labels))
     >>> dataset = get_dataset('doc-squares')
     >>> dataset.num_classes, dataset.split_size('train')
     (2, 8)
@@ -29,16 +30,19 @@ preprocesses, batches and mixes.
 import dataclasses
 import math
 import random
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, ClassVar, Dict, List, Optional, Sequence,
+                    Tuple)
 
-import numpy as np
 import tensorflow as tf
 
+from datasets.subsets import cap_per_class
+from datasets.subsets import Subset
 from efficientnetv2_tf.augment import mix_batch
 from efficientnetv2_tf.distribute import check_batch_size
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import decode_rgb
 from efficientnetv2_tf.preprocessing import preprocess_image
+from hparams.datasets import register_dataset_default
 from hparams.errors import UserError
 from hparams.registry import Registry
 
@@ -47,27 +51,6 @@ DATASETS: Registry = Registry('dataset')
 # `cache='auto'` keeps a split in memory when its stored size is below this.
 AUTO_CACHE_BYTES = 2 * 1024**3
 CACHE_MODES = ('auto', 'memory', 'none')
-
-
-@dataclasses.dataclass(frozen=True)
-class Subset:
-  """Which part of a split to use: a fraction, then at most N per class."""
-  per_class: Optional[int] = None
-  fraction: float = 1.0
-
-  def __post_init__(self):
-    if self.per_class is not None and (
-        not isinstance(self.per_class, int) or self.per_class <= 0):
-      raise UserError(f'data.per_class must be a positive integer (or None '
-                      f'for all images); received: {self.per_class!r}')
-    if not isinstance(self.fraction, (int, float)) or not (
-        0 < self.fraction <= 1):
-      raise UserError(f'data.fraction must be in (0, 1]; received: '
-                      f'{self.fraction!r}')
-
-  @property
-  def everything(self) -> bool:
-    return self.per_class is None and self.fraction == 1
 
 
 class Dataset:
@@ -83,6 +66,9 @@ class Dataset:
     multi_label: True when an image has several labels;
       `source` then yields multi-hot label vectors.
     download_hint: how to get the data when it is missing.
+    preset: the dataset preset that this dataset's name and aliases stand
+      for as dataset configs, with `data.dataset` set to this dataset;
+      None: the fine-tuning recipe `hparams.datasets.FINE_TUNE`.
 
   Constructor arguments: `data_dir` where the data is; `per_class` and
   `fraction` take a subset of the `subset_splits` (the training split), so
@@ -100,11 +86,15 @@ class Dataset:
   splits: ClassVar[Sequence[str]] = ('train', 'eval')
   multi_label: ClassVar[bool] = False
   download_hint: ClassVar[str] = ''
+  preset: ClassVar[Optional[str]] = None
 
   def __init_subclass__(cls, **kwargs):
     super().__init_subclass__(**kwargs)
     if cls.__dict__.get('name'):
-      for name in (cls.name, *cls.__dict__.get('aliases', ())):
+      aliases = tuple(cls.__dict__.get('aliases', ()))
+      # First, so that an unknown preset leaves no dataset registered.
+      register_dataset_default(cls.name, aliases, cls.preset)
+      for name in (cls.name, *aliases):
         DATASETS.add(name, cls)
 
   def __init__(self, data_dir: Optional[str] = None, *,
@@ -194,8 +184,8 @@ class Dataset:
     if self.subset.fraction < 1:
       examples = examples.take(self._fraction_count(split))
     if self.subset.per_class is not None:
-      examples = _cap_per_class(examples, self.num_classes,
-                                self.subset.per_class)
+      examples = cap_per_class(examples, self.num_classes,
+                               self.subset.per_class)
     return examples
 
   def split_size(self, split: str) -> int:
@@ -255,51 +245,21 @@ class Dataset:
     self.check_split(split)
     repeat = training if repeat is None else repeat
     drop_remainder = training if drop_remainder is None else drop_remainder
-    num_shards, index = 1, 0
-    if input_context:
-      num_shards = input_context.num_input_pipelines
-      index = input_context.input_pipeline_id
-      batch_size = check_batch_size(batch_size,
-                                    input_context.num_replicas_in_sync)
+    num_shards, index, batch_size = _shard_of(input_context, batch_size)
     num_classes = len(self.class_names)  # also checks a declared count
-
-    if self.subset.everything or split not in self.subset_splits:
-      examples = self.shard_source(split, num_shards, index)
-    else:
-      examples = self.examples(split).shard(num_shards, index)
-    if self._should_cache(split):
-      examples = examples.cache()
-    if seed is None:
-      base_seed = random.randrange(2**31)
-    else:
-      base_seed = seed
+    examples = self._read(split, num_shards, index)
+    seeds = _Seeds(random.randrange(2**31) if seed is None else seed, index)
     if training:
-      examples = examples.shuffle(self.shuffle_buffer,
-                                  seed=base_seed + index,
+      examples = examples.shuffle(self.shuffle_buffer, seed=seeds.shuffle,
                                   reshuffle_each_iteration=True)
     if repeat:
       examples = examples.repeat()
-
     deterministic = not training or seed is not None
-
-    def decode(position, example):
-      image, label = example
-      return position, decode_rgb(image), label
-
-    decoded = examples.enumerate().map(
-        decode, num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic)
-    if not self.strict:
-      # Sources check their files when they list them; this drops what such
-      # checks cannot see, such as damage inside a file. Only decoding is
-      # covered, so that errors in later steps still surface.
-      decoded = decoded.ignore_errors(log_warning=True)
+    decoded = _decode(examples, deterministic, skip_errors=not self.strict)
 
     def prepare(position, image, label):
-      element_seed = tf.stack([tf.cast(base_seed + index * 7919, tf.int64),
-                               position])
       image = preprocess_image(image, image_size, training, augmentation,
-                               element_seed, dtype)
+                               seeds.element(position), dtype)
       return image, self._soft_label(label, num_classes)
 
     batches = decoded.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
@@ -307,23 +267,26 @@ class Dataset:
     batches = batches.batch(batch_size, drop_remainder=drop_remainder,
                             num_parallel_calls=tf.data.AUTOTUNE)
     if training and (augmentation.mixup_alpha or augmentation.cutmix_alpha):
-      def mix(position, batch):
-        mix_seed = tf.stack([tf.cast(base_seed + index * 7919 + 1, tf.int64),
-                             position])
-        return mix_batch(batch[0], batch[1], augmentation.mixup_alpha,
-                         augmentation.cutmix_alpha, mix_seed,
-                         fixes=augmentation.fixes)
-      batches = batches.enumerate().map(mix,
-                                        num_parallel_calls=tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = deterministic
-    options.experimental_optimization.map_parallelization = True
-    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+      batches = _mix(batches, augmentation, seeds)
+    return _tuned(batches, deterministic)
 
-  def distribute_fn(self, split: str, batch_size: int, **kwargs):
+  def distribute_fn(
+      self, split: str, batch_size: int, **kwargs: Any
+  ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """A `dataset_fn` for `strategy.distribute_datasets_from_function`."""
     return lambda context: self.pipeline(split, batch_size,
                                          input_context=context, **kwargs)
+
+  def _read(self, split: str, num_shards: int,
+            index: int) -> tf.data.Dataset:
+    """One input pipeline's shard of a split, subset and maybe cached."""
+    if self.subset.everything or split not in self.subset_splits:
+      examples = self.shard_source(split, num_shards, index)
+    else:
+      examples = self.examples(split).shard(num_shards, index)
+    if self._should_cache(split):
+      examples = examples.cache()
+    return examples
 
   def _soft_label(self, label: tf.Tensor, num_classes: int) -> tf.Tensor:
     if self.multi_label:
@@ -337,18 +300,70 @@ class Dataset:
     return stored is not None and stored < AUTO_CACHE_BYTES
 
 
-def _cap_per_class(examples: tf.data.Dataset, num_classes: int,
-                   per_class: int) -> tf.data.Dataset:
-  """Keeps the first `per_class` examples of each class, in order."""
+@dataclasses.dataclass(frozen=True)
+class _Seeds:
+  """The seeds of input pipeline `index` of a run seeded with `base`."""
+  base: int
+  index: int
 
-  def count(seen, example):
-    label = tf.cast(example[1], tf.int32)
-    seen = tf.tensor_scatter_nd_add(seen, [[label]], [1])
-    return seen, (example, seen[label] <= per_class)
+  @property
+  def shuffle(self) -> int:
+    return self.base + self.index
 
-  capped = examples.scan(tf.zeros([num_classes], tf.int32), count)
-  return capped.filter(lambda example, keep: keep).map(
-      lambda example, keep: example)
+  def element(self, position: tf.Tensor, stream: int = 0) -> tf.Tensor:
+    """A stateless seed for the element or batch at `position`; each random
+    step (augmenting, mixing) draws from its own `stream`."""
+    # A prime stride keeps the pipelines' seeds apart.
+    return tf.stack([tf.cast(self.base + self.index * 7919 + stream,
+                             tf.int64), position])
+
+
+def _shard_of(input_context: Optional[tf.distribute.InputContext],
+              batch_size: int) -> Tuple[int, int, int]:
+  """(number of input pipelines, this one's index, its batch size)."""
+  if not input_context:
+    return 1, 0, batch_size
+  return (input_context.num_input_pipelines, input_context.input_pipeline_id,
+          check_batch_size(batch_size, input_context.num_replicas_in_sync))
+
+
+def _decode(examples: tf.data.Dataset, deterministic: bool,
+            skip_errors: bool) -> tf.data.Dataset:
+  """(position, RGB image, label) for each (image, label) example."""
+
+  def decode(position, example):
+    image, label = example
+    return position, decode_rgb(image), label
+
+  decoded = examples.enumerate().map(
+      decode, num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=deterministic)
+  if skip_errors:
+    # Sources check their files when they list them; this drops what such
+    # checks cannot see, such as damage inside a file. Only decoding is
+    # covered, so that errors in later steps still surface.
+    decoded = decoded.ignore_errors(log_warning=True)
+  return decoded
+
+
+def _mix(batches: tf.data.Dataset, augmentation: Augmentation,
+         seeds: _Seeds) -> tf.data.Dataset:
+  """Batches mixed by the recipe's mixup and CutMix."""
+
+  def mix(position, batch):
+    return mix_batch(batch[0], batch[1], augmentation.mixup_alpha,
+                     augmentation.cutmix_alpha, seeds.element(position, 1),
+                     fixes=augmentation.fixes)
+
+  return batches.enumerate().map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _tuned(batches: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
+  """The batches with the pipeline's options, prefetched."""
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  options.experimental_optimization.map_parallelization = True
+  return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def get_dataset(name: str, data_dir: Optional[str] = None,
@@ -390,53 +405,3 @@ def bind(cfg: Any, data_dir: Optional[str] = None) -> Dataset:
                     f'{dataset.name!r} has {dataset.num_classes} classes; '
                     f'leave model.num_classes unset to take the dataset\'s')
   return dataset
-
-
-def holdout(labels: Sequence[int], fraction: float) -> np.ndarray:
-  """A fixed, per-class random mask marking `fraction` of each class.
-
-  The same labels always give the same mask; a class of two or more
-  examples keeps at least one on each side.
-  """
-  labels = np.asarray(labels)
-  mask = np.zeros(len(labels), bool)
-  rng = np.random.default_rng(0)
-  for label in np.unique(labels):
-    members = rng.permutation(np.flatnonzero(labels == label))
-    count = int(round(len(members) * fraction))
-    if len(members) >= 2:
-      count = min(max(count, 1), len(members) - 1)
-    mask[members[:count]] = True
-  return mask
-
-
-class HeldOutArrays(Dataset):
-  """A dataset held in memory as (images, labels) arrays, with a fixed
-  per-class `val_fraction` held out as 'eval'; 'trainval' is all of it.
-
-  A subclass gives `arrays()`: uint8 images [n, height, width, channels]
-  and integer labels [n].
-  """
-  splits = ('train', 'eval', 'trainval')
-
-  def arrays(self) -> Tuple[np.ndarray, np.ndarray]:
-    raise NotImplementedError
-
-  def _indices(self, split: str) -> np.ndarray:
-    labels = self.arrays()[1]
-    if split == 'trainval':
-      return np.arange(len(labels))
-    evaluation = holdout(labels, self.val_fraction)
-    return np.flatnonzero(evaluation if split == 'eval' else ~evaluation)
-
-  def source(self, split: str) -> tf.data.Dataset:
-    images, labels = self.arrays()
-    indices = self._indices(split)
-    return tf.data.Dataset.from_tensor_slices((images[indices],
-                                               labels[indices]))
-
-  def count(self, split: str) -> int:
-    return len(self._indices(split))
-
-  def stored_bytes(self, split: str) -> int:
-    return self.count(split) * self.arrays()[0][0].nbytes

@@ -13,7 +13,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from datasets.base import HeldOutArrays
+from datasets.arrays import HeldOutArrays
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,6 +28,7 @@ def _load() -> Tuple[np.ndarray, np.ndarray]:
 class Digits(HeldOutArrays):
   name = 'digits'
   num_classes = 10
+  preset = 'Digits'
 
   def load_class_names(self) -> List[str]:
     return [str(digit) for digit in range(10)]

@@ -37,10 +37,10 @@ import numpy as np
 import tensorflow as tf
 
 from datasets.base import Dataset
-from datasets.base import holdout
+from datasets.subsets import holdout
+from efficientnetv2_tf.preprocessing import IMAGE_EXTENSIONS
 from hparams.errors import UserError
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 SPLIT_FOLDERS = {
     'train': ('train', 'training', 'training_set', 'train_set'),
     'val': ('val', 'valid', 'validation', 'validation_set', 'val_set'),
@@ -103,7 +103,7 @@ class ImageFolder(Dataset):
   """Images in class sub-folders; see the module docstring."""
   name = 'image_folder'
   splits = ('train', 'eval', 'test')
-  download_hint = 'Pass --data_dir=PATH of the folder with the images.'
+  download_hint = 'Pass data_dir=PATH of the folder with the images.'
 
   # Subclasses may name the folders their data comes in.
   split_folders: ClassVar[Dict[str, Sequence[str]]] = SPLIT_FOLDERS
@@ -118,7 +118,7 @@ class ImageFolder(Dataset):
 
   def root(self) -> str:
     if not self.data_dir:
-      raise UserError(f'dataset {self.name!r} needs --data_dir. '
+      raise UserError(f'dataset {self.name!r} needs data_dir. '
                       f'{self.download_hint}')
     root = os.path.expanduser(self.data_dir)
     if not os.path.isdir(root):
@@ -241,14 +241,6 @@ class ImageFolder(Dataset):
 
   def stored_bytes(self, split: str) -> int:
     return self.listing(split).num_bytes
-
-
-class Birds(ImageFolder):
-  """The 25-species Indian birds dataset from Kaggle, as distributed."""
-  name = 'birds'
-  num_classes = 25
-  download_hint = ('Download "25 Indian bird species" from Kaggle, unzip it '
-                   'and pass --data_dir=PATH of the unzipped folder.')
 
 
 def _is_image_name(name: str) -> bool:

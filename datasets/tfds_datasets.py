@@ -59,7 +59,7 @@ class TfdsDataset(Dataset):
               f'{self.tfds_name!r} ({type(e).__name__}: '
               f'{str(e).splitlines()[0] if str(e) else ""}); on a machine '
               f'with internet run `tfds build {self.tfds_name} --data_dir=DIR`,'
-              f' then pass --data_dir=DIR') from e
+              f' then pass data_dir=DIR') from e
       self._builder = builder
     return self._builder
 
@@ -107,6 +107,7 @@ class Cifar10(TfdsDataset):
   name = 'cifar10'
   tfds_name = 'cifar10'
   num_classes = 10
+  preset = 'Cifar10Ft'
   split_map = {'train': 'train', 'eval': 'test'}
 
 
@@ -114,6 +115,7 @@ class Cifar100(TfdsDataset):
   name = 'cifar100'
   tfds_name = 'cifar100'
   num_classes = 100
+  preset = 'Cifar100Ft'
   split_map = {'train': 'train', 'eval': 'test'}
 
 
@@ -122,6 +124,7 @@ class Flowers(TfdsDataset):
   name = 'flowers'
   tfds_name = 'oxford_flowers102'
   num_classes = 102
+  preset = 'FlowersFt'
   split_map = {'train': 'train+validation', 'minival': 'validation',
                'eval': 'test'}
 
@@ -132,6 +135,7 @@ class TFFlowers(TfdsDataset):
   aliases = ('tfflowers',)
   tfds_name = 'tf_flowers'
   num_classes = 5
+  preset = 'TFFlowersFt'
   split_map = {'train': 'train[:70%]', 'eval': 'train[70%:]'}
 
 
@@ -140,6 +144,7 @@ class Cars(TfdsDataset):
   aliases = ('cars',)
   tfds_name = 'cars196'
   num_classes = 196
+  preset = 'CarsFt'
   split_map = {'train': 'train', 'eval': 'test'}
 
 
@@ -149,6 +154,7 @@ class ImageNetTfds(TfdsDataset):
   aliases = ('imagenet_tfds', 'imagenettfds')
   tfds_name = 'imagenet2012'
   num_classes = 1000
+  preset = 'ImagenetFt'
   split_map = {'train': 'train[:98%]', 'minival': 'train[98%:]',
                'eval': 'validation', 'trainval': 'train'}
 
@@ -157,6 +163,7 @@ class FashionMnist(TfdsDataset):
   name = 'fashion_mnist'
   tfds_name = 'fashion_mnist'
   num_classes = 10
+  preset = 'FashionMnistFt'
   split_map = {'train': 'train', 'eval': 'test'}
 
 
@@ -164,6 +171,7 @@ class Mnist(TfdsDataset):
   name = 'mnist'
   tfds_name = 'mnist'
   num_classes = 10
+  preset = 'MnistFt'
   split_map = {'train': 'train', 'eval': 'test'}
 
 
@@ -172,4 +180,5 @@ class Imagenette(TfdsDataset):
   name = 'imagenette'
   tfds_name = 'imagenette/160px-v2'
   num_classes = 10
+  preset = 'ImagenetteFt'
   split_map = {'train': 'train', 'eval': 'validation'}

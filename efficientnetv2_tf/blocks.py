@@ -3,7 +3,7 @@
 Each block is one Keras layer whose sub-layers have fixed names
 (`expand_conv`, `expand_bn`, `depthwise_conv`, `se`, `project_conv`, ...), so
 a variable's path says where it sits: `blocks_3/project_bn/gamma`. The
-official TF1 checkpoints use other names; `checkpoints.py` maps them.
+official TF1 checkpoints use other names; `official.py` maps them.
 """
 from typing import Optional
 

@@ -26,28 +26,28 @@ batch statistics across the replicas (`model.bn_sync`).
 
 Mixed precision computes in float16 on GPUs, which needs loss scaling
 (`wrap_optimizer`), and in bfloat16 on TPUs and CPUs, which does not.
-Under 'multi_worker' every worker saves (saving is collective), so each
-writes to its own `worker_dir`; only the chief's copy in `model_dir` is kept.
+`precision_scope` sets the Keras dtype policy for the layers built in its
+body. Which worker of a cluster does what is `cluster`'s business.
 
 What was run where: this module was written and tested on a machine with
 neither GPU nor TPU. Tested here: 'cpu', 'gpus' on two logical CPUs
 (cross-replica BatchNorm included), 'multi_worker' with a one-worker
-TF_CONFIG, the errors of 'gpu' without a GPU, of 'multi_worker' without
-TF_CONFIG and of 'tpu' when the resolver fails, and the precision,
-batch-size, chief and BatchNorm-sharing logic on CPU or with fake
-strategies. Not run: 'gpu' and 'gpus' on real GPUs, float16 training, a
-multi-machine cluster, and any TPU. A grpc:// TPU address that nothing
-answers at makes TensorFlow's connect wait rather than fail, so a wrong
-address can hang instead of raising.
+TF_CONFIG and with two workers on one host, the errors of 'gpu' without a
+GPU, of 'multi_worker' without or with a bad TF_CONFIG and of 'tpu' when
+the resolver fails, and the precision, batch-size and BatchNorm-sharing
+logic on CPU or with fake strategies. Not run: 'gpu' and 'gpus' on real
+GPUs, float16 training, a multi-machine cluster, and any TPU. A grpc://
+TPU address that nothing answers at makes TensorFlow's connect wait rather
+than fail, so a wrong address can hang instead of raising.
 """
+import contextlib
 import dataclasses
-import json
-import os
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import keras
 import tensorflow as tf
 
+from efficientnetv2_tf import cluster
 from hparams.errors import UserError
 from hparams.registry import Registry
 
@@ -97,18 +97,7 @@ def _gpus(address: TPUAddress) -> tf.distribute.Strategy:
 @STRATEGIES.register('multi_worker')
 def _multi_worker(address: TPUAddress) -> tf.distribute.Strategy:
   del address
-  text = os.environ.get('TF_CONFIG')
-  try:
-    tf_config = json.loads(text) if text else {}
-  except json.JSONDecodeError:
-    tf_config = None
-  if (not isinstance(tf_config, dict) or not tf_config.get('cluster') or
-      not tf_config.get('task')):
-    raise UserError(
-        "multi_worker needs TF_CONFIG, a JSON object with 'cluster' and "
-        "'task', e.g. {\"cluster\": {\"worker\": [\"host1:2222\", "
-        "\"host2:2222\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}; "
-        f'received: TF_CONFIG={text!r}')
+  cluster.read_tf_config()  # TensorFlow reads it again, unchecked
   return tf.distribute.MultiWorkerMirroredStrategy()
 
 
@@ -192,9 +181,27 @@ def precision_policy(strategy_or_name: Union[str, tf.distribute.Strategy],
   return _MIXED_POLICIES[_device_type(strategy_or_name)]
 
 
-def apply_precision(policy: str) -> None:
-  """Makes `policy` the dtype policy of layers created from now on."""
+@contextlib.contextmanager
+def precision_scope(policy: str) -> Iterator[None]:
+  """Makes `policy` the dtype policy of the layers built in the body.
+
+  The policy is process-global in Keras; this restores the one before on
+  leaving, even on an error, so that one run's precision does not leak into
+  whatever is built next.
+
+      >>> before = keras.mixed_precision.global_policy().name
+      >>> with precision_scope('mixed_bfloat16'):
+      ...   keras.layers.Dense(2).compute_dtype
+      'bfloat16'
+      >>> keras.mixed_precision.global_policy().name == before
+      True
+  """
+  previous = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy(policy)
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
 
 
 def wrap_optimizer(optimizer: keras.optimizers.Optimizer,
@@ -220,30 +227,6 @@ def check_batch_size(global_batch_size: int,
                     f'{replicas} replicas; set train.batch_size to a positive '
                     f'multiple of {replicas}')
   return global_batch_size // replicas
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-  """Whether this worker is the one whose files are kept: the 'chief' task,
-  or worker 0 when the cluster has no chief; always for one worker."""
-  if isinstance(strategy, tf.distribute.TPUStrategy):
-    return True  # one client drives every TPU host
-  resolver = strategy.cluster_resolver
-  task_type = resolver.task_type if resolver else None
-  if task_type is None or task_type == 'chief':
-    return True
-  return (task_type == 'worker' and resolver.task_id == 0 and
-          'chief' not in resolver.cluster_spec().jobs)
-
-
-def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
-  """Where this worker writes checkpoints and exports: `model_dir` for the
-  chief, a sub-directory of its own for any other worker (which may delete
-  it after saving). The directory is not created here."""
-  if is_chief(strategy):
-    return model_dir
-  resolver = strategy.cluster_resolver
-  return os.path.join(model_dir, 'workers',
-                      f'{resolver.task_type}_{resolver.task_id}')
 
 
 def resolve_bn_sync(requested: Optional[bool],

@@ -36,11 +36,9 @@ from typing import Any, Dict, List, Optional
 
 import keras
 import tensorflow as tf
-from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
 
 import hparams
-from efficientnetv2_tf import checkpoints
-from efficientnetv2_tf import get_model
+from efficientnetv2_tf import loading
 from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import Normalize
@@ -125,7 +123,7 @@ def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
   config_path = os.path.join(model_dir, 'config.yaml')
   if not os.path.isfile(config_path):
     raise UserError(f'{model_dir!r} is not a run directory: it has no '
-                    'config.yaml; pass the --model_dir of a training run')
+                    'config.yaml; pass the model_dir of a training run')
   # Through the strict chain, so that keys newer than the run get defaults.
   cfg = hparams.resolve(None, None, hparams.load_yaml(config_path))
   if checkpoint is None:
@@ -133,7 +131,7 @@ def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
                                                          'checkpoints'))
     if checkpoint is None:
       raise UserError(f'no checkpoint in {model_dir}/checkpoints; train '
-                      'first (--mode=train) or pass a checkpoint')
+                      'first or pass a checkpoint')
   elif not tf.io.gfile.exists(checkpoint + '.index'):
     named = os.path.join(model_dir, 'checkpoints', checkpoint)
     if not tf.io.gfile.exists(named + '.index'):
@@ -142,8 +140,7 @@ def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
     checkpoint = named
   model_name = cfg.model.model_name
   model = EfficientNet.from_model_config(cfg.model)
-  checkpoints.load_weights(model, checkpoints.locate(checkpoint, model_name),
-                           model_name, prefer_ema=True)
+  loading.load_weights(model, checkpoint, model_name, prefer_ema=True)
   labels_path = os.path.join(model_dir, 'labels.txt')
   if os.path.isfile(labels_path):
     with open(labels_path) as f:
@@ -161,8 +158,8 @@ def load_pretrained(model_name: str, weights: str,
   """Published weights ('imagenet', ...) with their own input contract, or a
   checkpoint path with the V2 evaluation contract at the model preset's eval
   size (`normalization` changes it); `model_config` as for `get_model`."""
-  model = get_model(model_name, model_config, weights=weights,
-                    training=False)
+  model = loading.get_model(model_name, model_config, weights=weights,
+                            training=False)
   if weights in TAGS:
     entry = hparams.published_weights(model.name, weights)
     contract, name = entry.contract, entry.name
@@ -186,7 +183,7 @@ def _check_images(images: tf.Tensor) -> tf.Tensor:
   return tf.ensure_shape(images, [None, None, None, 3])
 
 
-class ServingModule(tf.__internal__.tracking.AutoTrackable):
+class ServingModule(tf.Module):
   """The serving SavedModel: the model, its preprocessing and labels."""
 
   def __init__(self, source: Source):
@@ -223,8 +220,14 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
     return self._outputs(inputs)
 
 
-class HubModule(tf.__internal__.tracking.AutoTrackable):
+class HubModule(tf.Module):
   """A TF Hub reusable SavedModel around a model: [0, 1] images in."""
+
+  # The reusable SavedModel convention reads these as saved attributes.
+  # tf.Module computes them on access, which a SavedModel does not keep, so
+  # plain attributes, set in __init__, replace its properties.
+  variables = None
+  trainable_variables = None
 
   def __init__(self, model: keras.Model, normalization: str):
     super().__init__()
@@ -253,7 +256,7 @@ class HubModule(tf.__internal__.tracking.AutoTrackable):
 
 def feature_model(model: EfficientNet) -> keras.Model:
   """The model up to its pooled features, sharing its weights."""
-  return keras.Model(model.input, model.get_layer('head').output,
+  return keras.Model(model.input, model.backbone_layers()[-1].output,
                      name=f'{model.name}_features')
 
 
@@ -264,18 +267,23 @@ def tflite_model(source: Source, quantization: str = 'none') -> bytes:
                     f'allowed: {", ".join(QUANTIZATIONS)}')
   normalize = Normalize(source.normalization)
   size = source.image_size
+  model = source.model
+  # The converter reads Keras 3 variables as uninitialised resources (NaN
+  # outputs), so the weights go in as constants, through a stateless call.
+  trainable = [tf.constant(v.numpy()) for v in model.trainable_variables]
+  non_trainable = [tf.constant(v.numpy())
+                   for v in model.non_trainable_variables]
 
   @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3],
                                                tf.float32)])
   def probabilities(images):
-    logits = source.model(normalize(images * 255.0), training=False)
+    logits, _ = model.stateless_call(trainable, non_trainable,
+                                     normalize(images * 255.0),
+                                     training=False)
     return {'probabilities': tf.nn.softmax(logits)}
 
-  # The converter leaves Keras 3 variables as uninitialised resources (NaN
-  # outputs); folding them into constants first keeps the weights.
-  frozen = convert_to_constants.convert_variables_to_constants_v2(
-      probabilities.get_concrete_function())
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [probabilities.get_concrete_function()], model)
   if quantization != 'none':
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if quantization == 'float16':
@@ -297,7 +305,7 @@ def check_options(export_dir: str, overwrite: bool,
                     f'allowed: {", ".join(QUANTIZATIONS)}')
   if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
     raise UserError(f'export_dir {export_dir!r} exists and is not empty; '
-                    'pass --overwrite to replace it, or choose a new one')
+                    'pass overwrite=True to replace it, or choose a new one')
   if os.path.exists(export_dir) and not os.path.isdir(export_dir):
     raise UserError(f'export_dir {export_dir!r} is a file, not a directory')
 

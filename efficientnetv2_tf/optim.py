@@ -1,4 +1,4 @@
-"""Learning-rate schedules, optimizers, loss terms and weight averaging.
+"""Learning-rate schedules, optimizers and loss terms.
 
 The pieces of the original's `model_fn` that sit around the model, for a
 custom training loop. All of them run inside `tf.function` and under any
@@ -10,21 +10,16 @@ global batch size.
     >>> [round(float(lr(step)), 4) for step in (0, 5, 50, 100)]
     [0.0, 0.05, 0.05, 0.0]
 
-One training step, then evaluation with the averaged weights:
+One training step (the weight averages are in `ema`):
 
     >>> w = tf.Variable([3.0, -4.0])
     >>> optimizer = build_optimizer('sgd', 0.1)
-    >>> ema = maybe_ema([w], decay=0.9999)
     >>> with tf.GradientTape() as tape:
     ...   loss = tf.reduce_sum(w ** 2) + weight_decay_loss([w], 1e-5, '')
     >>> grads = clip_gradients(tape.gradient(loss, [w]), clip_norm=1.0)
     >>> _ = optimizer.apply_gradients(zip(grads, [w]))
     >>> w.numpy()
     array([ 2.94, -3.92], dtype=float32)
-    >>> ema.update(optimizer.iterations)  # decay min(0.9999, 2 / 11)
-    >>> with ema.applied():
-    ...   w.numpy().round(4)
-    array([ 2.9509, -3.9345], dtype=float32)
 
 Where this module differs from the original, on purpose:
 
@@ -41,10 +36,9 @@ Where this module differs from the original, on purpose:
   already sum to 1. There an all-zero label row was 0 / 0, a NaN loss;
   here it stays zero (no loss without label smoothing).
 """
-import contextlib
 import math
 import re
-from typing import Callable, Iterator, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import keras
 import tensorflow as tf
@@ -296,7 +290,7 @@ def build_optimizer(
 # ------------------------------------------------------- loss and gradients
 
 
-def _path(variable) -> str:
+def variable_path(variable) -> str:
   """Keras 3 variables have a `path` ('block1a/conv2d/kernel'); tf ones not."""
   return getattr(variable, 'path', None) or variable.name
 
@@ -316,7 +310,7 @@ def weight_decay_loss(variables: Variables,
   """
   matcher = re.compile(exclude) if exclude else None
   terms = [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables
-           if matcher is None or not matcher.match(_path(v))]
+           if matcher is None or not matcher.match(variable_path(v))]
   total = tf.add_n(terms) if terms else tf.constant(0.0)
   return tf.cast(weight_decay, tf.float32) * total
 
@@ -390,101 +384,3 @@ def classification_loss(labels: tf.Tensor, logits: tf.Tensor, *,
   num_classes = tf.cast(tf.shape(labels)[-1], tf.float32)
   labels = labels * (1.0 - label_smoothing) + label_smoothing / num_classes
   return tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-
-
-# ---------------------------------------------------------------------- EMA
-
-
-class ExponentialMovingAverage(tf.Module):
-  """Moving averages of variables, as the original kept for evaluation.
-
-  Pass the trainable variables and the batch-norm moving statistics, as
-  the original did. The averages start at the variables' values, live in
-  the strategy scope current at construction (create this where the model
-  was built) and are saved by `tf.train.Checkpoint(ema=...)`; the averaged
-  variables themselves are not part of this module's checkpoint.
-
-  `update` may run inside `strategy.run`: the averages are mirrored with
-  ONLY_FIRST_REPLICA aggregation, so each follows the first replica's copy
-  of its variable. Weights are the same on every replica; Keras 3 leaves
-  each replica its own batch-norm statistics (the same on all with
-  `bn_sync`), and the first replica's are the ones cross-replica reads and
-  checkpoints see. Call `swap`, `applied` and `copy_to` outside
-  `strategy.run`.
-  A decay <= 0 means no averaging; `maybe_ema` then returns None.
-  """
-
-  _TF_MODULE_IGNORED_PROPERTIES = (
-      tf.Module._TF_MODULE_IGNORED_PROPERTIES | {'_live'})
-
-  def __init__(self, variables: Variables, decay: float):
-    super().__init__(name='ema')
-    if not 0 < decay < 1:
-      raise UserError(f'EMA decay must be in (0, 1); Received: decay={decay!r}')
-    for v in variables:
-      if not tf.as_dtype(v.dtype).is_floating:
-        raise ValueError(f'cannot average {_path(v)!r} of dtype {v.dtype}')
-    self.decay = float(decay)
-    # A tuple outside tf.Module's tracking: checkpoints hold only averages.
-    object.__setattr__(self, '_live', tuple(variables))
-    self.averages = [
-        tf.Variable(tf.convert_to_tensor(v), trainable=False,
-                    name=_path(v).split(':')[0] + '/ExponentialMovingAverage',
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        for v in variables]
-
-  def decay_at(self, step: Step) -> tf.Tensor:
-    """The original's warm-up: min(decay, (1 + step) / (10 + step))."""
-    step = tf.cast(step, tf.float32)
-    return tf.minimum(self.decay, (1.0 + step) / (10.0 + step))
-
-  def update(self, step: Step) -> None:
-    """Moves each average towards its variable by 1 - `decay_at(step)`.
-
-    The original passed the global step after the optimizer's update,
-    i.e. `optimizer.iterations` once `apply_gradients` has run.
-    """
-    decay = self.decay_at(step)
-    for live, average in zip(self._live, self.averages):
-      rate = tf.cast(1.0 - decay, average.dtype)
-      average.assign_sub(rate * (average - tf.cast(live, average.dtype)))
-
-  def swap(self) -> None:
-    """Exchanges averages and variables; a second call restores both."""
-    for live, average in zip(self._live, self.averages):
-      saved = tf.convert_to_tensor(live)
-      live.assign(tf.cast(average, live.dtype))
-      average.assign(tf.cast(saved, average.dtype))
-
-  @contextlib.contextmanager
-  def applied(self) -> Iterator[None]:
-    """Runs its body (eval, export) with the averages in the variables."""
-    self.swap()
-    try:
-      yield
-    finally:
-      self.swap()
-
-  def copy_to(self, variables: Variables) -> None:
-    """Writes the averages into `variables`, e.g. another copy of the model."""
-    if len(variables) != len(self.averages):
-      raise ValueError(f'{len(self.averages)} averages but '
-                       f'{len(variables)} variables')
-    for target, average in zip(variables, self.averages):
-      target.assign(tf.cast(average, target.dtype))
-
-
-def ema_variables(model: keras.Model) -> List[tf.Variable]:
-  """What the EMA of a model averages: its weights and BatchNorm's moving
-  statistics, in an order that the same architecture always repeats."""
-  moving = [v for v in model.non_trainable_variables
-            if 'moving_' in v.path]
-  return list(model.trainable_variables) + moving
-
-
-def maybe_ema(variables: Variables,
-              decay: float) -> Optional[ExponentialMovingAverage]:
-  """An `ExponentialMovingAverage`, or None when `decay` <= 0 (no EMA)."""
-  if decay <= 0:
-    return None
-  return ExponentialMovingAverage(variables, decay)

@@ -1,40 +1,19 @@
 """Top-k predictions for image files, from a run directory or an export.
 
-    rows = predict('runs/b0-digits', 'photos/*.jpg', top_k=3)
+    rows = predict('runs/b0-digits', ['cat.jpg', 'dog.png'], top_k=3)
 
 Each row holds the file and either its `top_k` list of (label, id,
 probability) or the `error` that kept it from being read: a corrupt file
 is reported and the others still go through.
 """
-import glob
 import os
-from typing import Any, Callable, Dict, List, Tuple, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
-
 import tensorflow as tf
 
 from efficientnetv2_tf import export
 from hparams.errors import UserError
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
-
-
-def image_files(image_path: str) -> List[str]:
-  """The image files under a directory (recursively) or matching a glob."""
-  if os.path.isdir(image_path):
-    found = [os.path.join(root, name)
-             for root, _, names in os.walk(image_path) for name in names
-             if name.lower().endswith(IMAGE_EXTENSIONS)]
-  else:
-    found = [path for path in glob.glob(image_path, recursive=True)
-             if os.path.isfile(path)]
-  if not found:
-    raise UserError(f'--image_path {image_path!r} matches no image file; '
-                    'pass a directory, a file or a glob such as '
-                    f"'photos/*.jpg' (extensions {', '.join(IMAGE_EXTENSIONS)}"
-                    ' in directories)')
-  return sorted(found)
 
 
 def classifier(source: Union[str, export.Source]
@@ -59,12 +38,11 @@ def classifier(source: Union[str, export.Source]
                   'run directory (no config.yaml)')
 
 
-def predict(source: Union[str, export.Source], image_path: str,
+def predict(source: Union[str, export.Source], files: Sequence[str],
             top_k: int = 5) -> List[Dict[str, Any]]:
-  """Classifies every image of `image_path` with the model at `source`."""
+  """Classifies every image file of `files` with the model at `source`."""
   if top_k < 1:
-    raise UserError(f'--top_k must be >= 1; received: {top_k}')
-  files = image_files(image_path)
+    raise UserError(f'top_k must be >= 1; received: {top_k}')
   classify, labels = classifier(source)
   rows = []
   for path in files:
@@ -88,11 +66,3 @@ def _reason(error: Exception) -> str:
   lines = [line.strip() for line in str(error).splitlines()
            if line.strip() and not line.strip().startswith(noise)]
   return lines[0] if lines else type(error).__name__
-
-
-def describe(row: Dict[str, Any]) -> str:
-  """One line for a row: the file, then label (probability) pairs."""
-  if 'error' in row:
-    return f'{row["file"]}: error: {row["error"]}'
-  return f'{row["file"]}: ' + ', '.join(
-      f'{p["label"]} ({p["probability"]:.3f})' for p in row['top_k'])

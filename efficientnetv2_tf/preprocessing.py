@@ -30,6 +30,9 @@ from hparams.weights import published_weights
 from hparams.weights import recipe_contract
 from hparams.weights import TAGS
 
+# The image files that datasets and predict read (case-insensitive).
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+
 
 @serializable
 class Normalize(keras.layers.Layer):

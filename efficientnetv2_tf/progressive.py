@@ -49,19 +49,32 @@ the global step with `stage_at`:
     [(250, 128, 0.1), (500, 185, 0.17), (750, 242, 0.23), (1000, 300, 0.3)]
     >>> print(stage_at(stages, 600).describe())
     stage 3/4: steps 500-749, 242 px, magnitude 11.67, mixup 0.0, ...
+
+`make_plan` plans a whole run (`RunPlan`) from the config, the training
+split's size and the number of replicas: the global batch, steps per epoch,
+epochs (`train.epochs`, stretched until there are `train.min_steps` steps,
+`progressive.stage_epochs` with them) and the stages. It only reads the
+config; `RunPlan.applied_to` gives the config that runs, to save beside
+the plan:
+
+    >>> run = make_plan(cfg, train_size=409_600, num_replicas=8)
+    >>> run.global_batch, run.steps_per_epoch, run.epochs, run.total_steps
+    (4096, 100, 10, 1000)
 """
 import bisect
+import copy
 import dataclasses
 from fractions import Fraction
 import functools
 import itertools
 import math
 import numbers
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
 
 import hparams
+from efficientnetv2_tf import distribute
 from efficientnetv2_tf.preprocessing import AUGMENTATIONS
 from efficientnetv2_tf.preprocessing import Augmentation
 from hparams.errors import UserError
@@ -170,36 +183,43 @@ def _schedule(cfg: ml_collections.ConfigDict) -> Callable[[int, int],
     raise UserError(f'progressive.schedule: {e}') from None
 
 
-def _end_steps(cfg: ml_collections.ConfigDict, num_stages: int,
+def _end_steps(epochs: float, stage_epochs: Sequence[float],
+               configured_stages: int, num_stages: int,
                steps_per_epoch: int) -> List[int]:
   """The exclusive last global step of each stage."""
-  epochs = cfg.train.epochs
-  if epochs <= 0:
-    raise UserError(f'train.epochs must be > 0; received: train.epochs='
-                    f'{epochs}')
   if (not isinstance(steps_per_epoch, int) or isinstance(steps_per_epoch, bool)
       or steps_per_epoch < 1):
     raise UserError(f'steps per epoch must be an integer >= 1; received: '
                     f'steps_per_epoch={steps_per_epoch!r}')
   total = int(epochs * steps_per_epoch)
-  stage_epochs = list(cfg.progressive.stage_epochs)
   if not stage_epochs:
     return [total * (i + 1) // num_stages for i in range(num_stages)]
   if len(stage_epochs) != num_stages:
     raise UserError(
         f'progressive.stage_epochs needs one entry per stage '
-        f'(train.stages={cfg.train.stages}); received: {stage_epochs} '
+        f'(train.stages={configured_stages}); received: {list(stage_epochs)} '
         f'({len(stage_epochs)} entries)')
   if not all(_is_number(e) and e > 0 for e in stage_epochs):
     raise UserError(f'progressive.stage_epochs must be numbers > 0; '
-                    f'received: {stage_epochs}')
+                    f'received: {list(stage_epochs)}')
   if not math.isclose(sum(stage_epochs), epochs):
     raise UserError(f'progressive.stage_epochs must add up to train.epochs='
-                    f'{epochs}; received: {stage_epochs} (sum '
+                    f'{epochs}; received: {list(stage_epochs)} (sum '
                     f'{sum(stage_epochs):g})')
   ends = [round(Fraction(done) * steps_per_epoch)
           for done in itertools.accumulate(stage_epochs[:-1])]
   return ends + [total]
+
+
+def stretched_stage_epochs(cfg: ml_collections.ConfigDict,
+                           epochs: float) -> List[float]:
+  """`progressive.stage_epochs` scaled from `train.epochs` to `epochs`, so
+  that a stretched run's stages still add up; empty when not set."""
+  scale = epochs / cfg.train.epochs
+  stage_epochs = list(cfg.progressive.stage_epochs)
+  if scale == 1:
+    return stage_epochs
+  return [e * scale if _is_number(e) else e for e in stage_epochs]
 
 
 def _values(cfg: ml_collections.ConfigDict, min_key: str, max_key: str,
@@ -225,18 +245,28 @@ def _image_sizes(cfg: ml_collections.ConfigDict,
   ibase = ibase or Fraction(size, 2)
   if ibase > size and any(f != 1 for f in fractions):
     raise UserError(f'data.ibase={ibase} is above the training image size '
-                    f'{size} (train.isize); the first stage must be smaller')
+                    f'{size} (train.image_size); the first stage must be '
+                    'smaller')
   return [max(MIN_IMAGE_SIZE, int(_lerp(ibase, size, f))) for f in fractions]
 
 
-def plan(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> List[Stage]:
-  """The stages of a run: `train.epochs * steps_per_epoch` steps in all.
+def plan(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
+         epochs: Optional[float] = None) -> List[Stage]:
+  """The stages of a run: `epochs * steps_per_epoch` steps in all.
 
-  Raises `UserError`, naming the key, for settings that make no schedule.
+  `epochs` defaults to `train.epochs`; a longer run stretches
+  `progressive.stage_epochs` with it. Reads the config and returns values;
+  raises `UserError`, naming the key, for settings that make no schedule.
   """
   num_stages = _num_stages(cfg)
   schedule = _schedule(cfg)
-  ends = _end_steps(cfg, num_stages, steps_per_epoch)
+  if cfg.train.epochs <= 0:
+    raise UserError(f'train.epochs must be > 0; received: train.epochs='
+                    f'{cfg.train.epochs}')
+  if epochs is None:
+    epochs = cfg.train.epochs
+  ends = _end_steps(epochs, stretched_stage_epochs(cfg, epochs),
+                    cfg.train.stages, num_stages, steps_per_epoch)
   progress = [schedule(i, num_stages) if num_stages > 1 else _FULL
               for i in range(num_stages)]
   if not cfg.train.sched:
@@ -270,3 +300,59 @@ def stage_at(stages: Sequence[Stage], step: int) -> Stage:
     raise ValueError(f'step must be >= 0; received: step={step}')
   index = bisect.bisect_right([s.end_step for s in stages], step)
   return stages[min(index, len(stages) - 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """How long a run is and what each part of it does: derived from the
+  config and the dataset once, saved beside the config as plan.json."""
+  global_batch: int
+  steps_per_epoch: int
+  epochs: float  # train.epochs, stretched to train.min_steps
+  stage_epochs: Tuple[float, ...]  # progressive.stage_epochs, stretched
+  total_steps: int
+  stages: Tuple[Stage, ...]
+
+  def epoch_of(self, step: int) -> float:
+    return step / self.steps_per_epoch
+
+  def applied_to(self, cfg: ml_collections.ConfigDict
+                 ) -> ml_collections.ConfigDict:
+    """A copy of `cfg` with the epochs this plan trains: the config that
+    runs, to save. Planning it again gives this plan."""
+    ran = copy.deepcopy(cfg)
+    hparams.override(ran, {'train.epochs': self.epochs,
+                           'progressive.stage_epochs': list(
+                               self.stage_epochs)})
+    return ran
+
+  def to_dict(self) -> Dict[str, Any]:
+    """The plan as plain values, each stage with its length in epochs."""
+    stages = [{**dataclasses.asdict(s),
+               'epochs': self.epoch_of(s.num_steps)} for s in self.stages]
+    return {'epochs': self.epochs, 'steps_per_epoch': self.steps_per_epoch,
+            'total_steps': self.total_steps,
+            'global_batch': self.global_batch, 'stages': stages}
+
+
+def make_plan(cfg: ml_collections.ConfigDict, train_size: int,
+              num_replicas: int) -> RunPlan:
+  """The run's length and stages from its config, its training-split size
+  and its number of replicas; the config is only read."""
+  global_batch = cfg.train.batch_size
+  distribute.check_batch_size(global_batch, num_replicas)
+  accum = cfg.train.grad_accum_steps
+  if accum < 1 or (global_batch // num_replicas) % accum:
+    raise UserError(f'train.grad_accum_steps={accum} must be >= 1 and divide'
+                    f' the per-replica batch {global_batch // num_replicas}')
+  steps_per_epoch = train_size // global_batch
+  if not steps_per_epoch:
+    raise UserError(f'train.batch_size={global_batch} is larger than the '
+                    f'{train_size} training images')
+  epochs = cfg.train.epochs
+  if cfg.train.min_steps:
+    epochs = max(epochs, math.ceil(cfg.train.min_steps / steps_per_epoch))
+  stages = plan(cfg, steps_per_epoch, epochs)
+  return RunPlan(global_batch, steps_per_epoch, epochs,
+                 tuple(stretched_stage_epochs(cfg, epochs)),
+                 stages[-1].end_step, tuple(stages))

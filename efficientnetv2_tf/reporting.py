@@ -7,12 +7,16 @@
 - `curves.png`: train and eval loss and top-1 per epoch, with the
   progressive stage boundaries marked;
 - `results.json`: the final metrics, step, wall time and training speed.
+
+`EpochProgress` sums an epoch's training loss and top-1 for metrics.csv
+and shows them on the console as they go.
 """
 import csv
 import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import keras
 import tensorflow as tf
 
 CSV_FIELDS = ('epoch', 'step', 'stage', 'image_size', 'learning_rate',
@@ -105,6 +109,38 @@ class Reporter:
       json.dump({k: _short(v) for k, v in values.items()}, f, indent=2)
     os.replace(path + '.tmp', path)
     return path
+
+
+class EpochProgress:
+  """One epoch's training loss and top-1 so far, on a progress bar."""
+
+  def __init__(self, steps_per_epoch: int, global_batch: int,
+               verbose: bool = True):
+    self._bar = keras.utils.Progbar(
+        steps_per_epoch, stateful_metrics=['loss', 'top1', 'img/s'],
+        verbose=1 if verbose else 0)
+    self._global_batch = global_batch
+    self._loss_sum = self._correct = self._images = 0.0
+
+  def update(self, done: int, steps: int, loss_sum: float, correct: float,
+             seconds: float) -> None:
+    """Adds `steps` steps' summed loss and correct predictions, `done`
+    steps of the epoch having run."""
+    images = steps * self._global_batch
+    self._loss_sum += loss_sum
+    self._correct += correct
+    self._images += images
+    self._bar.update(done, [
+        ('loss', self._loss_sum / (self._images / self._global_batch)),
+        ('top1', self._correct / self._images),
+        ('img/s', images / seconds)])
+
+  def metrics(self) -> Dict[str, float]:
+    """The mean loss per step and the top-1 so far."""
+    return {
+        'train_loss': self._loss_sum / max(self._images / self._global_batch,
+                                           1),
+        'train_top1': self._correct / max(self._images, 1)}
 
 
 def _short(value: Any) -> Any:

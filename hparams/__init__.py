@@ -27,6 +27,9 @@ from hparams.errors import UserError
 from hparams.models import list_models
 from hparams.models import model_preset
 from hparams.registry import Registry
+from hparams.specs import build_specs
+from hparams.specs import ModelSpec
+from hparams.specs import Specs
 from hparams.weights import InputContract
 from hparams.weights import list_published
 from hparams.weights import published_weights
@@ -36,7 +39,13 @@ from hparams.weights import PublishedWeights
 def get_config(model_name: str = 'efficientnetv2-b0',
                dataset_cfg: Optional[str] = None,
                *overrides: Overrides) -> ml_collections.ConfigDict:
-  """Base config, then the model preset, the dataset preset, the overrides."""
-  return resolve(model_preset(model_name),
-                 dataset_preset(dataset_cfg) if dataset_cfg else None,
-                 *overrides)
+  """Base config, then the model preset, the dataset preset, the overrides.
+
+  The result is checked by building its specs (`build_specs`): a value out
+  of range raises `UserError` here, naming the key.
+  """
+  cfg = resolve(model_preset(model_name),
+                dataset_preset(dataset_cfg) if dataset_cfg else None,
+                *overrides)
+  build_specs(cfg)
+  return cfg

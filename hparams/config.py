@@ -19,150 +19,97 @@ Unknown keys and values of the wrong type raise `UserError`, naming the key
 and the closest valid ones. `num_classes` lives in `model.num_classes` only;
 left unset, a run takes it from its dataset (`data.dataset`).
 
-Keys that mirror the original code keep its short names; they are:
-`train.isize`/`eval.isize` (image size in pixels; a train size <= 16 is a
-fraction of the eval size), `data.ram` (RandAugment magnitude), `data.ibase`
-(first-stage image size in progressive learning), `train.sched` (whether
-progressive stages also schedule regularisation), `train.gclip` (gradient
-clipping norm, 0 for none).
+Keys that mirror the original code keep its short names (`eval.isize`,
+`data.ram`, `data.ibase`, `train.sched`, `train.gclip`); docs/config_keys.md
+maps every key to the spec field that holds it (`hparams.specs`).
+`train.isize` is a deprecated alias: a value <= 16 sets
+`train.image_size_ratio`, a larger one `train.image_size`, with a warning.
 """
 import ast
 import copy
+import dataclasses
 import functools
+import logging
 import os
 import re
+import typing
 from typing import Any, Dict, Mapping, Optional, Union
 
 import ml_collections
 from ml_collections import config_dict
 import yaml
 
+from hparams import specs
 from hparams.errors import UserError
 from hparams.registry import close_matches
 
 Overrides = Union[None, str, Mapping[str, Any]]
+_LOG = logging.getLogger(__name__)
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The defaults every run starts from, before any preset. Keys are locked."""
-  cfg = ml_collections.ConfigDict({
-      'model': {
-          'model_name': 'efficientnetv2-b0',
-          # Block strings, one per stage; see `efficientnetv2_tf.blockargs`.
-          'blocks_args': [],
-          'width_coefficient': 1.0,
-          'depth_coefficient': 1.0,
-          'dropout_rate': 0.2,  # before the classifier
-          'survival_prob': 0.8,  # of the last block; 1.0 disables it
-          'feature_size': 1280,  # head channels before width scaling
-          'depth_divisor': 8,
-          'min_depth': 8,
-          # Channel rounding may not lose more than 1 - this; V1 used 0.9.
-          'rounding_floor': 0.0,
-          'act_fn': 'silu',
-          'bn_momentum': 0.9,
-          'bn_epsilon': 1e-3,
-          'conv_dropout': 0.0,
-          'headbias': config_dict.placeholder(float),
-          # None: from the dataset or the checkpoint, else 1000 (ImageNet).
-          'num_classes': config_dict.placeholder(int),
-          # Cross-replica BatchNorm statistics. None: on under TPUStrategy,
-          # as the original's tpu_bn; off elsewhere.
-          'bn_sync': config_dict.placeholder(bool),
-      },
-      'train': {
-          'epochs': 350,
-          'batch_size': 4096,
-          'isize': config_dict.placeholder(float),
-          'stages': 0,
-          'sched': False,
-          'optimizer': 'rmsprop',
-          'lr_sched': 'exponential',
-          'lr_base': 0.016,
-          'lr_decay_epoch': 2.4,
-          'lr_decay_factor': 0.97,
-          'lr_warmup_epoch': 5.0,
-          'lr_min': 0.0,
-          'min_steps': 0,  # epochs grow until training has this many steps
-          'ema_decay': 0.9999,
-          'weight_decay': 1e-5,
-          'weight_decay_inc': 0.0,
-          'weight_decay_exclude': '.*(bias|gamma|beta).*',
-          'label_smoothing': 0.1,
-          # softmax: cross-entropy, multi-hot labels divided by their sum,
-          # as the original; sigmoid: per-class binary cross-entropy.
-          'loss_type': 'softmax',
-          'gclip': 0.0,
-          'ft_init_ckpt': config_dict.placeholder(str),
-          'ft_init_ema': True,
-          'freeze_epochs': 0.0,  # train only the classifier at first
-          'plateau_patience': 2,  # evals without improvement (lr_sched=plateau)
-          'plateau_factor': 0.5,
-          'early_stop_patience': 0,  # evals without improvement; 0 never stops
-          'grad_accum_steps': 1,
-          'jit_compile': False,
-      },
-      # Progressive learning (train.stages > 1): per stage, the image size
-      # grows from data.ibase and, with train.sched, RandAugment magnitude,
-      # mixup, cutmix and dropout grow from these minimums to their values.
-      'progressive': {
-          'schedule': 'code',  # code (the original code's) | paper (Table 6)
-          'stage_epochs': [],  # epochs per stage; empty: equal stages
-          'ram_min': 5.0,
-          'mixup_min': 0.0,
-          'cutmix_min': 0.0,
-          'dropout_min': 0.1,  # the 'code' schedule keeps dropout fixed
-      },
-      'runtime': {
-          'steps_per_loop': 1,  # training steps per tf.function call
-          'checkpoint_every_steps': 0,  # 0: at every epoch end only
-          'keep_checkpoints': 3,
-          'mixed_precision': False,  # bfloat16 on CPU/TPU, float16 on GPU
-          'log_every_steps': 0,  # 0: a progress bar per epoch
-      },
-      'eval': {
-          'batch_size': 8,
-          'isize': 224,
-      },
-      'data': {
-          'dataset': 'imagenet',  # a name from `datasets.list_datasets()`
-          'data_dir': config_dict.placeholder(str),  # --data_dir wins
-          'train_split': 'train',
-          'eval_split': 'eval',
-          'per_class': config_dict.placeholder(int),  # at most N per class
-          'fraction': 1.0,  # of each split
-          'val_fraction': 0.2,  # held out where a source has no eval split
-          'seed': config_dict.placeholder(int),  # repeatable order and aug
-          'strict': False,  # fail on an unreadable image instead of skipping
-          'cache': 'auto',  # auto | memory | none
-          'shuffle_buffer': 16384,
-          'flip': True,  # random horizontal flips in training
-          'augname': 'randaug',
-          # False: augmentation ops compute what the original's do, quirks
-          # included; True: the corrected ops (see efficientnetv2_tf.augment).
-          'augment_fixes': False,
-          # symmetric | inception | imagenet (see hparams.weights). None:
-          # the recipe's, or the named weights' when fine-tuning from them.
-          'normalization': config_dict.placeholder(str),
-          'ra_num_layers': 2,
-          'ram': 15.0,
-          'mixup_alpha': 0.0,
-          'cutmix_alpha': 0.0,
-          'ibase': 128,
-      },
-  })
+  """The defaults every run starts from, before any preset. Keys are locked.
+
+  They are the spec fields' defaults (`hparams.specs`); docs/config_keys.md
+  says what each key means.
+  """
+  sections = {}
+  for spec_type in specs.SPEC_TYPES:
+    for field in dataclasses.fields(spec_type):
+      if field.metadata['key']:
+        section, key = field.metadata['key'].split('.')
+        value = field.metadata['config_default']
+        if value is None:  # a typed placeholder, which only None may unset
+          value = config_dict.placeholder(_config_type(spec_type, field))
+        elif isinstance(value, tuple):
+          value = list(value)
+        sections.setdefault(section, {})[key] = value
+  cfg = ml_collections.ConfigDict(sections)
   cfg.lock()
   return cfg
 
 
+def _config_type(spec_type: type, field: dataclasses.Field) -> type:
+  """The type a config key holds: a field's Optional[X] as X, and its
+  Tuple[X, ...] as list."""
+  hint = typing.get_type_hints(spec_type)[field.name]
+  if typing.get_origin(hint) is Union:
+    hint = next(a for a in typing.get_args(hint) if a is not type(None))
+  return list if typing.get_origin(hint) is tuple else hint
+
+
 def train_image_size(cfg: ml_collections.ConfigDict) -> int:
-  """The training image size; a `train.isize` <= 16 is a fraction of eval's."""
-  size = cfg.train.isize
-  if size is None:
-    return cfg.eval.isize
-  if size <= 16:
-    return int(cfg.eval.isize * size) // 16 * 16
-  return int(size)
+  """The training image size in pixels (`train.image_size`, else
+  `train.image_size_ratio` of `eval.isize`, else `eval.isize`)."""
+  return specs.image_size_in_pixels(cfg.train.image_size,
+                                    cfg.train.image_size_ratio,
+                                    cfg.eval.isize)
+
+
+# Keys that say the same thing two ways: setting one (to other than None)
+# unsets the other, so that a later layer's choice wins whole.
+_ALTERNATIVES = {'train.image_size': 'image_size_ratio',
+                 'train.image_size_ratio': 'image_size'}
+
+
+def _isize_keys(value: Any) -> Dict[str, Any]:
+  """The keys that replace the deprecated `train.isize`: a number <= 16 was
+  a fraction of the eval size, a larger one pixels, None the eval size."""
+  if value is None:
+    keys = {'image_size': None, 'image_size_ratio': None}
+  elif isinstance(value, (int, float)) and not isinstance(value, bool) and (
+      value <= 16):
+    keys = {'image_size_ratio': value}
+  else:
+    keys = {'image_size': int(value) if isinstance(value, float) else value}
+  use = ','.join(f'train.{k}={v}' for k, v in keys.items())
+  _LOG.warning('config key train.isize is deprecated; use %s', use)
+  return keys
+
+
+# Deprecated key: the function that gives the keys of its section that
+# replace it.
+_DEPRECATED = {'train.isize': _isize_keys}
 
 
 def parse_value(text: str) -> Any:
@@ -333,6 +280,9 @@ def _apply(root: ml_collections.ConfigDict, section: ml_collections.ConfigDict,
   for raw_key, value in updates.items():
     head, _, rest = str(raw_key).partition('.')
     path = prefix + head
+    if path in _DEPRECATED and not rest:
+      _apply(root, section, prefix, _DEPRECATED[path](value))
+      continue
     if head not in section:
       raise _unknown_key(path + ('.' + rest if rest else ''), root)
     current = section[head]
@@ -348,6 +298,8 @@ def _apply(root: ml_collections.ConfigDict, section: ml_collections.ConfigDict,
       raise _unknown_key(path + '.' + rest, root)
     else:
       section[head] = _coerce(path, section.get_type(head), value)
+      if path in _ALTERNATIVES and value is not None:
+        section[_ALTERNATIVES[path]] = None
 
 
 def override(cfg: ml_collections.ConfigDict, overrides: Overrides) -> None:

@@ -110,7 +110,7 @@ for _name, (_width, _depth, _size, _dropout) in V1_VARIANTS.items():
           'dropout_rate': _dropout,
           'rounding_floor': 0.9,
       },
-      'train': {'isize': 0.8},  # 80% of the eval size
+      'train': {'image_size_ratio': 0.8},
       'eval': {'isize': _size},
       'data': {'augname': 'effnetv1_autoaug'},
   })
@@ -125,7 +125,7 @@ for _name, (_blocks, _width, _depth, _train_size, _eval_size, _dropout, _ram,
           'depth_coefficient': _depth,
           'dropout_rate': _dropout,
       },
-      'train': {'isize': _train_size, 'stages': 4, 'sched': True},
+      'train': {'image_size': _train_size, 'stages': 4, 'sched': True},
       'eval': {'isize': _eval_size},
       'data': {'augname': _aug, 'ram': _ram, 'mixup_alpha': _mix,
                'cutmix_alpha': _mix},

@@ -22,10 +22,11 @@ from typing import (Any, Dict, Iterator, List, Mapping, Optional, Sequence,
 import keras
 import ml_collections
 
+from app import runs
+import datasets  # registers each dataset's recipe, which --dataset_cfg names
 import hparams
+from hparams.weights import TAGS
 import main
-from efficientnetv2_tf import checkpoints
-from efficientnetv2_tf import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
     'model.width_coefficient': 0.25,
     'model.depth_coefficient': 0.05,
-    'train.isize': 32,
+    'train.image_size': 32,
     'eval.isize': 32,
     'data.ibase': 16,
     'train.batch_size': 4,
@@ -203,7 +204,7 @@ def reduce(argv: Sequence[str], tmp_path: Union[str, os.PathLike],
     path = flags.get(name, main.FLAGS[name].default)
     if path is not None:
       flags[name] = _under(tmp_path, path)
-  if flags.get('weights') not in (None, *checkpoints.TAGS):
+  if flags.get('weights') not in (None, *TAGS):
     flags['weights'] = _under(tmp_path, flags['weights'])
   dataset = configs(argv)[0].data.dataset
   if dataset in data_dirs:

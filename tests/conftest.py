@@ -10,7 +10,33 @@ import pytest  # pylint: disable=g-import-not-at-top
 # block (depth 0.2) and channels shrink to a quarter.
 TINY = 'width_coefficient=0.25,depth_coefficient=0.2,num_classes=10'
 
+# A training run of that model on 16 digits per class, at 32 px, that the
+# trainer's tests share.
+TINY_RUN = ('model.width_coefficient=0.25,model.depth_coefficient=0.2,'
+            'train.batch_size=32,data.per_class=16,train.image_size=32,'
+            'eval.isize=32,data.ibase=16,eval.batch_size=120,'
+            'train.lr_warmup_epoch=0.0')
+
+
+def tiny_config(*overrides):
+  """The config of `TINY_RUN`, then `overrides`."""
+  import hparams  # pylint: disable=g-import-not-at-top
+  return hparams.get_config('efficientnetv2-b0', 'digits', TINY_RUN,
+                            *overrides)
+
 
 @pytest.fixture(autouse=True)
 def _seeded():
   keras.utils.set_random_seed(0)
+
+
+@pytest.fixture(scope='session')
+def v2_b0(tmp_path_factory):
+  """An official-style efficientnetv2-b0 checkpoint of random weights:
+  (directory, the reference's EMA logits of `tf1_reference.IMAGES`,
+  values)."""
+  from hparams import models  # pylint: disable=g-import-not-at-top
+  from tests import tf1_reference  # pylint: disable=g-import-not-at-top
+  return tf1_reference.official_checkpoint(
+      tf1_reference.IMAGES, tmp_path_factory.mktemp('v2b0'),
+      'efficientnetv2-b0', models.V2_BASE_BLOCKS)

@@ -6,6 +6,7 @@ original code (see tools/oracle/README.md); nothing here imports it.
 
 - `preprocessing.npz`: JPEG bytes and the original's eval preprocessing of
   them, per recipe and size (`jpegs`, `preprocessed`, `kept_pixels`).
+- `PARAM_COUNTS`: each model's variables, as the original counts them.
 - `official_checkpoints.npz`: tiny models' checkpoints as the original's
   training saved them, the logits the original computes from their EMA
   weights, and log-probabilities of the JPEGs (`official_tensors`,
@@ -26,6 +27,22 @@ import tensorflow as tf
 
 FIXTURES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                             'fixtures')
+# All variables at 1000 classes, as the original implementation counts them,
+# except efficientnet-b3: the V1 checkpoints were trained with V1's channel
+# rounding, which the V2 code (12,314,268) dropped. b8 and l2 round as V1
+# did too; their trainable counts, 87,413,142 and 480,309,308, are timm's
+# 87.4M and 480.3M for the same checkpoints.
+PARAM_COUNTS = {
+    'efficientnetv2-b0': 7_200_312, 'efficientnetv2-b1': 8_212_124,
+    'efficientnetv2-b2': 10_178_374, 'efficientnetv2-b3': 14_467_622,
+    'efficientnetv2-s': 21_612_360, 'efficientnetv2-m': 54_431_388,
+    'efficientnetv2-l': 119_027_848, 'efficientnetv2-xl': 208_896_832,
+    'efficientnet-b0': 5_330_564, 'efficientnet-b1': 7_856_232,
+    'efficientnet-b2': 9_177_562, 'efficientnet-b3': 12_320_528,
+    'efficientnet-b4': 19_466_816, 'efficientnet-b5': 30_562_520,
+    'efficientnet-b6': 43_265_136, 'efficientnet-b7': 66_658_680,
+    'efficientnet-b8': 87_793_174, 'efficientnet-l2': 481_399_996,
+}
 # Each recipe of the fixtures, and the augmentation name that selects it
 # here.
 RECIPE_AUGNAMES = {'v2': 'none', 'v1': 'effnetv1', 'ft': 'ft'}
@@ -154,14 +171,14 @@ def pack_archive(directory: str, path: str) -> str:
 
   To serve it as named weights through the real download path, with no
   network, set `$EFFICIENTNETV2_TF_CACHE` to a temporary directory and pack
-  the archive at `checkpoints.archive_path(model_name, tag)`, i.e.
+  the archive at `official.archive_path(model_name, tag)`, i.e.
   `$EFFICIENTNETV2_TF_CACHE/efficientnetv2_tf/<the URL's basename>`:
   `keras.utils.get_file` finds it there, skips the download and unpacks it.
 
-      monkeypatch.setenv(checkpoints.CACHE_ENV, str(tmp_path / 'cache'))
+      monkeypatch.setenv(official.CACHE_ENV, str(tmp_path / 'cache'))
       directory = str(tmp_path / 'ckpt')
       write_official_checkpoint(directory, 'efficientnetv2-b0')
-      archive = checkpoints.archive_path('efficientnetv2-b0', 'imagenet')
+      archive = official.archive_path('efficientnetv2-b0', 'imagenet')
       os.makedirs(os.path.dirname(archive), exist_ok=True)
       pack_archive(directory, archive)
       get_model('efficientnetv2-b0', model_config('efficientnetv2-b0'),

@@ -21,17 +21,13 @@ import tensorflow_datasets as tfds
 import yaml
 
 import efficientnetv2_tf
-from efficientnetv2_tf import checkpoints
-from efficientnetv2_tf import export
+from efficientnetv2_tf import loading
+from efficientnetv2_tf import official
 import hparams
 from hparams import models
 from tests import commands
 from tests import image_files
 from tests import tf1_reference
-from tests.test_imagenet import _bytes
-from tests.test_imagenet import _ints
-from tests.test_imagenet import _write
-from tests.test_imagenet import imagenet_dir  # pylint: disable=unused-import
 
 BATCH = commands.TINY['train.batch_size']
 # Examples per split of every tfds mock: one training batch.
@@ -63,15 +59,23 @@ def birds_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope='module')
+def imagenet_dir(tmp_path_factory) -> str:
+  """ImageNet's TFRecord layout in small (`image_files.write_imagenet`)."""
+  return image_files.write_imagenet(str(tmp_path_factory.mktemp('imagenet')))
+
+
+@pytest.fixture(scope='module')
 def imagenet21k_dir(tmp_path_factory) -> str:
   """21 files: 0-15 are eval (one image each), 16-19 minival and 20 train
   (one batch)."""
   root = tmp_path_factory.mktemp('imagenet21k')
   jpeg = image_files.encode(image_files.pixels(20, 30), 'jpeg')
   for i in range(21):
-    _write(root / f'imagenet21k-{i:05d}',
-           [{'image': _bytes(jpeg), 'labels': _ints([i, 21842])}] *
-           (BATCH if i == 20 else 1))
+    image_files.write_records(
+        str(root / f'imagenet21k-{i:05d}'),
+        [{'image': image_files.bytes_feature(jpeg),
+          'labels': image_files.int64_feature([i, 21842])}] *
+        (BATCH if i == 20 else 1))
   return str(root)
 
 
@@ -108,9 +112,9 @@ def published_weights(tmp_path_factory) -> Iterator[str]:
         model_name, {**tiny_model, **hparams.as_mapping(model_config)},
         **kwargs)
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(export, 'get_model', get_tiny_model)
+    patch.setattr(loading, 'get_model', get_tiny_model)
     cache = root / 'cache'
-    patch.setenv(checkpoints.CACHE_ENV, str(cache))
+    patch.setenv(official.CACHE_ENV, str(cache))
     for name, blocks in [('efficientnetv2-b0', models.V2_BASE_BLOCKS),
                          ('efficientnetv2-s', models.V2_S_BLOCKS)]:
       directory, _, _ = tf1_reference.official_checkpoint(

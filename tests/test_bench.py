@@ -1,8 +1,10 @@
-"""bench/: the interleaving, the summary line and the written report.
+"""bench/: the interleaving, the summary line, the written report, and
+that the benchmarks drive the library through its public API.
 
 Nothing here is timed; the figures are made up so that each key's
 arithmetic can be checked.
 """
+import ast
 import json
 import os
 import sys
@@ -124,3 +126,13 @@ def test_mnist5k_holds_out_a_fifth_of_each_class():
   assert (dataset.split_size('train'), dataset.split_size('eval')) == (4000,
                                                                       1000)
 
+
+
+def test_benchmarks_use_only_public_attributes():
+  for name in ('run_all.py', 'common.py', 'pipeline.py', 'mnist5k.py'):
+    with open(os.path.join(ROOT, 'bench', name)) as f:
+      tree = ast.parse(f.read())
+    private = [node.attr for node in ast.walk(tree)
+               if isinstance(node, ast.Attribute) and
+               node.attr.startswith('_') and not node.attr.endswith('__')]
+    assert not private, (name, private)

@@ -1,7 +1,13 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 import hparams
 from hparams.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_layers_apply_in_order_base_model_dataset_user(monkeypatch):
@@ -12,7 +18,7 @@ def test_layers_apply_in_order_base_model_dataset_user(monkeypatch):
   cfg = hparams.get_config('efficientnetv2-s', 'TEST_LAYERS_DS',
                            'model.dropout_rate=0.1')
   assert cfg.model.blocks_args[0] == 'r2_k3_s1_e1_i24_o24_c1'  # model preset
-  assert cfg.train.isize == 300.0 and cfg.eval.isize == 384  # model preset
+  assert cfg.train.image_size == 300 and cfg.eval.isize == 384  # model preset
   assert cfg.model.num_classes == 7  # dataset preset
   assert cfg.model.dropout_rate == 0.1  # user override wins
   assert cfg.train.optimizer == 'rmsprop'  # base
@@ -37,9 +43,10 @@ def test_pipe_sets_a_list_and_a_single_value_becomes_a_one_item_list():
 
 
 def test_int_is_accepted_for_a_float_key():
-  cfg = hparams.get_config('efficientnetv2-b0', None, 'model.dropout_rate=1')
-  assert cfg.model.dropout_rate == 1.0
-  assert isinstance(cfg.model.dropout_rate, float)
+  cfg = hparams.get_config('efficientnetv2-b0', None,
+                           'model.width_coefficient=2')
+  assert cfg.model.width_coefficient == 2.0
+  assert isinstance(cfg.model.width_coefficient, float)
 
 
 def test_unknown_key_names_the_key_and_closest_valid_keys():
@@ -120,7 +127,7 @@ def test_num_classes_is_defined_once():
 
 
 def test_train_size_fraction_follows_the_original_rounding():
-  cfg = hparams.get_config('efficientnet-b0')  # train.isize = 0.8 of 224
+  cfg = hparams.get_config('efficientnet-b0')  # 0.8 of the eval size, 224
   assert hparams.train_image_size(cfg) == 176
   assert hparams.train_image_size(hparams.get_config('efficientnetv2-s')) == 300
 
@@ -154,3 +161,129 @@ def test_a_yaml_file_among_pairs_is_checked_like_one_alone(tmp_path):
   bad.write_text('train:\n  epochz: 3\n')
   with pytest.raises(UserError, match="'train.epochz'.*train.epochs"):
     hparams.get_config('efficientnetv2-b0', None, f'data.ram=3,{bad}')
+
+
+@pytest.fixture
+def empty_dataset_registries(monkeypatch):
+  """Dataset presets and dataset defaults that a test fills itself."""
+  monkeypatch.setattr(hparams.datasets, 'DATASET_PRESETS',
+                      hparams.Registry('dataset config'))
+  monkeypatch.setattr(hparams.datasets, 'DATASET_DEFAULTS',
+                      hparams.Registry('dataset'))
+
+
+def test_a_dataset_name_applies_its_preset_with_itself_as_the_dataset(
+    empty_dataset_registries):
+  hparams.register_dataset_preset('ScansRecipe', {
+      'data': {'dataset': 'other', 'flip': False},
+      'train': {'epochs': 7}})
+  hparams.datasets.register_dataset_default('test_scans', ['scans'],
+                                            preset='scansrecipe')
+  for name in ('test_scans', 'SCANS'):
+    cfg = hparams.get_config('efficientnetv2-b0', name)
+    assert cfg.data.dataset == 'test_scans'
+    assert cfg.data.flip is False and cfg.train.epochs == 7
+  assert hparams.dataset_preset('ScansRecipe')['data']['dataset'] == 'other'
+
+
+def test_a_dataset_without_a_preset_fine_tunes(empty_dataset_registries):
+  hparams.datasets.register_dataset_default('test_photos')
+  cfg = hparams.get_config('efficientnetv2-b0', 'test_photos')
+  assert cfg.data.dataset == 'test_photos' and cfg.data.augname == 'ft'
+  assert cfg.train.lr_sched == 'constant' and cfg.train.stages == 0
+  # A folder of a few hundred images fills a batch, and no step minimum
+  # stretches the run to hundreds of epochs.
+  assert cfg.train.batch_size == 64 and cfg.train.min_steps == 0
+  assert cfg.train.epochs == 15
+
+
+def test_a_preset_wins_over_a_dataset_of_the_same_name(
+    empty_dataset_registries):
+  hparams.register_dataset_preset('Scans', {'train': {'epochs': 3}})
+  hparams.datasets.register_dataset_default('scans')
+  assert hparams.get_config('efficientnetv2-b0', 'scans').train.epochs == 3
+  assert hparams.datasets.list_dataset_configs() == ['scans']
+
+
+def test_a_dataset_name_is_registered_once(empty_dataset_registries):
+  hparams.datasets.register_dataset_default('scans')
+  with pytest.raises(ValueError, match="dataset 'Scans' is already"):
+    hparams.datasets.register_dataset_default('other', ['Scans'])
+
+
+def test_a_dataset_default_naming_an_unknown_preset_is_refused(
+    empty_dataset_registries):
+  with pytest.raises(UserError, match="unknown dataset config 'nope'"):
+    hparams.datasets.register_dataset_default('scans', preset='nope')
+
+
+def test_unknown_dataset_config_lists_presets_and_datasets_on_one_line(
+    empty_dataset_registries):
+  hparams.register_dataset_preset('ScansFt', {})
+  hparams.datasets.register_dataset_default('test_scans', ['scans'])
+  with pytest.raises(UserError) as err:
+    hparams.get_config('efficientnetv2-b0', 'test_scan')
+  assert str(err.value) == (
+      "unknown dataset config 'test_scan'; did you mean 'test_scans'? "
+      'Presets: scansft. Datasets: scans, test_scans')
+
+
+def test_hparams_imports_neither_the_library_nor_the_datasets():
+  code = ('import sys, hparams; hparams.get_config("efficientnetv2-b0", '
+          '"digits"); print(sorted({"datasets", "efficientnetv2_tf", '
+          '"tensorflow"} & set(sys.modules)))')
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+  assert result.stdout.strip() == '[]'
+
+
+@pytest.mark.parametrize('isize, image_size, ratio, pixels', [
+    (0.5, None, 0.5, 192), (240.0, 240, None, 240), (None, None, None, 384)])
+def test_deprecated_isize_sets_the_new_keys_and_warns_once(
+    isize, image_size, ratio, pixels, caplog):
+  cfg = hparams.get_config('efficientnetv2-s', None, {'train.isize': isize})
+  assert (cfg.train.image_size, cfg.train.image_size_ratio) == (image_size,
+                                                                ratio)
+  assert hparams.train_image_size(cfg) == pixels
+  warnings = [r.getMessage() for r in caplog.records
+              if 'train.isize' in r.getMessage()]
+  assert len(warnings) == 1 and '\n' not in warnings[0]
+  assert 'is deprecated; use train.image_size' in warnings[0]
+
+
+def test_deprecated_isize_is_read_from_yaml_and_presets(tmp_path,
+                                                         monkeypatch):
+  old = tmp_path / 'old_run.yaml'
+  old.write_text('train:\n  isize: 0.75\n')
+  cfg = hparams.get_config('efficientnetv2-s', None, str(old))
+  assert cfg.train.image_size is None and cfg.train.image_size_ratio == 0.75
+  presets = hparams.Registry('dataset config')
+  presets.add('test_old_isize', {'train': {'isize': 32.0}})
+  monkeypatch.setattr(hparams.datasets, 'DATASET_PRESETS', presets)
+  cfg = hparams.get_config('efficientnet-b0', 'test_old_isize')
+  assert cfg.train.image_size == 32 and cfg.train.image_size_ratio is None
+
+
+def test_image_size_and_its_ratio_are_alternatives_the_later_wins():
+  cfg = hparams.get_config('efficientnetv2-s', None,
+                           'train.image_size_ratio=0.5')  # preset: 300 px
+  assert cfg.train.image_size is None
+  assert hparams.train_image_size(cfg) == 192  # half of 384
+  cfg = hparams.get_config('efficientnet-b0', None, 'train.image_size=200')
+  assert cfg.train.image_size_ratio is None
+  assert hparams.train_image_size(cfg) == 200
+
+
+@pytest.mark.parametrize('override, message', [
+    ('model.num_classes=0',
+     'model.num_classes must be a positive int; received: num_classes=0'),
+    ('train.image_size=-3', 'train.image_size must be a positive integer or '
+     'None; received: train.image_size=-3'),
+    ('data.fraction=1.5', 'data.fraction must be in (0, 1]; received: 1.5'),
+    ('runtime.keep_checkpoints=0', 'runtime.keep_checkpoints must be an '
+     'integer >= 1; received: runtime.keep_checkpoints=0'),
+])
+def test_get_config_checks_ranges_with_one_line(override, message):
+  with pytest.raises(UserError) as err:
+    hparams.get_config('efficientnetv2-b0', None, override)
+  assert str(err.value) == message

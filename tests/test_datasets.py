@@ -5,13 +5,16 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 import datasets
 import hparams
 from datasets import base
-from datasets.digits import _load as load_digits
+from datasets.subsets import Subset
+from efficientnetv2_tf.dataset_protocol import DatasetSource
 from efficientnetv2_tf.preprocessing import Augmentation
 from hparams.errors import UserError
+from tests import image_files
 
 # The recipe the digits preset trains with: the whole 8 px image, resized.
 FT_NONE = Augmentation('ft_none')
@@ -62,25 +65,6 @@ def test_declared_class_count_is_checked():
     num_classes = 5
   with pytest.raises(UserError, match='should have 5 classes .* has 3'):
     Wrong().class_names
-
-
-def test_digits_splits_are_disjoint_stratified_and_complete():
-  dataset = datasets.get_dataset('digits')
-  train, evaluation = dataset._indices('train'), dataset._indices('eval')
-  assert not set(train) & set(evaluation)
-  assert len(train) + len(evaluation) == 1797
-  labels = load_digits()[1]
-  per_class = np.bincount(labels, minlength=10)
-  np.testing.assert_array_equal(np.bincount(labels[evaluation]),
-                                np.round(per_class * 0.2))
-  assert dataset.split_size('trainval') == 1797
-
-
-def test_digits_pixels_span_the_full_range():
-  images, labels = load_digits()
-  assert images.shape == (1797, 8, 8, 1) and images.dtype == np.uint8
-  assert images.min() == 0 and images.max() == 255
-  assert set(labels) == set(range(10))
 
 
 def test_per_class_caps_every_class():
@@ -229,6 +213,52 @@ def test_every_preset_names_a_registered_dataset():
     assert cfg.data.dataset in datasets.DATASETS, preset
 
 
+def test_every_dataset_name_is_a_dataset_config_that_trains_on_it():
+  for name in datasets.list_datasets():
+    cfg = hparams.get_config('efficientnetv2-b0', name)
+    assert datasets.DATASETS.get(cfg.data.dataset) is datasets.DATASETS.get(
+        name), name
+
+
+@pytest.mark.parametrize('name, preset', [
+    ('digits', 'Digits'), ('Mnist', 'MnistFt'), ('cars', 'CarsFt'),
+    ('imagenet_tfds', 'ImagenetFt'), ('imagenet', 'ImageNet'),
+    ('imagenet21k', 'ImageNet21k'), ('birds', 'BirdsFt')])
+def test_a_dataset_with_a_preset_trains_with_that_preset(name, preset):
+  assert (hparams.get_config('efficientnetv2-b0', name) ==
+          hparams.get_config('efficientnetv2-b0', preset))
+
+
+def test_image_folder_as_a_dataset_config_fine_tunes():
+  cfg = hparams.get_config('efficientnetv2-b0', 'image_folder')
+  fine_tuning = hparams.get_config('efficientnetv2-b0', 'ImagenetFt')
+  assert cfg.data.dataset == 'image_folder' and cfg.data.augname == 'ft'
+  assert cfg.train.lr_base == fine_tuning.train.lr_base
+  assert cfg.train.lr_sched == 'constant' and cfg.train.stages == 0
+  assert cfg.train.batch_size == 64 and cfg.train.min_steps == 0
+
+
+def test_a_new_dataset_class_is_a_dataset_config_of_its_own():
+  cfg = hparams.get_config('efficientnetv2-b0', 'TEST-STRIPES')
+  assert cfg.data.dataset == 'test-stripes' and cfg.data.augname == 'ft'
+
+  class Scans(Stripes):
+    name = 'test-scans'
+    aliases = ('test-scans-2',)
+    preset = 'Digits'
+  cfg = hparams.get_config('efficientnetv2-b0', 'test-scans-2')
+  digits = hparams.get_config('efficientnetv2-b0', 'digits')
+  assert cfg.data.dataset == 'test-scans'
+  assert cfg.train.to_dict() == digits.train.to_dict()
+
+
+def test_a_dataset_naming_an_unknown_preset_is_refused():
+  with pytest.raises(UserError, match="unknown dataset config 'Scanz'"):
+    type('Scans', (Stripes,), {'name': 'test-unknown-preset',
+                               'preset': 'Scanz'})
+  assert 'test-unknown-preset' not in datasets.DATASETS
+
+
 def test_presets_are_found_case_insensitively_and_bind_their_dataset():
   cfg = hparams.get_config('efficientnetv2-b0', 'DIGITS')
   dataset = datasets.from_config(cfg.data)
@@ -242,14 +272,35 @@ def test_from_config_passes_subset_settings():
   cfg = hparams.get_config('efficientnetv2-b0', 'digits',
                            'data.per_class=3,data.fraction=0.5')
   dataset = datasets.from_config(cfg.data)
-  assert dataset.subset == base.Subset(3, 0.5)
+  assert dataset.subset == Subset(3, 0.5)
   with pytest.raises(UserError, match='data.per_class'):
     datasets.from_config(hparams.get_config(
         'efficientnetv2-b0', 'digits', 'data.per_class=0').data)
 
 
-def test_holdout_is_fixed_and_keeps_both_sides_of_small_classes():
-  labels = [0] * 10 + [1] * 2 + [2] * 1
-  mask = base.holdout(labels, 0.3)
-  np.testing.assert_array_equal(mask, base.holdout(labels, 0.3))
-  assert mask[:10].sum() == 3 and mask[10:12].sum() == 1 and not mask[12]
+# The datasets this package defines, one class each, by name.
+PACKAGED = {cls.name: cls
+            for cls in map(datasets.DATASETS.get, datasets.list_datasets())
+            if cls.__module__.startswith('datasets.')}
+
+
+@pytest.fixture(scope='module')
+def offline_data_dirs(tmp_path_factory):
+  """A data_dir each packaged dataset that reads files can read."""
+  folder = str(tmp_path_factory.mktemp('species'))
+  image_files.write_classes(
+      folder, [(f'species_{i:02d}', 'a.png', 'png', 8, 8, 3)
+               for i in range(25)])
+  records = image_files.write_imagenet(str(tmp_path_factory.mktemp('records')))
+  return {'image_folder': folder, 'birds': folder, 'imagenet': records,
+          'imagenet21k': records}
+
+
+@pytest.mark.parametrize('name', sorted(PACKAGED))
+def test_every_packaged_dataset_is_a_dataset_source(name, offline_data_dirs,
+                                                     tmp_path):
+  data_dir = offline_data_dirs.get(name, str(tmp_path))
+  with tfds.testing.mock_data(num_examples=2):  # tfds datasets offline
+    dataset = PACKAGED[name](data_dir)
+    assert isinstance(dataset, DatasetSource)
+    assert len(dataset.class_names) == dataset.num_classes

@@ -34,7 +34,7 @@ DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven',
 # 32 px stage (a second size would trace the step again) and a fixed seed,
 # so that the figures repeat. Three epochs reach about 0.9 top-1.
 RUN = ('data.dataset=image_folder,data.augname=ft_none,data.seed=0,'
-       f'train.isize={IMAGE_SIZE}.0,eval.isize={IMAGE_SIZE},'
+       f'train.image_size={IMAGE_SIZE},eval.isize={IMAGE_SIZE},'
        'model.width_coefficient=0.25,model.depth_coefficient=0.2,'
        'train.epochs=3,train.stages=1')
 

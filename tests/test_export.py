@@ -10,23 +10,22 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
+from app import inference
+from app import runs
 import datasets
 import hparams
 from efficientnetv2_tf import distribute
 from efficientnetv2_tf import export
 from efficientnetv2_tf import predict
-from efficientnetv2_tf import runs
 from efficientnetv2_tf import trainer as trainer_lib
 from hparams import models
 from hparams.errors import UserError
+from tests import conftest
 from tests import tf1_reference
 
 pytestmark = pytest.mark.slow
 
-TINY_RUN = ('model.width_coefficient=0.25,model.depth_coefficient=0.2,'
-            'train.batch_size=32,data.per_class=16,train.isize=32.0,'
-            'eval.isize=32,data.ibase=16,eval.batch_size=120,'
-            'train.lr_warmup_epoch=0.0,train.epochs=1,train.stages=1')
+TINY_RUN = f'{conftest.TINY_RUN},train.epochs=1,train.stages=1'
 IMAGES = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(
     np.float32)
 
@@ -42,7 +41,7 @@ def exported(tmp_path_factory):
                                 distribute.get_strategy('cpu'))
   trainer.restore()
   export_dir = os.path.join(model_dir, 'export')
-  info = runs.run_export(export.load_run(model_dir), export_dir,
+  info = inference.run_export(export.load_run(model_dir), export_dir,
                          overwrite=False, quantization='none')
   return model_dir, export_dir, trainer, info
 
@@ -181,7 +180,7 @@ def test_predict_reports_a_corrupt_image_and_classifies_the_rest(
   (folder / 'b.jpg').write_bytes(tf.io.encode_jpeg(pixels).numpy())
   (folder / 'broken.jpg').write_bytes(b'not an image')
   output = str(tmp_path / 'predictions.json')
-  rows = runs.run_predict(export_dir, str(folder), 3, output)
+  rows = inference.run_predict(export_dir, str(folder), 3, output)
   assert [os.path.basename(r['file']) for r in rows] == [
       'a.png', 'b.jpg', 'broken.jpg']
   assert 'Unknown image file format' in rows[2]['error']
@@ -189,14 +188,15 @@ def test_predict_reports_a_corrupt_image_and_classifies_the_rest(
   assert json.load(open(output)) == rows
   assert '2 images classified, 1 unreadable' in capsys.readouterr().out
   # A run directory gives the same answer as its export.
-  from_run = predict.predict(model_dir, str(folder / 'a.png'), top_k=3)
+  from_run = predict.predict(model_dir, [str(folder / 'a.png')],
+                             top_k=3)
   assert [p['id'] for p in from_run[0]['top_k']] == [
       p['id'] for p in rows[0]['top_k']]
 
 
 def test_benchmark_prints_one_line_per_batch_size(exported, capsys):
   model_dir, _, _, _ = exported
-  runs.run_benchmark(export.load_run(model_dir), None, '1,2', 2, False)
+  inference.run_benchmark(export.load_run(model_dir), None, '1,2', 2, False)
   lines = [l for l in capsys.readouterr().out.splitlines()
            if l.startswith('benchmark ')]
   assert [json.loads(l[len('benchmark '):])['batch_size']
@@ -208,7 +208,7 @@ def test_export_refuses_a_non_empty_dir_and_a_run_without_checkpoint(
     exported, tmp_path):
   _, export_dir, _, _ = exported
   with pytest.raises(UserError, match='exists and is not empty; pass '
-                     '--overwrite'):
+                     'overwrite=True'):
     export.check_options(export_dir, overwrite=False)
   with pytest.raises(UserError, match='is not a run directory'):
     export.load_run(str(tmp_path))

@@ -11,7 +11,7 @@ from efficientnetv2_tf.preprocessing import Augmentation
 from hparams.errors import UserError
 from tests import image_files
 
-# (class, file, format, height, width, channels)
+# `image_files.ImageFile`s: (class, file, format, height, width, channels)
 TRAIN_FILES = [
     ('cat', 'a.jpg', 'jpeg', 40, 30, 3),
     ('cat', 'b.PNG', 'png', 20, 50, 4),  # RGBA, upper-case extension
@@ -23,13 +23,8 @@ TRAIN_FILES = [
     ('owl', 'a.jpg', 'jpeg', 30, 30, 3),
     ('owl', 'b.gif', 'gif', 28, 20, 1),
 ]
-
-
-def _write_split(folder, files, seed=0):
-  for i, (label, name, fmt, height, width, channels) in enumerate(files):
-    image_files.write(os.path.join(folder, label, name),
-                      image_files.pixels(height, width, channels, seed + i),
-                      fmt)
+# Two classes of one tiny PNG each.
+TINY_AB = [('a', 'x.png', 'png', 4, 4, 3), ('b', 'x.png', 'png', 4, 4, 3)]
 
 
 @pytest.fixture(scope='module')
@@ -37,7 +32,7 @@ def split_folders(tmp_path_factory):
   """train/ with every format, a corrupt and a truncated file and a note;
   valid/ with two classes."""
   root = str(tmp_path_factory.mktemp('folders'))
-  _write_split(os.path.join(root, 'train'), TRAIN_FILES)
+  image_files.write_classes(os.path.join(root, 'train'), TRAIN_FILES)
   image_files.write(os.path.join(root, 'train', 'owl', 'broken.jpg'),
                     data=b'this is not an image')
   whole = image_files.encode(image_files.pixels(30, 30), 'jpeg')
@@ -45,9 +40,9 @@ def split_folders(tmp_path_factory):
                     data=whole[:len(whole) // 2])
   image_files.write(os.path.join(root, 'train', 'cat', 'notes.txt'),
                     data=b'not listed')
-  _write_split(os.path.join(root, 'valid'),
-               [('cat', 'v.jpg', 'jpeg', 20, 20, 3),
-                ('owl', 'v.png', 'png', 20, 20, 3)], seed=50)
+  image_files.write_classes(os.path.join(root, 'valid'),
+                            [('cat', 'v.jpg', 'jpeg', 20, 20, 3),
+                             ('owl', 'v.png', 'png', 20, 20, 3)], seed=50)
   return root
 
 
@@ -97,8 +92,8 @@ def test_training_pipeline_augments_mixed_sizes(split_folders):
 def single_folder(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('single'))
   for label, count in (('ants', 10), ('bees', 5)):
-    _write_split(root, [(label, f'{i}.png', 'png', 8, 8, 3)
-                        for i in range(count)])
+    image_files.write_classes(root, [(label, f'{i}.png', 'png', 8, 8, 3)
+                                     for i in range(count)])
   return root
 
 
@@ -120,27 +115,15 @@ def test_per_class_takes_a_spread_of_files(single_folder):
 
 
 def test_archive_wrapper_folders_are_descended(tmp_path):
-  _write_split(str(tmp_path / 'download' / 'birds' / 'training_set'),
-               [('crow', 'a.jpg', 'jpeg', 8, 8, 3),
-                ('kite', 'a.jpg', 'jpeg', 8, 8, 3)])
-  _write_split(str(tmp_path / 'download' / 'birds' / 'validation_set'),
-               [('crow', 'b.jpg', 'jpeg', 8, 8, 3)])
+  wrapper = tmp_path / 'download' / 'birds'
+  image_files.write_classes(str(wrapper / 'training_set'),
+                            [('crow', 'a.jpg', 'jpeg', 8, 8, 3),
+                             ('kite', 'a.jpg', 'jpeg', 8, 8, 3)])
+  image_files.write_classes(str(wrapper / 'validation_set'),
+                            [('crow', 'b.jpg', 'jpeg', 8, 8, 3)])
   dataset = datasets.get_dataset('image_folder', str(tmp_path / 'download'))
   assert dataset.class_names == ['crow', 'kite']
   assert dataset.split_size('eval') == 1
-
-
-def test_birds_checks_its_25_classes(tmp_path):
-  files = [(f'species_{i:02d}', 'a.jpg', 'jpeg', 8, 8, 3) for i in range(25)]
-  _write_split(str(tmp_path / 'good' / 'training_set'), files)
-  _write_split(str(tmp_path / 'good' / 'validation_set'), files[:3])
-  birds = datasets.get_dataset('birds', str(tmp_path / 'good'))
-  assert birds.num_classes == 25 and len(birds.class_names) == 25
-  assert birds.split_size('eval') == 3
-  _write_split(str(tmp_path / 'bad' / 'train'), files[:3])
-  with pytest.raises(UserError, match="should have 25 classes but '.*bad' "
-                     'has 3'):
-    datasets.get_dataset('birds', str(tmp_path / 'bad')).class_names
 
 
 @pytest.mark.parametrize('make, split, message', [
@@ -154,21 +137,17 @@ def test_birds_checks_its_25_classes(tmp_path):
                    image_files.write(os.path.join(root, 'b', 'x.png'),
                                      image_files.pixels(4, 4), 'png')),
      'train', r"class folder '.*a' has no images"),
-    (lambda root: _write_split(os.path.join(root, 'train'),
-                               [('a', 'x.png', 'png', 4, 4, 3),
-                                ('b', 'x.png', 'png', 4, 4, 3)]),
+    (lambda root: image_files.write_classes(os.path.join(root, 'train'),
+                                            TINY_AB),
      'test', r"no test folder in '.*'; name it one of test, testing"),
-    (lambda root: (_write_split(os.path.join(root, 'train'),
-                                [('a', 'x.png', 'png', 4, 4, 3),
-                                 ('b', 'x.png', 'png', 4, 4, 3)]),
-                   _write_split(os.path.join(root, 'val'),
-                                [('c', 'x.png', 'png', 4, 4, 3)])),
+    (lambda root: (image_files.write_classes(os.path.join(root, 'train'),
+                                             TINY_AB),
+                   image_files.write_classes(os.path.join(root, 'val'),
+                                             [('c', 'x.png', 'png', 4, 4, 3)])),
      'eval', r"'.*val/c' is not one of the 2 training classes"),
-    (lambda root: _write_split(os.path.join(root, 'val'),
-                               [('a', 'x.png', 'png', 4, 4, 3),
-                                ('b', 'x.png', 'png', 4, 4, 3)]) or
-     _write_split(os.path.join(root, 'test'),
-                  [('a', 'x.png', 'png', 4, 4, 3)]),
+    (lambda root: image_files.write_classes(os.path.join(root, 'val'),
+                                            TINY_AB) or
+     image_files.write_classes(os.path.join(root, 'test'), TINY_AB[:1]),
      'train', 'but no training folder; name it one of train'),
 ])
 def test_bad_folders_get_an_error_naming_the_path(tmp_path, make, split,
@@ -182,7 +161,7 @@ def test_bad_folders_get_an_error_naming_the_path(tmp_path, make, split,
 
 def test_missing_data_dir_says_to_pass_one():
   with pytest.raises(UserError, match="dataset 'image_folder' needs "
-                     '--data_dir'):
+                     'data_dir'):
     datasets.get_dataset('image_folder').class_names
 
 
@@ -208,9 +187,11 @@ def test_data_after_the_end_of_a_jpeg_is_tolerated(tmp_path):
 def test_damage_inside_a_file_is_dropped_at_decode_time(tmp_path):
   """A PNG whose end marker is intact but whose pixel data is garbage passes
   the listing check; the pipeline drops it instead of failing."""
-  _write_split(str(tmp_path / 'train'), [('a', 'ok.png', 'png', 8, 8, 3),
-                                         ('b', 'ok.png', 'png', 8, 8, 3)])
-  _write_split(str(tmp_path / 'val'), [('a', 'ok.png', 'png', 8, 8, 3)])
+  image_files.write_classes(str(tmp_path / 'train'),
+                            [('a', 'ok.png', 'png', 8, 8, 3),
+                             ('b', 'ok.png', 'png', 8, 8, 3)])
+  image_files.write_classes(str(tmp_path / 'val'),
+                            [('a', 'ok.png', 'png', 8, 8, 3)])
   good = image_files.encode(image_files.pixels(8, 8), 'png')
   damaged = good[:40] + b'\0' * (len(good) - 52) + good[-12:]
   image_files.write(str(tmp_path / 'train' / 'b' / 'bad.png'), data=damaged)

@@ -1,7 +1,7 @@
-"""ImageNet-1k and -21k from TFRecord files that the tests write."""
+"""ImageNet-1k and -21k from TFRecord files that the tests write: their
+splits, labels and class lists."""
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import datasets
 from efficientnetv2_tf.preprocessing import Augmentation
@@ -9,36 +9,9 @@ from hparams.errors import UserError
 from tests import image_files
 
 
-def _bytes(value):
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _ints(values):
-  return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-
-def _write(path, examples):
-  with tf.io.TFRecordWriter(str(path)) as writer:
-    for features in examples:
-      writer.write(tf.train.Example(features=tf.train.Features(
-          feature=features)).SerializeToString())
-
-
 @pytest.fixture(scope='module')
 def imagenet_dir(tmp_path_factory):
-  """22 train files of 2 records and 2 validation files of 3; labels are
-  1-based and encode the file and record, so splits can be told apart."""
-  root = tmp_path_factory.mktemp('imagenet')
-  jpeg = image_files.encode(image_files.pixels(20, 30), 'jpeg')
-  for i in range(22):
-    _write(root / f'train-{i:05d}-of-00022',
-           [{'image/encoded': _bytes(jpeg),
-             'image/class/label': _ints([1 + 2 * i + j])} for j in range(2)])
-  for i in range(2):
-    _write(root / f'validation-{i:05d}-of-00002',
-           [{'image/encoded': _bytes(jpeg),
-             'image/class/label': _ints([900 + 3 * i + j])} for j in range(3)])
-  return str(root)
+  return image_files.write_imagenet(str(tmp_path_factory.mktemp('imagenet')))
 
 
 def _labels(dataset, split):
@@ -73,32 +46,13 @@ def test_pipeline_decodes_and_one_hot_encodes(imagenet_dir):
   np.testing.assert_array_equal(sorted(np.argmax(labels, 1)), range(899, 905))
 
 
-def test_each_input_pipeline_reads_its_own_files(imagenet_dir):
-  dataset = datasets.get_dataset('imagenet', imagenet_dir)
-  shards = [sorted(int(l) for _, l in dataset.shard_source('minival', 4, i))
-            for i in range(4)]
-  assert sorted(sum(shards, [])) == list(range(40))
-  assert shards[1] == [2, 3, 10, 11, 18, 19, 26, 27, 34, 35]
-
-
-def test_missing_files_name_the_directory_and_pattern(tmp_path):
-  dataset = datasets.get_dataset('imagenet', str(tmp_path))
-  with pytest.raises(UserError, match=r"no TFRecord files for split 'eval' "
-                     r"of dataset 'imagenet': 0 files match 'validation-\*' "
-                     f"in '{tmp_path}'"):
-    dataset.split_size('eval')
-  with pytest.raises(UserError, match='pass --data_dir'):
-    datasets.get_dataset('imagenet').split_size('eval')
-  with pytest.raises(UserError, match="data_dir '/no/such' of dataset "
-                     "'imagenet' does not exist"):
-    datasets.get_dataset('imagenet', '/no/such').split_size('eval')
-
-
 def test_imagenet21k_labels_are_multi_hot(tmp_path):
   jpeg = image_files.encode(image_files.pixels(16, 16), 'jpeg')
   for i in range(21):
-    _write(tmp_path / f'imagenet21k-{i:05d}',
-           [{'image': _bytes(jpeg), 'labels': _ints([i, 21842])}])
+    image_files.write_records(
+        str(tmp_path / f'imagenet21k-{i:05d}'),
+        [{'image': image_files.bytes_feature(jpeg),
+          'labels': image_files.int64_feature([i, 21842])}])
   dataset = datasets.get_dataset('imagenet21k', str(tmp_path))
   assert dataset.multi_label and dataset.num_classes == 21843
   _, labels = next(iter(dataset.pipeline(

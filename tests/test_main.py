@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 import main
+from tests import image_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +50,8 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
     (['--dataset_cfg=cifar10f'],
      "error: unknown dataset config 'cifar10f'; did you mean 'cifar10ft'?"),
     (['--hparam_str=model.num_classes=0'],
-     "error: model.num_classes=0 but dataset 'digits' has 10 classes"),
+     'error: model.num_classes must be a positive int; received: '
+     'num_classes=0'),
     (['--dataset_cfg=imagenet'],
      "error: dataset 'imagenet' reads TFRecord files and is not downloaded; "
      'pass --data_dir'),
@@ -65,7 +67,7 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
      'error: data.ram: augmentation magnitude must be a number in [0, 30]; '
      'received magnitude=45'),
     (['--hparam_str=data.dataset=image_folder', '--data_dir=/no/such/dir'],
-     "error: data_dir '/no/such/dir' of dataset 'image_folder' does not "
+     "error: --data_dir '/no/such/dir' of dataset 'image_folder' does not "
      'exist'),
     (['--mode=predcit'],
      "error: unknown --mode 'predcit'; allowed: train, eval, traineval"),
@@ -84,7 +86,8 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
     (['--hparam_str=train.optimizer=adamx'],
      "error: unknown optimizer 'adamx'; did you mean 'adam'?"),
     (['--hparam_str=train.batch_size=0'],
-     'error: batch size 0 is not divisible by the 1 replicas'),
+     'error: train.batch_size must be an integer >= 1; received: '
+     'train.batch_size=0'),
     (['--mode=eval'], 'error: no checkpoint in '),
     (['--dataset_module=/no/such.py'],
      "error: --dataset_module '/no/such.py' is not a file"),
@@ -131,3 +134,25 @@ def test_a_dataset_defined_in_a_user_file_is_usable(tmp_path):
                     'data.per_class=2,train.batch_size=3')
   assert result.returncode == 0, result.stderr
   assert 'blobs: 3 classes, 6 training images; 4 steps' in result.stdout
+
+
+def test_a_dataset_name_is_a_dataset_config(tmp_path):
+  """`--dataset_cfg=image_folder` fine-tunes on a folder, as a user runs it:
+  the dataset's name is known before the config is resolved."""
+  for split, count in (('train', 3), ('val', 1)):
+    for label in ('cat', 'dog'):
+      for i in range(count):
+        image_files.write(str(tmp_path / 'photos' / split / label /
+                              f'{i}.jpg'),
+                          image_files.pixels(24, 24, seed=i))
+  result = run_main('--dataset_cfg=image_folder', '--mode=train',
+                    f'--data_dir={tmp_path / "photos"}',
+                    f'--model_dir={tmp_path / "run"}',
+                    f'--hparam_str={TINY_RUN},train.batch_size=2,'
+                    'eval.isize=32')
+  assert result.returncode == 0, result.stderr
+  assert 'image_folder: 2 classes, 6 training images; 6 steps' in (
+      result.stdout)
+  saved = yaml.safe_load((tmp_path / 'run' / 'config.yaml').read_text())
+  assert saved['data']['augname'] == 'ft'
+  assert saved['train']['lr_sched'] == 'constant'

@@ -1,3 +1,5 @@
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -5,25 +7,13 @@ import pytest
 import efficientnetv2_tf
 import hparams
 from efficientnetv2_tf import EfficientNet
+from efficientnetv2_tf import official
 from hparams.errors import UserError
+from hparams.models import V2_BASE_BLOCKS
+from hparams.specs import ModelSpec
 from tests.conftest import TINY
+from tests.oracle_fixtures import PARAM_COUNTS
 
-# All variables at 1000 classes, as the original implementation counts them,
-# except efficientnet-b3: the V1 checkpoints were trained with V1's channel
-# rounding, which the V2 code (12,314,268) dropped. b8 and l2 round as V1
-# did too; their trainable counts, 87,413,142 and 480,309,308, are timm's
-# 87.4M and 480.3M for the same checkpoints.
-PARAMS = {
-    'efficientnetv2-b0': 7_200_312, 'efficientnetv2-b1': 8_212_124,
-    'efficientnetv2-b2': 10_178_374, 'efficientnetv2-b3': 14_467_622,
-    'efficientnetv2-s': 21_612_360, 'efficientnetv2-m': 54_431_388,
-    'efficientnetv2-l': 119_027_848, 'efficientnetv2-xl': 208_896_832,
-    'efficientnet-b0': 5_330_564, 'efficientnet-b1': 7_856_232,
-    'efficientnet-b2': 9_177_562, 'efficientnet-b3': 12_320_528,
-    'efficientnet-b4': 19_466_816, 'efficientnet-b5': 30_562_520,
-    'efficientnet-b6': 43_265_136, 'efficientnet-b7': 66_658_680,
-    'efficientnet-b8': 87_793_174, 'efficientnet-l2': 481_399_996,
-}
 TRAINABLE = {'efficientnetv2-b0': 7_139_704, 'efficientnetv2-s': 21_458_488,
              'efficientnet-b8': 87_413_142, 'efficientnet-l2': 480_309_308}
 LARGE = {'efficientnetv2-m', 'efficientnetv2-l', 'efficientnetv2-xl',
@@ -36,15 +26,15 @@ def _count(weights):
 
 
 def test_every_model_name_has_a_parameter_count_test():
-  assert sorted(PARAMS) == efficientnetv2_tf.list_models()
+  assert sorted(PARAM_COUNTS) == efficientnetv2_tf.list_models()
 
 
 @pytest.mark.parametrize('name', [
     pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n
-    for n in sorted(PARAMS)])
+    for n in sorted(PARAM_COUNTS)])
 def test_parameter_count_and_output_shape(name):
   model = efficientnetv2_tf.get_model(name)
-  assert model.count_params() == PARAMS[name]
+  assert model.count_params() == PARAM_COUNTS[name]
   if name in TRAINABLE:
     assert _count(model.trainable_weights) == TRAINABLE[name]
   assert tuple(model(np.zeros((1, 32, 32, 3)), training=False).shape) == (
@@ -147,13 +137,13 @@ def test_bn_sync_changes_no_variable_nor_the_checkpoint_mapping():
                                        bn_sync=True)
   assert not any(bn.synchronized for bn in batch_norms(plain))
   assert [w.path for w in synced.weights] == [w.path for w in plain.weights]
-  official = {name: v.path for name, v in
-              efficientnetv2_tf.checkpoints.official_variable_map(
-                  plain, 'efficientnetv2-b0').items()}
-  assert len(official) == len(plain.weights)
+  mapping = {name: v.path for name, v in
+             official.official_variable_map(
+                 plain, 'efficientnetv2-b0').items()}
+  assert len(mapping) == len(plain.weights)
   assert {name: v.path for name, v in
-          efficientnetv2_tf.checkpoints.official_variable_map(
-              synced, 'efficientnetv2-b0').items()} == official
+          official.official_variable_map(
+              synced, 'efficientnetv2-b0').items()} == mapping
 
 
 @pytest.mark.parametrize('bn_sync, synchronized', [
@@ -239,7 +229,7 @@ def test_width_0_1_ablation_runs():
 
 @pytest.mark.parametrize('num_classes', [0, -3])
 def test_non_positive_num_classes_is_rejected(num_classes):
-  with pytest.raises(UserError, match=f'received num_classes={num_classes}'):
+  with pytest.raises(UserError, match=f'received: num_classes={num_classes}'):
     efficientnetv2_tf.get_model('efficientnetv2-b0',
                                 {'num_classes': num_classes})
 
@@ -260,7 +250,8 @@ def test_unknown_model_name_lists_known_names():
     ('num_clases=10', "unknown config key 'model.num_clases'"),
     ('dropout_rate=high', 'model.dropout_rate=.high. has the wrong type'),
     (42, "must be a dict, a YAML file path or 'key=value,...'"),
-    ('depth_divisor=0', 'depth_divisor must be > 0, received depth_divisor=0'),
+    ('depth_divisor=0',
+     'model.depth_divisor must be > 0; received: depth_divisor=0'),
     ('conv_dropout=1.5', r'conv_dropout must be in \[0, 1\)'),
     ('dropout_rate=None', 'model.dropout_rate=None has the wrong type'),
     ('bn_sync=yes', 'model.bn_sync=.yes. has the wrong type'),
@@ -274,3 +265,36 @@ def test_bad_block_string_in_model_config_is_rejected():
   with pytest.raises(UserError, match="unknown key in 'q3'"):
     efficientnetv2_tf.get_model('efficientnetv2-b0',
                                 {'blocks_args': ['r1_k3_s1_e1_i32_o16_q3']})
+
+
+def test_accessors_name_the_head_and_leave_the_backbone():
+  model = EfficientNet(V2_BASE_BLOCKS, num_classes=3, width_coefficient=0.25,
+                       depth_coefficient=0.2, dropout_rate=0.3)
+  assert model.classifier.units == 3
+  assert model.top_dropout.rate == pytest.approx(0.3)
+  backbone = model.backbone_layers()
+  assert model.classifier not in backbone and model.top_dropout not in backbone
+  assert len(backbone) == len(model.layers) - 2
+  features = EfficientNet(V2_BASE_BLOCKS, include_top=False,
+                          width_coefficient=0.25, depth_coefficient=0.2)
+  assert features.classifier is None and features.top_dropout is None
+  assert features.backbone_layers() == features.layers
+
+
+def test_arguments_default_to_the_model_spec_and_from_spec_overrides():
+  model = EfficientNet(V2_BASE_BLOCKS, width_coefficient=0.25,
+                       depth_coefficient=0.2)
+  assert model.spec == ModelSpec(blocks_args=V2_BASE_BLOCKS,
+                                 width_coefficient=0.25,
+                                 depth_coefficient=0.2)
+  assert model.name == 'efficientnet' and model.num_classes == 1000
+  clone = EfficientNet.from_spec(model.spec, num_classes=4, name='clone')
+  assert clone.spec == dataclasses.replace(model.spec, num_classes=4,
+                                           name='clone')
+  assert clone.classifier.units == 4
+
+
+def test_a_bad_argument_is_named_by_the_constructor():
+  with pytest.raises(UserError, match=r'model.dropout_rate must be in '
+                     r'\[0, 1\); received: dropout_rate=1.5'):
+    EfficientNet(V2_BASE_BLOCKS, dropout_rate=1.5)

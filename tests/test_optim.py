@@ -1,5 +1,6 @@
-"""Schedules, optimizers, loss terms, clipping and EMA; eager, in tf.function
-and, in a subprocess, under MirroredStrategy over two logical CPUs."""
+"""Schedules, optimizers, loss terms, clipping, and the EMA with them; eager,
+in tf.function and, in a subprocess, under MirroredStrategy over two
+logical CPUs."""
 import doctest
 import math
 import os
@@ -450,125 +451,6 @@ def test_unknown_loss_type_names_the_value_and_the_allowed_ones():
   assert optim.check_loss_type('sigmoid') == 'sigmoid'
 
 
-# --------------------------------------------------------------------- EMA
-
-
-def test_ema_follows_the_originals_num_updates_warmup():
-  w = tf.Variable([1.0, -1.0])
-  ema = optim.ExponentialMovingAverage([w], decay=0.99)
-  expected = np.array([1.0, -1.0])
-  for step, value in ((1, [2.0, 0.0]), (2, [4.0, 2.0]), (3, [0.0, 8.0])):
-    w.assign(value)
-    ema.update(step)
-    decay = min(0.99, (1 + step) / (10 + step))
-    expected = decay * expected + (1 - decay) * np.array(value)
-    np.testing.assert_allclose(ema.averages[0].numpy(), expected, rtol=1e-6)
-  np.testing.assert_allclose(w.numpy(), [0.0, 8.0])  # untouched by update
-
-
-def test_ema_uses_the_decay_itself_once_warmed_up():
-  ema = optim.ExponentialMovingAverage([tf.Variable(0.0)], decay=0.9)
-  assert float(ema.decay_at(1000)) == pytest.approx(0.9)
-  assert float(ema.decay_at(0)) == pytest.approx(0.1)
-
-
-def test_ema_updates_inside_tf_function():
-  w = tf.Variable(0.0)
-  ema = optim.ExponentialMovingAverage([w], decay=0.5)
-  step = tf.Variable(100, dtype=tf.int64)
-
-  @tf.function
-  def train_step():
-    w.assign_add(1.0)
-    step.assign_add(1)
-    ema.update(step)
-
-  train_step()
-  train_step()
-  assert float(ema.averages[0].numpy()) == pytest.approx(0.5 * 0.5 + 0.5 * 2)
-
-
-def test_ema_averages_batch_norm_moving_statistics():
-  model = keras.Sequential([keras.Input((2,)),
-                            keras.layers.BatchNormalization(momentum=0.5)])
-  bn = model.layers[0]
-  ema = optim.ExponentialMovingAverage(model.weights, decay=0.9)
-  model(tf.constant([[2.0, 4.0], [4.0, 8.0]]), training=True)
-  np.testing.assert_allclose(bn.moving_mean.numpy(), [1.5, 3.0])
-  ema.update(1000)
-  index = [v.path for v in model.weights].index(bn.moving_mean.path)
-  np.testing.assert_allclose(ema.averages[index].numpy(), [0.15, 0.3],
-                             rtol=1e-6)
-
-
-def test_ema_applied_swaps_in_and_back():
-  w = tf.Variable([1.0, 2.0])
-  ema = optim.ExponentialMovingAverage([w], decay=0.5)
-  w.assign([3.0, 4.0])
-  with ema.applied():
-    np.testing.assert_allclose(w.numpy(), [1.0, 2.0])
-  np.testing.assert_allclose(w.numpy(), [3.0, 4.0])
-  np.testing.assert_allclose(ema.averages[0].numpy(), [1.0, 2.0])
-
-
-def test_ema_applied_swaps_back_on_error():
-  w = tf.Variable([1.0, 2.0])
-  ema = optim.ExponentialMovingAverage([w], decay=0.5)
-  w.assign([3.0, 4.0])
-  with pytest.raises(RuntimeError, match='eval failed'):
-    with ema.applied():
-      raise RuntimeError('eval failed')
-  np.testing.assert_allclose(w.numpy(), [3.0, 4.0])
-
-
-def test_ema_swap_twice_restores_also_in_tf_function():
-  w = tf.Variable([1.0, 2.0])
-  ema = optim.ExponentialMovingAverage([w], decay=0.5)
-  w.assign([3.0, 4.0])
-  swap = tf.function(ema.swap)
-  swap()
-  np.testing.assert_allclose(w.numpy(), [1.0, 2.0])
-  np.testing.assert_allclose(ema.averages[0].numpy(), [3.0, 4.0])
-  swap()
-  np.testing.assert_allclose(w.numpy(), [3.0, 4.0])
-
-
-def test_ema_copy_to_writes_the_averages_elsewhere():
-  w = tf.Variable([1.0, 2.0])
-  ema = optim.ExponentialMovingAverage([w], decay=0.5)
-  w.assign([3.0, 4.0])
-  target = tf.Variable([0.0, 0.0])
-  ema.copy_to([target])
-  np.testing.assert_allclose(target.numpy(), [1.0, 2.0])
-  np.testing.assert_allclose(w.numpy(), [3.0, 4.0])
-  with pytest.raises(ValueError, match='1 averages but 2 variables'):
-    ema.copy_to([target, target])
-
-
-def test_ema_checkpoint_holds_only_the_averages_and_round_trips(tmp_path):
-  w = tf.Variable([1.0, 2.0])
-  ema = optim.ExponentialMovingAverage([w], decay=0.5)
-  w.assign([3.0, 4.0])
-  ema.update(1000)
-  path = tf.train.Checkpoint(ema=ema).save(str(tmp_path / 'ckpt'))
-  keys = [name for name, _ in tf.train.list_variables(path)
-          if name.startswith('ema/')]
-  assert keys == ['ema/averages/0/.ATTRIBUTES/VARIABLE_VALUE']
-  restored = optim.ExponentialMovingAverage([tf.Variable([0.0, 0.0])], 0.5)
-  tf.train.Checkpoint(ema=restored).restore(path).assert_consumed()
-  np.testing.assert_allclose(restored.averages[0].numpy(), [2.0, 3.0])
-
-
-def test_maybe_ema_is_none_without_decay_and_bad_decays_are_user_errors():
-  w = tf.Variable(1.0)
-  assert optim.maybe_ema([w], 0.0) is None
-  assert optim.maybe_ema([w], -1.0) is None
-  assert isinstance(optim.maybe_ema([w], 0.9999),
-                    optim.ExponentialMovingAverage)
-  with pytest.raises(UserError, match='Received: decay=1.0'):
-    optim.maybe_ema([w], 1.0)
-
-
 # ------------------------------------------------------- MirroredStrategy
 
 MIRRORED_SCRIPT = r'''
@@ -581,6 +463,7 @@ cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
+from efficientnetv2_tf import ema as ema_lib
 from efficientnetv2_tf import optim
 
 strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
@@ -600,7 +483,7 @@ with strategy.scope():
   w, bn, lr, reducer = build()
   optimizer = optim.build_optimizer('sgd', lr)
   optimizer.build([w])
-  ema = optim.maybe_ema([w, bn.moving_mean], decay=0.9)
+  ema = ema_lib.maybe_ema([w, bn.moving_mean], decay=0.9)
   assert isinstance(ema.averages[0], tf.distribute.DistributedValues)
 
 # Replica r sees example weight r + 1 and input r + 1, so replicas differ.
@@ -672,7 +555,7 @@ path = tf.train.Checkpoint(ema=ema, plateau=reducer).save(
     os.path.join(sys.argv[1], 'ckpt'))
 with strategy.scope():
   w_new, bn_new, lr_new, reducer_new = build()
-  ema_new = optim.maybe_ema([w_new, bn_new.moving_mean], decay=0.9)
+  ema_new = ema_lib.maybe_ema([w_new, bn_new.moving_mean], decay=0.9)
 tf.train.Checkpoint(ema=ema_new, plateau=reducer_new).restore(
     path).assert_consumed()
 check(ema_new.averages[0], avg2)

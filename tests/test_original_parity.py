@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import efficientnetv2_tf
-from efficientnetv2_tf import checkpoints
+from efficientnetv2_tf import official
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import preprocess_image
 from tests import oracle_fixtures
@@ -65,7 +65,7 @@ def test_raw_weights_of_an_original_checkpoint_give_its_raw_logits(tmp_path):
   prefix = _checkpoint(tmp_path, 'efficientnetv2-s')
   model = efficientnetv2_tf.get_model(
       'efficientnetv2-s', oracle_fixtures.model_config('efficientnetv2-s'))
-  checkpoints.load_official(model, prefix, 'efficientnetv2-s',
+  official.load_official(model, prefix, 'efficientnetv2-s',
                             prefer_ema=False)
   images = oracle_fixtures.load('official_checkpoints')['images']
   np.testing.assert_allclose(model(images, training=False),

@@ -139,7 +139,7 @@ def test_ibase_zero_starts_at_half_the_training_size():
 
 
 def test_image_size_is_never_below_16():
-  stages = make_plan('data.ibase=4,train.isize=32')
+  stages = make_plan('data.ibase=4,train.image_size=32')
   assert column(stages, 'image_size') == [16, 18, 25, 32]
 
 
@@ -202,3 +202,49 @@ def test_module_docstring_example_runs():
   result = doctest.testmod(progressive, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0
   assert result.failed == 0
+
+
+def digits_config(*overrides):
+  return hparams.get_config('efficientnetv2-b0', 'digits',
+                            'train.batch_size=32', *overrides)
+
+
+def test_make_plan_checks_batch_and_replicas():
+  cfg = digits_config()
+  with pytest.raises(UserError, match='batch size 32 is not divisible by the '
+                     '3 replicas'):
+    progressive.make_plan(cfg, 1000, 3)
+  with pytest.raises(UserError, match='larger than the 10 training images'):
+    progressive.make_plan(cfg, 10, 1)
+  with pytest.raises(UserError, match='train.grad_accum_steps=3 must be >= 1 '
+                     'and divide the per-replica batch 16'):
+    progressive.make_plan(digits_config('train.grad_accum_steps=3'), 64, 2)
+
+
+def test_make_plan_stretches_the_run_without_writing_to_the_config():
+  cfg = digits_config('train.min_steps=100,train.epochs=1,train.stages=2,'
+                      'progressive.stage_epochs=0.25|0.75')
+  before = cfg.to_dict()
+  plan = progressive.make_plan(cfg, 320, 1)  # 10 steps an epoch
+  assert cfg.to_dict() == before
+  assert (plan.epochs, plan.stage_epochs, plan.total_steps) == (
+      10, (2.5, 7.5), 100)
+  assert [(s.start_step, s.end_step) for s in plan.stages] == [(0, 25),
+                                                               (25, 100)]
+  assert plan.epoch_of(50) == 5
+
+
+def test_make_plan_keeps_a_run_that_is_long_enough():
+  plan = progressive.make_plan(digits_config('train.min_steps=10,'
+                                             'train.epochs=3'), 320, 2)
+  assert (plan.global_batch, plan.steps_per_epoch, plan.epochs,
+          plan.total_steps, plan.stage_epochs) == (32, 10, 3, 30, ())
+
+
+def test_plan_to_dict_gives_each_stage_its_epochs():
+  plan = progressive.make_plan(digits_config('train.epochs=4,train.stages=2'),
+                               320, 1)
+  saved = plan.to_dict()
+  assert (saved['epochs'], saved['total_steps']) == (4, 40)
+  assert [s['epochs'] for s in saved['stages']] == [2, 2]
+  assert saved['stages'][1]['image_size'] == plan.stages[1].image_size

@@ -14,11 +14,12 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
+from app import runs
 import main
-from efficientnetv2_tf import checkpoints
-from efficientnetv2_tf import runs
+from efficientnetv2_tf import official
 import hparams
 from hparams import models
+from hparams.weights import TAGS
 from tests import commands
 from tests import image_files
 from tests import reduced_runs
@@ -31,7 +32,7 @@ from tests.reduced_runs import imagenet_dir
 from tests.reduced_runs import published_weights
 from tests.reduced_runs import unoptimised_graphs
 # pylint: enable=unused-import
-from tests.test_model import PARAMS
+from tests.oracle_fixtures import PARAM_COUNTS
 
 ROOT = commands.ROOT
 README_PATH = os.path.join(ROOT, 'README.md')
@@ -74,7 +75,7 @@ ON_QUICK_START_RUN = [argv for argv in MAIN_COMMANDS
 ON_NAMED_WEIGHTS = [argv for argv in MAIN_COMMANDS
                     if _mode(argv) in runs.INFERENCE_MODES
                     and commands.given_flags(argv).get('weights')
-                    in checkpoints.TAGS]
+                    in TAGS]
 
 pytestmark = pytest.mark.usefixtures('unoptimised_graphs')
 
@@ -96,7 +97,7 @@ def test_model_table_matches_presets_counts_and_weights():
   assert sorted(r[0] for r in rows) == hparams.list_models()
   for name, params, train, evaluation, dropout, weights in rows:
     cfg = hparams.get_config(name)
-    assert int(params.replace(',', '')) == PARAMS[name]
+    assert int(params.replace(',', '')) == PARAM_COUNTS[name]
     assert (int(train), int(evaluation)) == (hparams.train_image_size(cfg),
                                              cfg.eval.isize)
     assert float(dropout) == cfg.model.dropout_rate
@@ -115,7 +116,7 @@ def test_python_examples_run(monkeypatch, tmp_path):
   image = np.zeros((1, 32, 32, 3), 'float32')
   directory, _, _ = tf1_reference.official_checkpoint(
       image, tmp_path / 'ckpt', 'efficientnetv2-b0', models.V2_BASE_BLOCKS)
-  monkeypatch.setenv(checkpoints.CACHE_ENV, str(tmp_path / 'cache'))
+  monkeypatch.setenv(official.CACHE_ENV, str(tmp_path / 'cache'))
   tf1_reference.place_in_cache(directory, 'efficientnetv2-b0', 'imagenet')
   namespace = {}
   # The export examples need an export; tests/test_export.py runs them.
@@ -222,12 +223,12 @@ def test_training_command_trains_on_its_dataset(same_runs, data_dirs,
                                                 published_weights, tmp_path,
                                                 monkeypatch):
   argv = same_runs[0]
-  loads = reduced_runs.spy(monkeypatch, checkpoints, 'load_official')
+  loads = reduced_runs.spy(monkeypatch, official, 'load_official')
   run_dir = reduced_runs.train(commands.reduce(argv, tmp_path, data_dirs))
   results = reduced_runs.results(run_dir)
   assert results['dataset'] == commands.configs(argv)[0].data.dataset
   assert results['step'] >= 1
-  if commands.given_flags(argv).get('weights') in checkpoints.TAGS:
+  if commands.given_flags(argv).get('weights') in TAGS:
     assert [report.checkpoint.startswith(published_weights)
             for report in loads] == [True]
 
@@ -252,7 +253,7 @@ def test_commands_on_the_quick_start_run_export_predict_and_benchmark(
 @pytest.mark.parametrize('argv', ON_NAMED_WEIGHTS, ids=_mode)
 def test_commands_on_named_weights_use_the_published_ones(
     argv, published_weights, tmp_path, monkeypatch, capsys):
-  loads = reduced_runs.spy(monkeypatch, checkpoints, 'load_official')
+  loads = reduced_runs.spy(monkeypatch, official, 'load_official')
   reduced = commands.reduce(argv, tmp_path, {})
   commands.run_main(reduced)
   CHECKS[_mode(argv)](commands.given_flags(reduced), capsys.readouterr().out)

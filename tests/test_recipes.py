@@ -17,7 +17,8 @@ import pytest
 import tensorflow as tf
 
 from efficientnetv2_tf import blockargs
-from efficientnetv2_tf import checkpoints
+from efficientnetv2_tf import loading
+from efficientnetv2_tf import official
 from efficientnetv2_tf import progressive
 from efficientnetv2_tf.model import EfficientNet
 from tests import commands
@@ -137,7 +138,7 @@ def test_every_run_of_a_recipe_has_a_valid_config_and_stage_plan(name):
 def test_fine_tuning_recipe_starts_from_the_named_weights(
     name, data_dirs, published_weights, tmp_path, monkeypatch):
   model_name, train_images = FINE_TUNING[name]
-  loads = reduced_runs.spy(monkeypatch, checkpoints, 'load_official')
+  loads = reduced_runs.spy(monkeypatch, official, 'load_official')
   run_dir = _run(name, tmp_path, data_dirs)
   assert reduced_runs.results(run_dir)['step'] == train_images // BATCH
   assert len(loads) == 1
@@ -282,11 +283,11 @@ def test_21k_pretraining_then_fine_tuning_on_1k_loads_its_weights(
   checkpoint = os.path.join(pretrain_dir, 'checkpoints', 'ckpt-1')
   assert any(name.startswith('ema/')
              for name, _ in tf.train.list_variables(checkpoint))
-  located = reduced_runs.spy(monkeypatch, checkpoints, 'locate')
+  located = reduced_runs.spy(monkeypatch, loading, 'locate')
   fine_tune_dir = _run(FINE_TUNE_1K, tmp_path, data_dirs)
   results = reduced_runs.results(fine_tune_dir)
   assert results['dataset'] == 'imagenet2012' and results['step'] == 1
-  assert located == [checkpoints.Checkpoint(checkpoint, 'tf2', 21843)]
+  assert located == [loading.Checkpoint(checkpoint, 'tf2', 21843)]
   assert reduced_runs.saved_config(fine_tune_dir)['train']['ft_init_ema']
   assert ('Checkpoint head has 21843 classes, the model 1000: the classifier '
           'is not loaded') in caplog.text

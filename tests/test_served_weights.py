@@ -16,8 +16,8 @@ import tensorflow as tf
 
 import efficientnetv2_tf
 import hparams
-from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import export
+from efficientnetv2_tf import official
 from hparams.errors import UserError
 from tests import commands
 from tests import oracle_fixtures
@@ -30,10 +30,10 @@ CASES = [('efficientnetv2-b0', 'imagenet'),
 def _place(model_name, tag, tmp_path, monkeypatch):
   """The original's checkpoint of `model_name`, packed as the archive of
   `tag` and put where the download would keep it."""
-  monkeypatch.setenv(checkpoints.CACHE_ENV, str(tmp_path / 'cache'))
+  monkeypatch.setenv(official.CACHE_ENV, str(tmp_path / 'cache'))
   directory = str(tmp_path / 'checkpoint')
   oracle_fixtures.write_official_checkpoint(directory, model_name)
-  archive = checkpoints.archive_path(model_name, tag)
+  archive = official.archive_path(model_name, tag)
   os.makedirs(os.path.dirname(archive), exist_ok=True)
   oracle_fixtures.pack_archive(directory, archive)
 

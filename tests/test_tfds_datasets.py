@@ -82,7 +82,7 @@ def test_offline_download_failure_says_how_to_pass_a_local_copy(
   with pytest.raises(UserError, match=r"could not download or prepare tfds "
                      r"dataset 'mnist' \(ConnectionError: name resolution "
                      r"failed\).*tfds build mnist --data_dir=DIR.*"
-                     r"--data_dir=DIR"):
+                     r"pass data_dir=DIR"):
     dataset.class_names  # pylint: disable=pointless-statement
 
 

@@ -15,7 +15,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from efficientnetv2_tf import checkpoints
+from efficientnetv2_tf import official
 
 BN_EPSILON = 1e-3
 
@@ -149,6 +149,11 @@ def write_checkpoint(prefix, tensors):
                     tensors=[tf.constant(tensors[n]) for n in names])
 
 
+# Two random images in [-1, 1] at 64 px, as the reference forward passes take.
+IMAGES = np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)).astype(
+    'float32')
+
+
 def official_checkpoint(images, directory, model_name, blocks_args,
                         num_classes=1000, width=1.0, depth=1.0, floor=0.0,
                         extra=None, drop=(), state=True):
@@ -188,8 +193,8 @@ def archive(directory, path):
 
 def place_in_cache(directory, model_name, tag):
   """Packs a checkpoint directory as the archive of published weights and
-  puts it where `checkpoints.download` keeps it, so that loading those
+  puts it where `official.download` keeps it, so that loading those
   weights takes the real download path without touching the network."""
-  path = pathlib.Path(checkpoints.archive_path(model_name, tag))
+  path = pathlib.Path(official.archive_path(model_name, tag))
   path.parent.mkdir(parents=True, exist_ok=True)
   return archive(directory, path)

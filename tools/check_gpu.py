@@ -22,7 +22,7 @@ import tensorflow as tf
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 TINY = ('model.width_coefficient=0.25,model.depth_coefficient=0.2,'
-        'train.epochs=1,train.stages=1,train.isize=32.0')
+        'train.epochs=1,train.stages=1,train.image_size=32')
 
 
 def train_on_one_gpu(mixed_precision: bool) -> bool:

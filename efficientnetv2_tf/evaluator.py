@@ -1,0 +1,139 @@
+"""Evaluation on the eval split: once, or each checkpoint as it appears.
+
+    evaluator = Evaluator(cfg, dataset, model, ema, strategy, reporter)
+    metrics = evaluator.evaluate(step)
+    metrics = evaluator.evaluate_checkpoints(state, plan, timeout=600)
+
+Evaluation uses the EMA of the weights when there is one, as the original
+did, and leaves the raw weights in place afterwards.
+"""
+import contextlib
+import time
+from typing import Any, Callable, Dict, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from efficientnetv2_tf import cluster
+from efficientnetv2_tf import distribute
+from efficientnetv2_tf import ema as ema_lib
+from efficientnetv2_tf import optim
+from efficientnetv2_tf import reporting
+from efficientnetv2_tf.dataset_protocol import DatasetSource
+from efficientnetv2_tf.preprocessing import Augmentation
+from efficientnetv2_tf.progressive import RunPlan
+from efficientnetv2_tf.train_state import TrainState
+from hparams.errors import UserError
+
+
+def _eval_fn(model: keras.Model, strategy: tf.distribute.Strategy,
+             loss_type: str) -> Callable[..., Any]:
+  """The traced step: summed loss, top-1, top-5 and count of a batch."""
+  top_k = min(5, model.num_classes)
+
+  def replica_step(images, labels):
+    logits = tf.cast(model(images, training=False), tf.float32)
+    per_example = optim.classification_loss(
+        labels, logits, loss_type=loss_type, label_smoothing=0.0)
+    target = tf.argmax(labels, -1, output_type=tf.int32)
+    top1 = tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == target,
+                   tf.float32)
+    top5 = tf.cast(tf.math.in_top_k(target, logits, top_k), tf.float32)
+    count = tf.cast(tf.shape(labels)[0], tf.float32)
+    return (tf.reduce_sum(per_example), tf.reduce_sum(top1),
+            tf.reduce_sum(top5), count)
+
+  @tf.function
+  def step(batch):
+    sums = strategy.run(replica_step, args=batch)
+    return [strategy.reduce('SUM', s, axis=None) for s in sums]
+  return step
+
+
+class Evaluator:
+  """Top-1, top-5 and loss of `model` on the eval split of `dataset`, with
+  the EMA weights when `ema` is given."""
+
+  def __init__(self, cfg: Any, dataset: DatasetSource, model: keras.Model,
+               ema: Optional[ema_lib.ExponentialMovingAverage],
+               strategy: tf.distribute.Strategy,
+               reporter: Optional[reporting.Reporter] = None,
+               image_dtype: tf.DType = tf.float32):
+    self.dataset = dataset
+    self.model = model
+    self.ema = ema
+    self.strategy = strategy
+    self.reporter = reporter
+    self.image_dtype = image_dtype
+    self.split = cfg.data.eval_split
+    self.batch_size = cfg.eval.batch_size
+    self.image_size = cfg.eval.isize
+    self.augmentation = Augmentation.from_config(cfg)
+    self.loss_type = optim.check_loss_type(cfg.train.loss_type,
+                                           'train.loss_type')
+    self.chief = cluster.is_chief(strategy)
+    self.seconds = 0.0  # spent evaluating, for training-time figures
+    self._step_fn = None
+
+  def _totals(self) -> np.ndarray:
+    if self._step_fn is None:
+      self._step_fn = _eval_fn(self.model, self.strategy, self.loss_type)
+    dataset_fn = self.dataset.distribute_fn(
+        self.split, self.batch_size, training=False,
+        image_size=self.image_size, augmentation=self.augmentation,
+        dtype=self.image_dtype)
+    batches = distribute.distribute_input(self.strategy, dataset_fn)
+    totals = np.zeros(4)
+    with self.ema.applied() if self.ema else contextlib.nullcontext():
+      for batch in batches:
+        totals += np.array([float(s) for s in self._step_fn(batch)])
+    return totals
+
+  def evaluate(self, step: int) -> Dict[str, Any]:
+    """Evaluates the model as it is at training step `step`."""
+    started = time.time()
+    loss, top1, top5, count = self._totals()
+    metrics = {'step': step, 'eval_loss': float(loss / count),
+               'eval_top1': float(top1 / count),
+               'eval_top5': float(top5 / count), 'eval_images': int(count)}
+    if self.chief:
+      print(f'eval at step {step}: top-1 {metrics["eval_top1"]:.4f}, '
+            f'top-5 {metrics["eval_top5"]:.4f}, loss '
+            f'{metrics["eval_loss"]:.4f} ({int(count)} images)', flush=True)
+    if self.reporter:
+      self.reporter.scalars(step, {
+          'eval/top1': metrics['eval_top1'],
+          'eval/top5': metrics['eval_top5'],
+          'eval/loss': metrics['eval_loss']})
+    self.seconds += time.time() - started
+    return metrics
+
+  def evaluate_checkpoints(self, state: TrainState, plan: RunPlan,
+                           timeout: Optional[float]) -> Dict[str, Any]:
+    """Evaluates each new checkpoint of `state`'s run until the last one.
+
+    Without `timeout`, evaluates the latest checkpoint once and fails at
+    once if there is none; with it, waits up to `timeout` seconds for each
+    next checkpoint, as the original's eval job did.
+    """
+    directory = state.checkpoint_dir
+    if not timeout:
+      if not state.restore():
+        raise UserError(f'no checkpoint in {directory!r} to evaluate; train '
+                        f'first, or pass --eval_timeout=SECONDS to wait')
+      return self.evaluate(state.step)
+    metrics = {}
+    for path in tf.train.checkpoints_iterator(directory, timeout=timeout,
+                                              min_interval_secs=1):
+      state.load(path)
+      metrics = self.evaluate(state.step)
+      if self.reporter:
+        self.reporter.row({'epoch': plan.epoch_of(state.step),
+                           'step': state.step, **metrics})
+      if state.step >= plan.total_steps:
+        break
+    if not metrics:
+      raise UserError(f'no checkpoint appeared in {directory!r} within '
+                      f'{timeout:g} s')
+    return metrics

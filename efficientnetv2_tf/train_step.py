@@ -1,0 +1,151 @@
+"""The traced, distributed training step, built from ready objects.
+
+    settings = StepSettings.from_config(cfg, plan, l2_weight_decay=1e-5)
+    loop = build_train_loop(model, optimizer, ema, strategy, settings)
+    loss_sum, correct = loop(iterator, tf.constant(steps))
+
+One call of the loop runs `steps` optimizer steps inside one `tf.function`,
+each over `grad_accum_steps` micro-batches per replica, and returns the sum
+of the steps' losses and of their correct top-1 predictions. The loop reads
+the model's dropout rate and which of its layers are trainable when it is
+traced: set them (`freeze_backbone`) before the first call.
+"""
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from efficientnetv2_tf import ema as ema_lib
+from efficientnetv2_tf import optim
+from efficientnetv2_tf.model import EfficientNet
+from efficientnetv2_tf.progressive import RunPlan
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """What a training step computes besides the model's forward pass."""
+  global_batch: int
+  total_steps: int  # for the weight-decay schedule
+  grad_accum_steps: int
+  loss_type: str
+  label_smoothing: float
+  l2_weight_decay: float  # of an L2 loss term; 0: none
+  weight_decay_inc: float
+  weight_decay_exclude: str  # a regex of variable paths; '': none
+  gclip: float
+  jit_compile: bool
+
+  @classmethod
+  def from_config(cls, cfg: Any, plan: RunPlan,
+                  l2_weight_decay: float) -> 'StepSettings':
+    """The settings of `cfg.train` for a run of `plan`; `l2_weight_decay`
+    is 0 for an optimizer that decays weights itself."""
+    train = cfg.train
+    return cls(
+        global_batch=plan.global_batch, total_steps=plan.total_steps,
+        grad_accum_steps=train.grad_accum_steps,
+        loss_type=optim.check_loss_type(train.loss_type, 'train.loss_type'),
+        label_smoothing=train.label_smoothing,
+        l2_weight_decay=l2_weight_decay,
+        weight_decay_inc=train.weight_decay_inc,
+        weight_decay_exclude=train.weight_decay_exclude,
+        gclip=train.gclip, jit_compile=train.jit_compile)
+
+
+def freeze_backbone(model: EfficientNet, frozen: bool) -> None:
+  """Freezes everything but the classifier; a frozen BatchNorm layer runs in
+  inference mode in Keras 3."""
+  for layer in model.backbone_layers():
+    layer.trainable = not frozen
+
+
+def _gradients_fn(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                  variables: Sequence[tf.Variable], settings: StepSettings,
+                  replicas: int) -> Callable[..., Any]:
+  """One micro-batch's gradients, loss and number of correct predictions."""
+  micro_batch = settings.global_batch // settings.grad_accum_steps
+
+  def gradients(images, labels, weight_decay):
+    with tf.GradientTape() as tape:
+      logits = model(images, training=True)
+      per_example = optim.classification_loss(
+          labels, logits, loss_type=settings.loss_type,
+          label_smoothing=settings.label_smoothing)
+      loss = tf.nn.compute_average_loss(per_example,
+                                        global_batch_size=micro_batch)
+      if settings.l2_weight_decay:
+        loss += optim.weight_decay_loss(
+            variables, weight_decay, settings.weight_decay_exclude) / replicas
+      loss /= settings.grad_accum_steps
+      scaled = (optimizer.scale_loss(loss)
+                if hasattr(optimizer, 'scale_loss') else loss)
+    correct = tf.reduce_sum(tf.cast(
+        tf.argmax(logits, -1) == tf.argmax(labels, -1), tf.float32))
+    return tape.gradient(scaled, variables), loss, correct
+
+  if settings.jit_compile:
+    # XLA takes the model's forward and backward pass; the input iterator,
+    # the cross-replica gradient sum and the optimizer stay outside it.
+    return tf.function(gradients, jit_compile=True)
+  return gradients
+
+
+def _replica_step_fn(gradients: Callable[..., Any],
+                     optimizer: keras.optimizers.Optimizer,
+                     ema: Optional[ema_lib.ExponentialMovingAverage],
+                     variables: Sequence[tf.Variable],
+                     settings: StepSettings) -> Callable[..., Any]:
+  """One optimizer step on one replica, over its micro-batches."""
+
+  def replica_step(*batches):
+    grads_sum, loss_sum, correct_sum = None, 0.0, 0.0
+    weight_decay = optim.weight_decay_at(
+        settings.l2_weight_decay, settings.weight_decay_inc,
+        optimizer.iterations, settings.total_steps)
+    for images, labels in batches:
+      grads, loss, correct = gradients(images, labels, weight_decay)
+      grads_sum = grads if grads_sum is None else [
+          a + b for a, b in zip(grads_sum, grads)]
+      loss_sum += loss
+      correct_sum += correct
+    grads_sum = optim.clip_gradients(grads_sum, settings.gclip)
+    optimizer.apply_gradients(zip(grads_sum, variables))
+    if ema:
+      ema.update(optimizer.iterations)
+    return loss_sum, correct_sum
+
+  return replica_step
+
+
+def build_train_loop(model: keras.Model,
+                     optimizer: keras.optimizers.Optimizer,
+                     ema: Optional[ema_lib.ExponentialMovingAverage],
+                     strategy: tf.distribute.Strategy,
+                     settings: StepSettings) -> Callable[..., Any]:
+  """`loop(iterator, steps)`: `steps` training steps over the distributed
+  `iterator`, returning the summed loss and correct predictions.
+
+  Trains the variables that are trainable now. Built under `strategy`
+  from objects created in its scope; traced again only for a new input
+  signature, so one loop serves stages that differ only in image size.
+  """
+  variables = list(model.trainable_variables)
+  gradients = _gradients_fn(model, optimizer, variables, settings,
+                            strategy.num_replicas_in_sync)
+  replica_step = _replica_step_fn(gradients, optimizer, ema, variables,
+                                  settings)
+  accum = settings.grad_accum_steps
+
+  @tf.function(reduce_retracing=True)
+  def loop(iterator, steps):
+    loss_total = tf.constant(0.0)
+    correct_total = tf.constant(0.0)
+    for _ in tf.range(steps):
+      batches = tuple(next(iterator) for _ in range(accum))
+      loss, correct = strategy.run(replica_step, args=batches)
+      loss_total += strategy.reduce('SUM', loss, axis=None)
+      correct_total += strategy.reduce('SUM', correct, axis=None)
+    return loss_total, correct_total
+
+  return loop

@@ -1,0 +1,419 @@
+"""Frozen, typed specs: what a resolved config means, checked once.
+
+The config chain ends in a `ml_collections.ConfigDict`; `build_specs` turns
+it into five frozen dataclasses and checks every value's range on the way:
+
+    >>> import hparams
+    >>> specs = build_specs(hparams.get_config('efficientnet-b0'))
+    >>> specs.model.width_coefficient, specs.data.train_image_size
+    (1.0, 176)
+
+Each spec field carries its config key, a one-line meaning and, where it
+has one, its allowed range, in `dataclasses.field` metadata. The defaults of
+`base_config()` come from here, and so does the table of config keys in
+docs/config_keys.md (`render_config_keys`). `ModelSpec` is the one list of
+the model's arguments; fields marked `architecture` fix its variables.
+"""
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from hparams.errors import UserError
+
+_SAME = object()  # a config default that is the field's default
+
+
+def _option(default: Any, key: Optional[str] = None,
+            doc: str = '', check: Optional[Tuple[Callable, str]] = None,
+            architecture: bool = False, config_default: Any = _SAME,
+            message: Optional[str] = None) -> Any:
+  """A spec field. `check` is (test, what is allowed); `config_default` is
+  the value in `base_config()` where it differs from `default`; `message`
+  replaces the standard error, with {key} and {value} filled in."""
+  metadata = {'key': key, 'doc': doc, 'check': check,
+              'architecture': architecture, 'message': message,
+              'config_default': default if config_default is _SAME
+                                else config_default}
+  return dataclasses.field(default=default, metadata=metadata)
+
+
+def _positive(v):
+  return v > 0
+
+
+def _non_negative(v):
+  return v >= 0
+
+
+def _below_one(v):
+  return 0 <= v < 1
+
+
+def _optional(test):
+  return lambda v: v is None or test(v)
+
+
+def _whole(test):
+  return lambda v: isinstance(v, int) and not isinstance(v, bool) and test(v)
+
+
+_GT0, _GE0, _UNIT = (_positive, '> 0'), (_non_negative, '>= 0'), (
+    _below_one, 'in [0, 1)')
+_COUNT = (_whole(lambda v: v >= 1), 'an integer >= 1')
+
+
+def image_size_in_pixels(image_size: Optional[int],
+                         image_size_ratio: Optional[float],
+                         eval_image_size: int) -> int:
+  """The training image size: pixels, else a fraction of the eval size
+  rounded down to a multiple of 16 as the original does, else the eval
+  size."""
+  if image_size is not None:
+    return image_size
+  if image_size_ratio is not None:
+    return int(eval_image_size * image_size_ratio) // 16 * 16
+  return eval_image_size
+
+
+class _Spec:
+  """Range checks from field metadata, and lists converted to tuples."""
+  # Whether errors quote the value by argument name, not by config key.
+  _by_argument = False
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      if f.metadata['check']:
+        test, allowed = f.metadata['check']
+        try:
+          ok = test(value)
+        except TypeError:
+          ok = False
+        if not ok:
+          raise self._error(f, value, allowed)
+      if isinstance(value, list):  # frozen all the way down
+        object.__setattr__(self, f.name, tuple(value))
+
+  def _error(self, f: dataclasses.Field, value: Any,
+             allowed: str) -> UserError:
+    key = f.metadata['key'] or f.name
+    if f.metadata['message']:
+      return UserError(f.metadata['message'].format(key=key, value=value))
+    name = f.name if self._by_argument else key
+    return UserError(f'{key} must be {allowed}; received: {name}={value!r}')
+
+  @classmethod
+  def from_keys(cls, lookup: Callable[[str], Any], **overrides):
+    """The spec whose fields `lookup(config_key)` gives, then `overrides`;
+    an unset (None) value takes the field's default."""
+    values = {}
+    for f in dataclasses.fields(cls):
+      if f.metadata['key']:
+        value = lookup(f.metadata['key'])
+        if value is not None:
+          values[f.name] = value
+    return cls(**{**values, **overrides})
+
+
+_BLOCKS = (lambda v: len(v) > 0 and all(isinstance(s, str) for s in v),
+           'a non-empty list of block strings, e.g. r1_k3_s1_e1_i32_o16_c1')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec(_Spec):
+  """The arguments of `efficientnetv2_tf.EfficientNet` and their defaults;
+  those without a config key are passed in code."""
+  _by_argument = True
+
+  name: str = _option(
+      'efficientnet', 'model.model_name', 'the model preset, and the Keras '
+      'model name', architecture=True, config_default='efficientnetv2-b0')
+  blocks_args: Tuple[str, ...] = _option(
+      (), 'model.blocks_args', 'block strings, one per stage (see '
+      'efficientnetv2_tf.blockargs)', _BLOCKS, architecture=True)
+  width_coefficient: float = _option(
+      1.0, 'model.width_coefficient', 'channel multiplier', _GT0,
+      architecture=True)
+  depth_coefficient: float = _option(
+      1.0, 'model.depth_coefficient', 'block-count multiplier', _GT0,
+      architecture=True)
+  num_classes: int = _option(
+      1000, 'model.num_classes', 'classifier outputs; unset: from the '
+      'dataset or the checkpoint, else 1000 (ImageNet)',
+      (_whole(_positive), 'a positive int'), architecture=True,
+      config_default=None)
+  include_top: bool = _option(True, doc='add the dropout and classifier')
+  with_endpoints: bool = _option(
+      False, doc='also return the last feature map at each stride')
+  dropout_rate: float = _option(
+      0.2, 'model.dropout_rate', 'dropout before the classifier', _UNIT)
+  survival_prob: Optional[float] = _option(
+      0.8, 'model.survival_prob', 'stochastic-depth survival of the last '
+      'block; 1.0 disables it',
+      (_optional(lambda v: 0 <= v <= 1), 'in [0, 1], 0 or None to disable'))
+  feature_size: int = _option(
+      1280, 'model.feature_size', 'head channels before width scaling',
+      _GT0, architecture=True)
+  depth_divisor: int = _option(
+      8, 'model.depth_divisor', 'channels round to multiples of this', _GT0,
+      architecture=True)
+  min_depth: Optional[int] = _option(
+      8, 'model.min_depth', 'fewest channels of a layer',
+      (_optional(_positive), '> 0 or None'), architecture=True)
+  rounding_floor: float = _option(
+      0.0, 'model.rounding_floor', 'channel rounding may lose at most '
+      '1 - this (V1: 0.9)', _UNIT, architecture=True)
+  act_fn: str = _option('silu', 'model.act_fn', 'activation function')
+  bn_momentum: float = _option(
+      0.9, 'model.bn_momentum', 'BatchNorm moving-average momentum', _UNIT)
+  bn_epsilon: float = _option(
+      1e-3, 'model.bn_epsilon', 'BatchNorm epsilon', _GT0)
+  bn_sync: bool = _option(
+      False, 'model.bn_sync', 'cross-replica BatchNorm statistics; unset: '
+      'on under TPUStrategy, off elsewhere',
+      (lambda v: isinstance(v, bool), 'True or False'), config_default=None)
+  conv_dropout: Optional[float] = _option(
+      0.0, 'model.conv_dropout', 'dropout inside each block',
+      (_optional(_below_one), 'in [0, 1)'))
+  headbias: Optional[float] = _option(
+      None, 'model.headbias', 'initial classifier bias; unset: 0')
+  include_preprocessing: bool = _option(
+      False, doc='take 0-255 pixels and normalise them in the model')
+  preprocessing_mode: str = _option(
+      'symmetric', doc='the normalisation of include_preprocessing')
+  input_shape: Tuple[Optional[int], ...] = _option(
+      (None, None, 3), doc='image shape without the batch dimension')
+
+  @classmethod
+  def from_config(cls, model_cfg: Mapping[str, Any],
+                  **overrides) -> 'ModelSpec':
+    """From the `model` section of a run config; `overrides` are arguments
+    that the section leaves to the caller (`include_top`, `bn_sync`)."""
+    return cls.from_keys(lambda key: model_cfg[key.split('.', 1)[1]],
+                         **overrides)
+
+  def arguments(self) -> Dict[str, Any]:
+    """The keyword arguments of `EfficientNet` that build this model."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+# The `model` keys whose values fix a model's variables: a checkpoint of
+# one model does not load into a model that differs in any of them.
+ARCHITECTURE_KEYS = tuple(
+    f.metadata['key'].split('.', 1)[1] for f in dataclasses.fields(ModelSpec)
+    if f.metadata['architecture'])
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec(_Spec):
+  """What to read, how to augment it and at which sizes."""
+  dataset: str = _option(
+      'imagenet', 'data.dataset', 'a name from datasets.list_datasets()')
+  data_dir: Optional[str] = _option(
+      None, 'data.data_dir', 'where the data is; --data_dir wins')
+  train_split: str = _option('train', 'data.train_split', 'training split')
+  eval_split: str = _option('eval', 'data.eval_split', 'evaluation split')
+  per_class: Optional[int] = _option(
+      None, 'data.per_class', 'at most this many training images per class',
+      (_optional(_whole(_positive)),
+       'a positive integer (or None for all images)'))
+  fraction: float = _option(
+      1.0, 'data.fraction', 'share of the training split used',
+      (lambda v: 0 < v <= 1, 'in (0, 1]'),
+      message='{key} must be in (0, 1]; received: {value!r}')
+  val_fraction: float = _option(
+      0.2, 'data.val_fraction', 'held out for evaluation where a source has '
+      'no evaluation split', (lambda v: 0 < v < 1, 'in (0, 1)'))
+  seed: Optional[int] = _option(
+      None, 'data.seed', 'repeatable initialisation, order and augmentation')
+  strict: bool = _option(
+      False, 'data.strict', 'fail on an unreadable image instead of '
+      'skipping it')
+  cache: str = _option('auto', 'data.cache', 'auto, memory or none')
+  shuffle_buffer: int = _option(
+      16384, 'data.shuffle_buffer', 'images in the shuffle buffer', _COUNT)
+  flip: bool = _option(True, 'data.flip', 'random horizontal flips')
+  augmentation: str = _option(
+      'randaug', 'data.augname', 'augmentation recipe')
+  augment_fixes: bool = _option(
+      False, 'data.augment_fixes', "False: the original's augmentation "
+      'ops, quirks included; True: the corrected ops')
+  normalization: Optional[str] = _option(
+      None, 'data.normalization', "symmetric, inception or imagenet; unset: "
+      "the recipe's, or the fine-tuned weights'")
+  randaug_layers: int = _option(
+      2, 'data.ra_num_layers', 'RandAugment ops per image',
+      (_whole(_non_negative), 'an integer >= 0'))
+  randaug_magnitude: float = _option(
+      15.0, 'data.ram', 'RandAugment magnitude')
+  mixup_alpha: float = _option(
+      0.0, 'data.mixup_alpha', 'mixup Beta parameter; 0 disables it',
+      (_non_negative, 'a number >= 0 (0 disables it)'))
+  cutmix_alpha: float = _option(
+      0.0, 'data.cutmix_alpha', 'cutmix Beta parameter; 0 disables it',
+      (_non_negative, 'a number >= 0 (0 disables it)'))
+  image_size: Optional[int] = _option(
+      None, 'train.image_size', 'training image size in pixels; unset: '
+      'from train.image_size_ratio, else the eval size',
+      (_optional(_whole(_positive)), 'a positive integer or None'))
+  image_size_ratio: Optional[float] = _option(
+      None, 'train.image_size_ratio', 'training image size as a fraction '
+      'of the eval size, rounded down to a multiple of 16',
+      (_optional(_positive), '> 0 or None'))
+  eval_image_size: int = _option(
+      224, 'eval.isize', 'evaluation image size in pixels',
+      (_whole(_positive), 'a positive integer'))
+  eval_batch_size: int = _option(
+      8, 'eval.batch_size', 'evaluation batch size', _COUNT)
+
+  @property
+  def train_image_size(self) -> int:
+    return image_size_in_pixels(self.image_size, self.image_size_ratio,
+                                self.eval_image_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressiveSpec(_Spec):
+  """Progressive learning: stages whose image size and regularisation
+  grow from these minimums to the configured values."""
+  stages: int = _option(
+      0, 'train.stages', 'progressive stages; 0 or 1: none',
+      (_non_negative, '>= 0 (0 or 1: no progressive learning)'))
+  schedule_regularization: bool = _option(
+      False, 'train.sched', 'stages also grow RandAugment, mixup, cutmix '
+      'and dropout')
+  schedule: str = _option(
+      'code', 'progressive.schedule', "code (the original code's) or paper "
+      '(Table 6)')
+  stage_epochs: Tuple[float, ...] = _option(
+      (), 'progressive.stage_epochs', 'epochs per stage; empty: equal '
+      'stages', (lambda v: all(e > 0 for e in v), 'numbers > 0'))
+  first_image_size: int = _option(
+      128, 'data.ibase', 'first-stage image size; 0: half the training size',
+      (_non_negative, '>= 0 (0: half the training size)'))
+  ram_min: float = _option(
+      5.0, 'progressive.ram_min', 'first-stage RandAugment magnitude', _GE0)
+  mixup_min: float = _option(
+      0.0, 'progressive.mixup_min', 'first-stage mixup alpha', _GE0)
+  cutmix_min: float = _option(
+      0.0, 'progressive.cutmix_min', 'first-stage cutmix alpha', _GE0)
+  dropout_min: float = _option(
+      0.1, 'progressive.dropout_min', "first-stage dropout; the 'code' "
+      'schedule keeps dropout fixed', _UNIT)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec(_Spec):
+  """How long to train and how to optimise."""
+  epochs: int = _option(350, 'train.epochs', 'training epochs', _GT0)
+  batch_size: int = _option(
+      4096, 'train.batch_size', 'global training batch size', _COUNT)
+  min_steps: int = _option(
+      0, 'train.min_steps', 'epochs grow until training has this many '
+      'steps', _GE0)
+  optimizer: str = _option('rmsprop', 'train.optimizer', 'optimizer name')
+  lr_schedule: str = _option(
+      'exponential', 'train.lr_sched', 'learning-rate schedule')
+  lr_base: float = _option(
+      0.016, 'train.lr_base', 'peak learning rate', _GE0)
+  lr_decay_epoch: float = _option(
+      2.4, 'train.lr_decay_epoch', 'epochs per exponential decay', _GT0)
+  lr_decay_factor: float = _option(
+      0.97, 'train.lr_decay_factor', 'exponential decay factor', _GT0)
+  lr_warmup_epoch: float = _option(
+      5.0, 'train.lr_warmup_epoch', 'linear warm-up epochs', _GE0)
+  lr_min: float = _option(0.0, 'train.lr_min', 'learning-rate floor', _GE0)
+  ema_decay: float = _option(
+      0.9999, 'train.ema_decay', 'weight moving-average decay', _UNIT)
+  weight_decay: float = _option(
+      1e-5, 'train.weight_decay', 'L2 weight decay', _GE0)
+  weight_decay_inc: float = _option(
+      0.0, 'train.weight_decay_inc', 'weight decay grows by this share '
+      'over training')
+  weight_decay_exclude: str = _option(
+      '.*(bias|gamma|beta).*', 'train.weight_decay_exclude',
+      'regex of variables without weight decay')
+  label_smoothing: float = _option(
+      0.1, 'train.label_smoothing', 'label smoothing', _UNIT)
+  loss_type: str = _option(
+      'softmax', 'train.loss_type', 'softmax: cross-entropy, multi-hot '
+      'labels divided by their sum; sigmoid: per-class binary')
+  grad_clip_norm: float = _option(
+      0.0, 'train.gclip', 'gradient clipping norm; 0: none', _GE0)
+  init_checkpoint: Optional[str] = _option(
+      None, 'train.ft_init_ckpt', 'weights to fine-tune from')
+  init_from_ema: bool = _option(
+      True, 'train.ft_init_ema', 'fine-tune from the moving-average weights')
+  freeze_epochs: float = _option(
+      0.0, 'train.freeze_epochs', 'epochs that train only the classifier',
+      _GE0)
+  plateau_patience: int = _option(
+      2, 'train.plateau_patience', 'evaluations without improvement before '
+      'lr_sched=plateau lowers the rate', _COUNT)
+  plateau_factor: float = _option(
+      0.5, 'train.plateau_factor', 'what lr_sched=plateau multiplies by',
+      (lambda v: 0 < v < 1, 'in (0, 1)'))
+  early_stop_patience: int = _option(
+      0, 'train.early_stop_patience', 'evaluations without improvement '
+      'before stopping; 0: never', _GE0)
+  grad_accum_steps: int = _option(
+      1, 'train.grad_accum_steps', 'micro-batches per update', _COUNT)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeSpec(_Spec):
+  """How the training loop runs, saves and reports."""
+  steps_per_loop: int = _option(
+      1, 'runtime.steps_per_loop', 'training steps per tf.function call',
+      _COUNT)
+  checkpoint_every_steps: int = _option(
+      0, 'runtime.checkpoint_every_steps', '0: at every epoch end only',
+      _GE0)
+  keep_checkpoints: int = _option(
+      3, 'runtime.keep_checkpoints', 'checkpoints kept', _COUNT)
+  mixed_precision: bool = _option(
+      False, 'runtime.mixed_precision', 'bfloat16 on CPU/TPU, float16 on '
+      'GPU')
+  log_every_steps: int = _option(
+      0, 'runtime.log_every_steps', '0: a progress bar per epoch', _GE0)
+  jit_compile: bool = _option(
+      False, 'train.jit_compile', 'compile the training step with XLA')
+
+
+@dataclasses.dataclass(frozen=True)
+class Specs:
+  """Everything a run needs to know, resolved and checked."""
+  model: ModelSpec
+  data: DataSpec
+  progressive: ProgressiveSpec
+  optim: OptimSpec
+  runtime: RuntimeSpec
+
+
+SPEC_TYPES = (ModelSpec, DataSpec, ProgressiveSpec, OptimSpec, RuntimeSpec)
+
+
+def build_specs(cfg: Any) -> Specs:
+  """Converts a resolved config into specs; raises UserError naming the
+  first key whose value is out of range."""
+  def lookup(key):
+    section, leaf = key.split('.')
+    return cfg[section][leaf]
+  return Specs(*(spec_type.from_keys(lookup) for spec_type in SPEC_TYPES))
+
+
+def render_config_keys() -> str:
+  """docs/config_keys.md: every config key, its spec field and meaning."""
+  lines = ['# Config keys', '',
+           'Every key of the run config, the spec field that holds it '
+           '(`hparams.specs`) and what it means.',
+           'Generated by `hparams.specs.render_config_keys()`. The '
+           'deprecated `train.isize` sets `train.image_size_ratio` when it is '
+           '<= 16, else `train.image_size`.', '',
+           '| Config key | Spec field | Meaning |',
+           '| --- | --- | --- |']
+  rows = sorted(
+      (f.metadata['key'], f'{spec_type.__name__}.{f.name}', f.metadata['doc'])
+      for spec_type in SPEC_TYPES for f in dataclasses.fields(spec_type)
+      if f.metadata['key'])
+  lines += [f'| `{key}` | `{field}` | {doc} |' for key, field, doc in rows]
+  return '\n'.join(lines) + '\n'

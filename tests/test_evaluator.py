@@ -1,0 +1,53 @@
+"""Evaluator: metrics on the eval split, with the EMA weights."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import datasets
+import hparams
+from efficientnetv2_tf import distribute
+from efficientnetv2_tf import ema as ema_lib
+from efficientnetv2_tf import evaluator as evaluator_lib
+from efficientnetv2_tf import reporting
+from efficientnetv2_tf.model import EfficientNet
+
+TINY_RUN = ('model.width_coefficient=0.25,model.depth_coefficient=0.2,'
+            'data.per_class=4,eval.isize=32,eval.batch_size=120')
+
+
+@pytest.fixture(scope='module')
+def parts():
+  """A tiny model whose raw weights have moved away from their EMA."""
+  cfg = hparams.get_config('efficientnetv2-b0', 'digits', TINY_RUN)
+  dataset = datasets.bind(cfg)
+  model = EfficientNet.from_model_config(cfg.model)
+  model(tf.zeros((1, 32, 32, 3)), training=False)
+  ema = ema_lib.maybe_ema(ema_lib.ema_variables(model), 0.9)
+  for variable in model.trainable_variables:
+    variable.assign_add(tf.fill(variable.shape, 0.05))
+  return cfg, dataset, model, ema
+
+
+def test_evaluation_uses_the_ema_and_leaves_the_raw_weights(parts,
+                                                            tmp_path):
+  cfg, dataset, model, ema = parts
+  strategy = distribute.get_strategy('cpu')
+  reporter = reporting.Reporter(str(tmp_path))
+  evaluator = evaluator_lib.Evaluator(cfg, dataset, model, ema, strategy,
+                                      reporter)
+  raw = [v.numpy() for v in model.trainable_variables]
+  metrics = evaluator.evaluate(step=3)
+  for before, after in zip(raw, model.trainable_variables):
+    np.testing.assert_array_equal(before, after.numpy())
+  by_hand = evaluator_lib.Evaluator(cfg, dataset, model, None, strategy)
+  with ema.applied():
+    averaged = by_hand.evaluate(step=3)
+  unaveraged = by_hand.evaluate(step=3)
+  assert metrics['eval_loss'] == pytest.approx(averaged['eval_loss'],
+                                               rel=1e-5)
+  assert metrics['eval_loss'] != pytest.approx(unaveraged['eval_loss'],
+                                               rel=1e-5)
+  assert (metrics['step'], metrics['eval_images']) == (3, 359)
+  assert 0 <= metrics['eval_top1'] <= metrics['eval_top5'] <= 1
+  assert evaluator.seconds > 0
+  assert tf.io.gfile.listdir(str(tmp_path / 'tensorboard'))

@@ -1,0 +1,121 @@
+"""runs: the files a run saves, its model_dir checks, eval mode and sweeps."""
+import csv
+import json
+import os
+import re
+
+import pytest
+import tensorflow as tf
+import yaml
+
+from app import runs
+import datasets
+import hparams
+from efficientnetv2_tf import distribute
+from efficientnetv2_tf import progressive
+from hparams.errors import UserError
+from tests.conftest import tiny_config
+from tests.conftest import TINY_RUN
+
+
+def test_a_stretched_run_saves_the_epochs_it_trains_and_its_plan(tmp_path):
+  # 40 images in batches of 8: 5 steps an epoch, so 12 steps need 3 epochs.
+  cfg = tiny_config('data.per_class=4,train.batch_size=8,train.epochs=1,'
+                    'train.min_steps=12,train.stages=2,'
+                    'progressive.stage_epochs=0.4|0.6')
+  results = runs.run('train', cfg, datasets.bind, str(tmp_path),
+                     distribute.get_strategy('cpu'))
+  saved = yaml.safe_load((tmp_path / 'config.yaml').read_text())
+  assert saved['train']['epochs'] == 3
+  assert saved['progressive']['stage_epochs'] == pytest.approx([1.2, 1.8])
+  assert cfg.train.epochs == 1  # planning only reads the config
+  plan = json.loads((tmp_path / 'plan.json').read_text())
+  assert (plan['epochs'], plan['steps_per_epoch'], plan['global_batch'],
+          plan['total_steps']) == (3, 5, 8, 15)
+  assert results['step'] == results['total_steps'] == plan['total_steps']
+  latest = tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
+  assert latest.endswith(f'ckpt-{plan["total_steps"]}')
+  assert [(s['start_step'], s['end_step'], s['image_size'])
+          for s in plan['stages']] == [(0, 6, 24), (6, 15, 32)]
+  assert [s['epochs'] for s in plan['stages']] == pytest.approx([1.2, 1.8])
+  assert {'dropout_rate', 'magnitude', 'mixup_alpha', 'cutmix_alpha'} <= set(
+      plan['stages'][0])
+
+
+def test_eval_mode_without_a_checkpoint_fails_at_once(tmp_path):
+  cfg = tiny_config()
+  with pytest.raises(UserError, match='no checkpoint in .* to evaluate; '
+                     'train first, or pass --eval_timeout'):
+    runs.run('eval', cfg, datasets.bind, str(tmp_path),
+             distribute.get_strategy('cpu'))
+  assert not (tmp_path / 'config.yaml').exists()
+
+
+def test_a_model_dir_of_another_model_is_refused(tmp_path):
+  hparams.save_yaml(tiny_config(), str(tmp_path / 'config.yaml'))
+  runs.check_model_dir(str(tmp_path), tiny_config())
+  other = hparams.get_config('efficientnetv2-s', 'digits', TINY_RUN)
+  with pytest.raises(UserError, match=r"holds a run of another model "
+                     r"\(model.model_name='efficientnetv2-b0'.*use a new "
+                     r'--model_dir'):
+    runs.check_model_dir(str(tmp_path), other)
+
+
+def test_an_unwritable_model_dir_is_refused(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  with pytest.raises(UserError, match='is not writable'):
+    runs.check_model_dir(str(blocker / 'run'), tiny_config())
+
+
+def test_sweeps_run_each_combination_and_write_a_summary(tmp_path, capsys):
+  def make_config(extra):
+    return tiny_config('train.epochs=1,data.per_class=4,train.batch_size=8',
+                       extra)
+  rows = runs.run_sweep('train', make_config, datasets.bind, str(tmp_path),
+                        distribute.get_strategy('cpu'),
+                        'train.lr_base=0.01|0.02,model.dropout_rate=0.1')
+  assert [r['run'] for r in rows] == [
+      'train.lr_base=0.01,model.dropout_rate=0.1',
+      'train.lr_base=0.02,model.dropout_rate=0.1']
+  assert all(r['step'] == 5 for r in rows)
+  summary = list(csv.DictReader(open(tmp_path / 'sweeps.csv')))
+  assert len(summary) == 2
+  assert 'sweep summary:' in capsys.readouterr().out
+  for row in rows:
+    plan = json.loads((tmp_path / row['run'] / 'plan.json').read_text())
+    assert plan['total_steps'] == 5
+
+
+@pytest.mark.parametrize('sweeps, message', [
+    ('data.ibase=16|48', 'data.ibase=48: data.ibase=48 is above the '
+                         'training image size 32'),
+    ('progressive.schedule=paper,progressive.dropout_min=0.1|0.5',
+     'progressive.schedule=paper,progressive.dropout_min=0.5: '
+     'progressive.dropout_min=0.5 is above model.dropout_rate=0.2'),
+    ('train.grad_accum_steps=2|3', 'train.grad_accum_steps=3: '
+                                   'train.grad_accum_steps=3 must be >= 1 '
+                                   'and divide the per-replica batch 32'),
+])
+def test_sweeps_refuse_a_combination_that_cannot_be_planned_before_training(
+    sweeps, message, tmp_path):
+  bound = []
+
+  def bind(cfg):
+    bound.append(cfg)
+    return datasets.bind(cfg)
+  with pytest.raises(UserError,
+                     match=re.escape(f'--sweeps combination {message}')):
+    runs.run_sweep('train', tiny_config, bind, str(tmp_path),
+                   distribute.get_strategy('cpu'), sweeps)
+  assert not bound and not os.listdir(tmp_path)
+
+
+def test_saved_config_plans_again_to_the_same_plan():
+  cfg = tiny_config('train.epochs=1,train.min_steps=100,train.stages=2,'
+                    'progressive.stage_epochs=0.5|0.5')
+  plan = progressive.make_plan(cfg, 320, 1)
+  ran = plan.applied_to(cfg)
+  assert progressive.make_plan(ran, 320, 1) == plan
+  assert (ran.train.epochs, list(ran.progressive.stage_epochs)) == (10,
+                                                                   [5, 5])
