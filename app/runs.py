@@ -7,8 +7,9 @@ model_dir. `app.inference` holds the modes that use a trained model.
 `model.num_classes`); it is passed in because the library does not import
 the `datasets` package.
 
-A run plans first (`progressive.make_plan`), then the chief saves, side by
-side, `config.yaml`, the config that runs (with the epochs it trains, once
+A run builds its specs (`hparams.build_specs`) and plans
+(`progressive.make_plan`); then the chief saves, side by side (`RunDir`),
+`config.yaml`, the config that runs (with the epochs it trains, once
 `train.min_steps` has stretched them), and `plan.json`, the plan derived
 from it: epochs, steps per epoch, total steps, global batch and each stage's
 steps, image size and regularisation.
@@ -19,7 +20,6 @@ settings, and writes `sweeps.csv` with each one's final metrics.
 """
 import csv
 import itertools
-import json
 import os
 import tempfile
 from typing import Any, Callable, Dict, List
@@ -28,12 +28,12 @@ import tensorflow as tf
 
 import hparams
 from efficientnetv2_tf import cluster
-from efficientnetv2_tf import distribute
 from efficientnetv2_tf import progressive
 from efficientnetv2_tf import trainer as trainer_lib
 from efficientnetv2_tf.dataset_protocol import DatasetSource
-from hparams import specs
+from efficientnetv2_tf.run_dir import RunDir
 from hparams.errors import UserError
+from hparams.specs import ModelSpec
 
 MODES = ('train', 'eval', 'traineval', 'export', 'predict', 'benchmark')
 # The modes that use a trained model rather than train one.
@@ -47,58 +47,49 @@ def check_mode(mode: str) -> None:
     raise UserError(f'unknown --mode {mode!r}; allowed: {", ".join(MODES)}')
 
 
-def check_model_dir(model_dir: str, cfg: Any) -> None:
+def check_model_dir(run: RunDir, spec: ModelSpec) -> None:
   """Refuses an unwritable model_dir or one that holds another model."""
   try:
-    os.makedirs(model_dir, exist_ok=True)
+    os.makedirs(run.path, exist_ok=True)
     # A probe of its own: the workers of a cluster check the same directory
     # at the same time.
-    with tempfile.NamedTemporaryFile(dir=model_dir, prefix='.write_test'):
+    with tempfile.NamedTemporaryFile(dir=run.path, prefix='.write_test'):
       pass
   except OSError as e:
-    raise UserError(f'model_dir {model_dir!r} is not writable '
+    raise UserError(f'model_dir {run.path!r} is not writable '
                     f'({e.strerror})') from None
-  saved = os.path.join(model_dir, 'config.yaml')
-  if os.path.exists(saved):
-    previous = hparams.load_yaml(saved).get('model', {})
-    # A model_dir whose run differs in one of these holds another model.
-    for key in specs.ARCHITECTURE_KEYS:
-      if key in previous and previous[key] != cfg.model[key] and not (
-          isinstance(cfg.model[key], (list, tuple)) and
-          list(previous[key]) == list(cfg.model[key])):
-        raise UserError(
-            f'model_dir {model_dir!r} holds a run of another model '
-            f'(model.{key}={previous[key]!r}, now {cfg.model[key]!r}); '
-            f'use a new --model_dir')
-
-
-def save_run_files(model_dir: str, cfg: Any, plan: progressive.RunPlan,
-                   class_names: List[str]) -> None:
-  """Writes config.yaml (the config that runs, `plan` applied), plan.json
-  and labels.txt together."""
-  hparams.save_yaml(plan.applied_to(cfg),
-                    os.path.join(model_dir, 'config.yaml'))
-  with open(os.path.join(model_dir, 'plan.json'), 'w') as f:
-    json.dump(plan.to_dict(), f, indent=2)
-  with open(os.path.join(model_dir, 'labels.txt'), 'w') as f:
-    f.write('\n'.join(class_names) + '\n')
+  if not run.exists():
+    return
+  changes = run.load_specs().model.architecture_changes(spec)
+  if changes:
+    key, before, now = changes[0]
+    raise UserError(f'model_dir {run.path!r} holds a run of another model '
+                    f'({key}={before!r}, now {now!r}); use a new --model_dir')
 
 
 def run(mode: str, cfg: Any, bind: Callable[[Any], DatasetSource],
         model_dir: str, strategy: tf.distribute.Strategy,
         eval_timeout: float = 0.0) -> Dict[str, Any]:
-  """Trains, evaluates, or both, in `model_dir`; returns the results."""
+  """Trains, evaluates, or both, in `model_dir`; returns the results.
+
+  The config ends here: `bind` fixes its class count from the dataset, and
+  from then on the run reads only its specs and plan.
+  """
   check_mode(mode)
   dataset = bind(cfg)
-  check_model_dir(model_dir, cfg)
-  plan = progressive.make_plan(cfg, dataset.split_size(cfg.data.train_split),
+  specs = hparams.build_specs(cfg)
+  run_dir = RunDir(model_dir)
+  check_model_dir(run_dir, specs.model)
+  train_size = dataset.split_size(specs.data.train_split)
+  plan = progressive.make_plan(specs, train_size,
                                strategy.num_replicas_in_sync)
-  if cluster.is_chief(strategy) and mode != 'eval':
-    save_run_files(model_dir, cfg, plan, dataset.class_names)
-  trainer = trainer_lib.Trainer(cfg, dataset, model_dir, strategy, plan)
-  if cluster.is_chief(strategy):
+  chief = cluster.is_chief(strategy)
+  if chief and mode != 'eval':
+    run_dir.save(specs, plan, dataset.class_names)
+  trainer = trainer_lib.Trainer(specs, dataset, model_dir, strategy, plan)
+  if chief:
     print(f'{dataset.name}: {dataset.num_classes} classes, '
-          f'{dataset.split_size(cfg.data.train_split):,} training images; '
+          f'{train_size:,} training images; '
           f'{plan.total_steps} steps of batch {plan.global_batch} in '
           f'{len(plan.stages)} stage(s) on '
           f'{strategy.num_replicas_in_sync} replica(s), '
@@ -106,9 +97,8 @@ def run(mode: str, cfg: Any, bind: Callable[[Any], DatasetSource],
   if mode == 'eval':
     return trainer.evaluate_checkpoints(eval_timeout)
   results = trainer.train(evaluate=mode == 'traineval')
-  if cluster.is_chief(strategy):
-    print(f'model_dir: {model_dir} (config.yaml, plan.json, checkpoints/, '
-          f'metrics.csv, curves.png, tensorboard/, results.json)')
+  if chief:
+    print(f'model_dir: {run_dir.describe()}')
   return results
 
 
@@ -133,9 +123,10 @@ def _checked_config(make_config: Callable[[Dict[str, Any]], Any],
   can be planned."""
   try:
     cfg = make_config(combination)
+    specs = hparams.build_specs(cfg)
     # Planned as `run` plans it, but before any dataset is read: the checks
     # do not depend on the dataset's size, so one batch stands for it.
-    progressive.make_plan(cfg, cfg.train.batch_size, num_replicas)
+    progressive.make_plan(specs, specs.optim.batch_size, num_replicas)
   except UserError as e:
     raise UserError(f'--sweeps combination {sweep_name(combination)}: '
                     f'{e}') from None

@@ -102,7 +102,9 @@ def train_config(**runtime: Any):
 
 
 def our_trainer(cfg) -> trainer_lib.Trainer:
-  return trainer_lib.Trainer(cfg, datasets.bind(cfg), tempfile.mkdtemp(),
+  dataset = datasets.bind(cfg)
+  return trainer_lib.Trainer(hparams.build_specs(cfg), dataset,
+                             tempfile.mkdtemp(),
                              distribute.get_strategy('cpu'))
 
 
@@ -115,7 +117,7 @@ def keras_peer(cfg, steps_per_execution: int = 1) -> keras.Model:
   model = keras.applications.EfficientNetV2B0(
       weights=None, classes=NUM_CLASSES, include_preprocessing=False,
       classifier_activation=None, input_shape=(TRAIN_SIZE, TRAIN_SIZE, 3))
-  train = cfg.train
+  train = hparams.build_specs(cfg).optim
   optimizer = optim.build_optimizer(
       train.optimizer, optim.scaled_learning_rate(train.lr_base, TRAIN_BATCH))
   optimizer.use_ema, optimizer.ema_momentum = True, train.ema_decay
@@ -127,9 +129,10 @@ def keras_peer(cfg, steps_per_execution: int = 1) -> keras.Model:
 
 def train_input(cfg) -> tf.data.Dataset:
   """The input our trainer reads for `train_config`, for `fit`."""
-  return datasets.bind(cfg).pipeline(
+  dataset = datasets.bind(cfg)
+  return dataset.pipeline(
       'train', TRAIN_BATCH, training=True, image_size=TRAIN_SIZE,
-      augmentation=Augmentation.from_config(cfg), seed=0)
+      augmentation=Augmentation.from_specs(hparams.build_specs(cfg)), seed=0)
 
 
 class _FitTimer(keras.callbacks.Callback):
@@ -158,7 +161,7 @@ def fit_rate(model: keras.Model, data: tf.data.Dataset, steps: int) -> float:
 
 def loop_rate(trainer: trainer_lib.Trainer, steps: int) -> float:
   """Images per second of `steps` of our loop, after one untimed step."""
-  trainer.run_steps(trainer.cfg.runtime.steps_per_loop)
+  trainer.run_steps(trainer.specs.runtime.steps_per_loop)
   return common.rate(lambda: trainer.run_steps(steps), steps * TRAIN_BATCH)
 
 
@@ -192,8 +195,7 @@ def training(plan: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def inference(plan: Dict[str, Any]) -> Dict[str, Any]:
-  cfg = hparams.get_config(MODEL)
-  models = {'ours': EfficientNet.from_model_config(cfg.model),
+  models = {'ours': EfficientNet.from_spec(hparams.get_specs(MODEL).model),
             'keras': keras.applications.EfficientNetV2B0(
                 weights=None, include_preprocessing=False)}
   results = {}
@@ -306,8 +308,7 @@ def memory(plan: Dict[str, Any]) -> Dict[str, Any]:
 
 def flops(results: Dict[str, Any]) -> Dict[str, Any]:
   """GFLOP/s of training and inference against a matmul's."""
-  cfg = hparams.get_config(MODEL)
-  model = EfficientNet.from_model_config(cfg.model)
+  model = EfficientNet.from_spec(hparams.get_specs(MODEL).model)
   out = {'matmul_gflops': common.matmul_gflops(),
          'forward_gflop_per_image': {
              size: common.forward_flops(model, size) / 1e9

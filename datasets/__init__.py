@@ -16,7 +16,7 @@ from datasets.arrays import HeldOutArrays
 from datasets.base import bind
 from datasets.base import Dataset
 from datasets.base import DATASETS
-from datasets.base import from_config
+from datasets.base import from_spec
 from datasets.base import get_dataset
 from datasets.base import list_datasets
 from datasets.birds import Birds
@@ -30,5 +30,5 @@ from datasets.tfrecord import TFRecordDataset
 __all__ = [
     'DATASETS', 'Dataset', 'bind', 'Birds', 'Digits', 'HeldOutArrays',
     'ImageFolder', 'ImageNet', 'ImageNet21k', 'TFRecordDataset',
-    'TfdsDataset', 'from_config', 'get_dataset', 'list_datasets',
+    'TfdsDataset', 'from_spec', 'get_dataset', 'list_datasets',
 ]

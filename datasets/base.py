@@ -45,6 +45,8 @@ from efficientnetv2_tf.preprocessing import preprocess_image
 from hparams.datasets import register_dataset_default
 from hparams.errors import UserError
 from hparams.registry import Registry
+from hparams.specs import build_specs
+from hparams.specs import DataSpec
 
 DATASETS: Registry = Registry('dataset')
 
@@ -376,28 +378,30 @@ def list_datasets() -> List[str]:
   return DATASETS.names()
 
 
-def from_config(data_cfg: Any, data_dir: Optional[str] = None) -> Dataset:
-  """The dataset a run config's `data` section names.
+def from_spec(data: DataSpec, data_dir: Optional[str] = None) -> Dataset:
+  """The dataset a run's data spec names.
 
   `data_dir` (the `--data_dir` flag) wins over `data.data_dir`.
   """
-  return get_dataset(data_cfg.dataset, data_dir or data_cfg.data_dir,
-                     per_class=data_cfg.per_class,
-                     fraction=data_cfg.fraction, strict=data_cfg.strict,
-                     cache=data_cfg.cache,
-                     shuffle_buffer=data_cfg.shuffle_buffer,
-                     val_fraction=data_cfg.val_fraction,
-                     subset_splits=(data_cfg.train_split,))
+  return get_dataset(data.dataset, data_dir or data.data_dir,
+                     per_class=data.per_class, fraction=data.fraction,
+                     strict=data.strict, cache=data.cache,
+                     shuffle_buffer=data.shuffle_buffer,
+                     val_fraction=data.val_fraction,
+                     subset_splits=(data.train_split,))
 
 
 def bind(cfg: Any, data_dir: Optional[str] = None) -> Dataset:
-  """The dataset a run config names; also sets `model.num_classes` from it.
+  """The dataset a run config names; also sets `model.num_classes` from it,
+  the last step of the config chain before a run builds its specs.
 
-  A `model.num_classes` the user set must agree with the dataset. The
-  augmentation settings are checked too, so that bad ones fail early.
+  A `model.num_classes` the user set must agree with the dataset. Every
+  value and the augmentation recipe are checked first, so that bad ones
+  fail before any data is read.
   """
-  Augmentation.from_config(cfg)
-  dataset = from_config(cfg.data, data_dir)
+  specs = build_specs(cfg)
+  Augmentation.from_specs(specs)
+  dataset = from_spec(specs.data, data_dir)
   if cfg.model.num_classes is None:
     cfg.model.num_classes = dataset.num_classes
   elif cfg.model.num_classes != dataset.num_classes:

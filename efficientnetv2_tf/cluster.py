@@ -6,8 +6,8 @@ hang on. Every function below also takes a single-worker strategy (one
 CPU, GPUs, a TPU), which is then its own chief.
 
 Every worker saves (saving is collective), so each writes to its own
-`worker_dir`; only the chief's copy in `model_dir` is kept, and it is the
-one every worker restores: `check_shared_dir` refuses a model_dir that some
+directory (`RunDir.for_worker`); only the chief's copy in `model_dir` is
+kept, and it is the one every worker restores: `check_shared_dir` refuses a model_dir that some
 worker cannot read. `worker_sum` is the workers' agreement (on SIGTERM,
 for one), and `lost_worker` names the worker whose loss failed a
 collective.
@@ -107,17 +107,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return True
   return (task_type == 'worker' and resolver.task_id == 0 and
           'chief' not in resolver.cluster_spec().jobs)
-
-
-def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
-  """Where this worker writes checkpoints and exports: `model_dir` for the
-  chief, a sub-directory of its own for any other worker (which may delete
-  it after saving). The directory is not created here."""
-  if is_chief(strategy):
-    return model_dir
-  resolver = strategy.cluster_resolver
-  return os.path.join(model_dir, 'workers',
-                      f'{resolver.task_type}_{resolver.task_id}')
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:

@@ -1,6 +1,6 @@
 """Evaluation on the eval split: once, or each checkpoint as it appears.
 
-    evaluator = Evaluator(cfg, dataset, model, ema, strategy, reporter)
+    evaluator = Evaluator(specs, dataset, model, ema, strategy, reporter)
     metrics = evaluator.evaluate(step)
     metrics = evaluator.evaluate_checkpoints(state, plan, timeout=600)
 
@@ -25,6 +25,7 @@ from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.progressive import RunPlan
 from efficientnetv2_tf.train_state import TrainState
 from hparams.errors import UserError
+from hparams.specs import Specs
 
 
 def _eval_fn(model: keras.Model, strategy: tf.distribute.Strategy,
@@ -55,23 +56,26 @@ class Evaluator:
   """Top-1, top-5 and loss of `model` on the eval split of `dataset`, with
   the EMA weights when `ema` is given."""
 
-  def __init__(self, cfg: Any, dataset: DatasetSource, model: keras.Model,
+  def __init__(self, specs: Specs, dataset: DatasetSource,
+               model: keras.Model,
                ema: Optional[ema_lib.ExponentialMovingAverage],
                strategy: tf.distribute.Strategy,
                reporter: Optional[reporting.Reporter] = None,
-               image_dtype: tf.DType = tf.float32):
+               image_dtype: tf.DType = tf.float32,
+               augmentation: Optional[Augmentation] = None):
+    """`augmentation` is the run's recipe when the caller has built it
+    already; its evaluation path and normalisation are what count."""
     self.dataset = dataset
     self.model = model
     self.ema = ema
     self.strategy = strategy
     self.reporter = reporter
     self.image_dtype = image_dtype
-    self.split = cfg.data.eval_split
-    self.batch_size = cfg.eval.batch_size
-    self.image_size = cfg.eval.isize
-    self.augmentation = Augmentation.from_config(cfg)
-    self.loss_type = optim.check_loss_type(cfg.train.loss_type,
-                                           'train.loss_type')
+    self.split = specs.data.eval_split
+    self.batch_size = specs.data.eval_batch_size
+    self.image_size = specs.data.eval_image_size
+    self.augmentation = augmentation or Augmentation.from_specs(specs)
+    self.loss_type = specs.optim.loss_type
     self.chief = cluster.is_chief(strategy)
     self.seconds = 0.0  # spent evaluating, for training-time figures
     self._step_fn = None

@@ -43,6 +43,7 @@ from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import Normalize
 from efficientnetv2_tf.preprocessing import eval_image
+from efficientnetv2_tf.run_dir import RunDir
 from hparams.errors import UserError
 from hparams.weights import InputContract
 from hparams.weights import recipe_contract
@@ -120,35 +121,17 @@ def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
   """The model of a training run, with the EMA weights of its latest (or the
   named) checkpoint, the evaluation contract of its recipe at its eval size,
   and its class names."""
-  config_path = os.path.join(model_dir, 'config.yaml')
-  if not os.path.isfile(config_path):
-    raise UserError(f'{model_dir!r} is not a run directory: it has no '
-                    'config.yaml; pass the model_dir of a training run')
-  # Through the strict chain, so that keys newer than the run get defaults.
-  cfg = hparams.resolve(None, None, hparams.load_yaml(config_path))
-  if checkpoint is None:
-    checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir,
-                                                         'checkpoints'))
-    if checkpoint is None:
-      raise UserError(f'no checkpoint in {model_dir}/checkpoints; train '
-                      'first or pass a checkpoint')
-  elif not tf.io.gfile.exists(checkpoint + '.index'):
-    named = os.path.join(model_dir, 'checkpoints', checkpoint)
-    if not tf.io.gfile.exists(named + '.index'):
-      raise UserError(f'checkpoint {checkpoint!r} is neither a checkpoint '
-                      f'prefix nor a name in {model_dir}/checkpoints')
-    checkpoint = named
-  model_name = cfg.model.model_name
-  model = EfficientNet.from_model_config(cfg.model)
-  loading.load_weights(model, checkpoint, model_name, prefer_ema=True)
-  labels_path = os.path.join(model_dir, 'labels.txt')
-  if os.path.isfile(labels_path):
-    with open(labels_path) as f:
-      labels = readable_labels(f.read().splitlines())
-  else:
-    labels = default_labels(model.num_classes)
-  contract = Augmentation.from_config(cfg).contract(int(cfg.eval.isize))
-  return Source(model, model_name, contract, labels, checkpoint,
+  run = RunDir(model_dir)
+  specs = run.load_specs()
+  checkpoint = run.checkpoint(checkpoint)
+  model = EfficientNet.from_spec(specs.model)
+  loading.load_weights(model, checkpoint, specs.model.name, prefer_ema=True)
+  labels = run.labels()
+  labels = (readable_labels(labels) if labels is not None
+            else default_labels(model.num_classes))
+  contract = Augmentation.from_specs(specs).contract(
+      specs.data.eval_image_size)
+  return Source(model, specs.model.name, contract, labels, checkpoint,
                 _checkpoint_step(checkpoint))
 
 
@@ -164,8 +147,8 @@ def load_pretrained(model_name: str, weights: str,
     entry = hparams.published_weights(model.name, weights)
     contract, name = entry.contract, entry.name
   else:
-    cfg = hparams.get_config(model_name)
-    contract = recipe_contract('default', cfg.eval.isize, normalization)
+    eval_size = hparams.get_specs(model_name).data.eval_image_size
+    contract = recipe_contract('default', eval_size, normalization)
     name = None
   return Source(model, model.name, contract,
                 default_labels(model.num_classes), weights, weights=name)

@@ -104,7 +104,7 @@ def weights_info(model_name: str, tag: str) -> hparams.PublishedWeights:
       >>> info.contract.image_size, info.top1
       (384, 83.9)
   """
-  canonical = hparams.get_config(model_name).model.model_name
+  canonical = hparams.get_specs(model_name).model.name
   return hparams.published_weights(canonical, tag)
 
 
@@ -147,19 +147,18 @@ def get_model(model_name: str,
     0-255 pixels with `include_preprocessing=True`.
   """
   overrides = hparams.as_mapping(model_config)
-  model_cfg = hparams.get_config(model_name, None, {'model': overrides}).model
-  model_name = model_cfg.model_name  # the canonical spelling
+  spec = hparams.get_specs(model_name, None, {'model': overrides}).model
+  model_name = spec.name  # the canonical spelling
   checkpoint = locate(weights, model_name) if weights else None
   if checkpoint and checkpoint.head_classes and include_top and \
-      model_cfg.num_classes is None:
-    model_cfg.num_classes = checkpoint.head_classes
+      overrides.get('num_classes') is None:
+    kwargs['num_classes'] = checkpoint.head_classes
   if kwargs.get('include_preprocessing'):
     kwargs.setdefault('preprocessing_mode',
                       _weights_normalization(model_name, weights))
 
-  model = EfficientNet.from_model_config(
-      model_cfg, include_top=include_top, with_endpoints=with_endpoints,
-      **kwargs)
+  model = EfficientNet.from_spec(
+      spec, include_top=include_top, with_endpoints=with_endpoints, **kwargs)
   if checkpoint:
     load_weights(model, checkpoint, model_name)
   model.trainable = training

@@ -8,7 +8,6 @@ import dataclasses
 from typing import Optional, Sequence
 
 import keras
-import ml_collections
 
 from efficientnetv2_tf import blockargs
 from efficientnetv2_tf import blocks
@@ -33,8 +32,9 @@ class EfficientNet(keras.Model):
   `hparams.specs.ModelSpec`; `from_spec` builds the model a spec describes.
 
   `bn_sync=True` makes every BatchNorm compute its training statistics over
-  all replicas of the current `tf.distribute` strategy. It changes no
-  variable, so weights move freely between models with and without it.
+  all replicas of the current `tf.distribute` strategy; unset, it is off
+  here (the trainer resolves it for its strategy). It changes no variable,
+  so weights move freely between models with and without it.
 
       >>> from hparams.models import V2_BASE_BLOCKS
       >>> model = EfficientNet(V2_BASE_BLOCKS, num_classes=10,
@@ -88,17 +88,6 @@ class EfficientNet(keras.Model):
     """The model `spec` describes, with some of its fields replaced."""
     return cls(**{**spec.arguments(), **overrides})
 
-  @classmethod
-  def from_model_config(cls, model_cfg: ml_collections.ConfigDict,
-                        **overrides) -> 'EfficientNet':
-    """Builds the model that the `model` section of a run config describes.
-
-    An unset `num_classes` means ImageNet's 1,000, an unset `bn_sync`
-    off: the trainer, which knows the strategy, passes
-    `bn_sync=distribute.resolve_bn_sync(...)`.
-    """
-    return cls.from_spec(ModelSpec.from_config(model_cfg), **overrides)
-
 
 _ARGUMENT_NAMES = tuple(f.name for f in dataclasses.fields(ModelSpec))
 
@@ -109,7 +98,8 @@ def _graph(spec: ModelSpec):
       spec.blocks_args, spec.width_coefficient, spec.depth_coefficient,
       spec.depth_divisor, spec.min_depth, spec.rounding_floor)
   common = dict(act_fn=spec.act_fn, bn_momentum=spec.bn_momentum,
-                bn_epsilon=spec.bn_epsilon, bn_sync=spec.bn_sync)
+                bn_epsilon=spec.bn_epsilon,
+                bn_sync=bool(spec.bn_sync))
   inputs = keras.Input(shape=spec.input_shape, name='images')
   x = inputs
   if spec.include_preprocessing:

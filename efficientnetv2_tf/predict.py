@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnetv2_tf import export
+from efficientnetv2_tf.run_dir import RunDir
 from hparams.errors import UserError
 
 
@@ -30,7 +31,7 @@ def classifier(source: Union[str, export.Source]
     with open(os.path.join(source, 'labels.txt')) as f:
       labels = f.read().splitlines()
     return tf.saved_model.load(saved_model).signatures['serving_bytes'], labels
-  if os.path.isfile(os.path.join(source, 'config.yaml')):
+  if RunDir(source).exists():
     run = export.load_run(source)
     module = export.ServingModule(run)  # the closure keeps it alive
     return lambda images: module.serving_bytes(images), run.labels

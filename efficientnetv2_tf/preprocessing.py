@@ -12,7 +12,7 @@ or of the published weights served (`hparams.published_weights`).
 with stateless randomness so that a seed makes it repeatable.
 """
 import dataclasses
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -21,6 +21,7 @@ from efficientnetv2_tf import augment
 from efficientnetv2_tf.blocks import serializable
 from hparams.errors import UserError
 from hparams.registry import Registry
+from hparams.specs import Specs
 from hparams.weights import CENTRE_CROP_BELOW
 from hparams.weights import check_normalization
 from hparams.weights import CROP_PADDING
@@ -135,17 +136,17 @@ class Augmentation:
     return recipe_contract(self.pipeline.path, image_size, self.normalization)
 
   @classmethod
-  def from_config(cls, cfg: Any) -> 'Augmentation':
-    """From a run config. Unless `data.normalization` says otherwise, a
+  def from_specs(cls, specs: Specs) -> 'Augmentation':
+    """The recipe of a run. Unless `data.normalization` says otherwise, a
     run fine-tuning from published weights normalises as they expect."""
-    data = cfg.data
+    data = specs.data
     normalization = data.normalization
-    entry = _named_weights(cfg.model.model_name, cfg.train.ft_init_ckpt)
+    entry = _named_weights(specs.model.name, specs.optim.init_checkpoint)
     if normalization is None and entry is not None:
       normalization = entry.contract.normalization
-    return cls(data.augname, data.ra_num_layers, data.ram, data.mixup_alpha,
-               data.cutmix_alpha, data.flip, data.augment_fixes,
-               normalization)
+    return cls(data.augmentation, data.randaug_layers,
+               data.randaug_magnitude, data.mixup_alpha, data.cutmix_alpha,
+               data.flip, data.augment_fixes, normalization)
 
 
 def _named_weights(model_name: str, weights: Optional[str]):

@@ -20,7 +20,7 @@ Two schedules, set by `progressive.schedule`, differ in exactly two ways:
 Both grow the magnitude from `progressive.ram_min` and mixup and cutmix from
 `progressive.mixup_min` and `cutmix_min` to their `data.*` values, linearly
 from the first stage to the last; without `train.sched` only the image size
-changes. The final size is the training size (`hparams.train_image_size`);
+changes. The final size is the training size (`DataSpec.train_image_size`);
 `data.ibase` 0 means half of it, as in the original. Sizes are truncated to
 whole pixels, as in the original, and never fall below 16. The magnitude is
 scheduled only when the augmentation uses RandAugment ('randaug', 'ra_aa'):
@@ -41,44 +41,40 @@ Stage i ends after (i + 1) / N of the training steps, or after the epochs in
 the global step with `stage_at`:
 
     >>> import hparams
-    >>> cfg = hparams.get_config(
+    >>> specs = hparams.get_specs(
     ...     'efficientnetv2-s', None, 'train.epochs=10,data.ram=15,'
     ...     'model.dropout_rate=0.3,progressive.schedule=paper')
-    >>> stages = plan(cfg, steps_per_epoch=100)
+    >>> stages = plan(specs, steps_per_epoch=100)
     >>> [(s.end_step, s.image_size, round(s.dropout_rate, 2)) for s in stages]
     [(250, 128, 0.1), (500, 185, 0.17), (750, 242, 0.23), (1000, 300, 0.3)]
     >>> print(stage_at(stages, 600).describe())
     stage 3/4: steps 500-749, 242 px, magnitude 11.67, mixup 0.0, ...
 
-`make_plan` plans a whole run (`RunPlan`) from the config, the training
+`make_plan` plans a whole run (`RunPlan`) from its specs, the training
 split's size and the number of replicas: the global batch, steps per epoch,
 epochs (`train.epochs`, stretched until there are `train.min_steps` steps,
-`progressive.stage_epochs` with them) and the stages. It only reads the
-config; `RunPlan.applied_to` gives the config that runs, to save beside
-the plan:
+`progressive.stage_epochs` with them) and the stages.
+`RunPlan.applied_to(specs)` gives the specs that run, to save beside the
+plan:
 
-    >>> run = make_plan(cfg, train_size=409_600, num_replicas=8)
+    >>> run = make_plan(specs, train_size=409_600, num_replicas=8)
     >>> run.global_batch, run.steps_per_epoch, run.epochs, run.total_steps
     (4096, 100, 10, 1000)
 """
 import bisect
-import copy
 import dataclasses
 from fractions import Fraction
-import functools
 import itertools
 import math
-import numbers
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import ml_collections
-
-import hparams
 from efficientnetv2_tf import distribute
 from efficientnetv2_tf.preprocessing import AUGMENTATIONS
 from efficientnetv2_tf.preprocessing import Augmentation
 from hparams.errors import UserError
 from hparams.registry import Registry
+from hparams.specs import DataSpec
+from hparams.specs import Specs
 
 MIN_IMAGE_SIZE = 16
 # The augmentation policies that read the RandAugment magnitude.
@@ -153,32 +149,15 @@ def paper_schedule(index: int, num_stages: int) -> Progress:
   return Progress(fraction, fraction, fraction)
 
 
-def _lookup(cfg: ml_collections.ConfigDict, key: str) -> Any:
-  return functools.reduce(getattr, key.split('.'), cfg)
-
-
 def _lerp(first: float, last: float, fraction: Fraction) -> Fraction:
   # Exact arithmetic, so that the last stage gets exactly the configured
   # value and sizes are truncated from the true value, not a rounded one.
   return Fraction(first) + (Fraction(last) - Fraction(first)) * fraction
 
 
-def _is_number(value: Any) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _num_stages(cfg: ml_collections.ConfigDict) -> int:
-  stages = cfg.train.stages
-  if stages < 0:
-    raise UserError(f'train.stages must be >= 0 (0 or 1: no progressive '
-                    f'learning); received: train.stages={stages}')
-  return max(stages, 1)
-
-
-def _schedule(cfg: ml_collections.ConfigDict) -> Callable[[int, int],
-                                                          Progress]:
+def _schedule(name: str) -> Callable[[int, int], Progress]:
   try:
-    return SCHEDULES.get(cfg.progressive.schedule)
+    return SCHEDULES.get(name)
   except UserError as e:
     raise UserError(f'progressive.schedule: {e}') from None
 
@@ -199,9 +178,6 @@ def _end_steps(epochs: float, stage_epochs: Sequence[float],
         f'progressive.stage_epochs needs one entry per stage '
         f'(train.stages={configured_stages}); received: {list(stage_epochs)} '
         f'({len(stage_epochs)} entries)')
-  if not all(_is_number(e) and e > 0 for e in stage_epochs):
-    raise UserError(f'progressive.stage_epochs must be numbers > 0; '
-                    f'received: {list(stage_epochs)}')
   if not math.isclose(sum(stage_epochs), epochs):
     raise UserError(f'progressive.stage_epochs must add up to train.epochs='
                     f'{epochs}; received: {list(stage_epochs)} (sum '
@@ -211,38 +187,30 @@ def _end_steps(epochs: float, stage_epochs: Sequence[float],
   return ends + [total]
 
 
-def stretched_stage_epochs(cfg: ml_collections.ConfigDict,
-                           epochs: float) -> List[float]:
+def stretched_stage_epochs(specs: Specs, epochs: float) -> Tuple[float, ...]:
   """`progressive.stage_epochs` scaled from `train.epochs` to `epochs`, so
   that a stretched run's stages still add up; empty when not set."""
-  scale = epochs / cfg.train.epochs
-  stage_epochs = list(cfg.progressive.stage_epochs)
+  scale = epochs / specs.optim.epochs
+  stage_epochs = specs.progressive.stage_epochs
   if scale == 1:
     return stage_epochs
-  return [e * scale if _is_number(e) else e for e in stage_epochs]
+  return tuple(e * scale for e in stage_epochs)
 
 
-def _values(cfg: ml_collections.ConfigDict, min_key: str, max_key: str,
+def _values(first: float, last: float, keys: Tuple[str, str],
             fractions: Sequence[Fraction]) -> List[float]:
-  """`min_key`'s value grown towards `max_key`'s by each fraction."""
-  first, last = _lookup(cfg, min_key), _lookup(cfg, max_key)
-  if first < 0:
-    raise UserError(f'{min_key} must be >= 0; received: {min_key}={first}')
+  """`first` grown towards `last` by each fraction; `keys` name them."""
   if first > last and any(f != 1 for f in fractions):
-    raise UserError(f'{min_key}={first} is above {max_key}={last}; a '
+    raise UserError(f'{keys[0]}={first} is above {keys[1]}={last}; a '
                     'progressive schedule grows from the minimum to the '
                     'configured value')
   return [float(_lerp(first, last, f)) for f in fractions]
 
 
-def _image_sizes(cfg: ml_collections.ConfigDict,
+def _image_sizes(data: DataSpec, first_image_size: int,
                  fractions: Sequence[Fraction]) -> List[int]:
-  size = hparams.train_image_size(cfg)
-  ibase = cfg.data.ibase
-  if ibase < 0:
-    raise UserError(f'data.ibase must be >= 0 (0: half the training size); '
-                    f'received: data.ibase={ibase}')
-  ibase = ibase or Fraction(size, 2)
+  size = data.train_image_size
+  ibase = first_image_size or Fraction(size, 2)
   if ibase > size and any(f != 1 for f in fractions):
     raise UserError(f'data.ibase={ibase} is above the training image size '
                     f'{size} (train.image_size); the first stage must be '
@@ -250,38 +218,47 @@ def _image_sizes(cfg: ml_collections.ConfigDict,
   return [max(MIN_IMAGE_SIZE, int(_lerp(ibase, size, f))) for f in fractions]
 
 
-def plan(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
+def _progress(specs: Specs, num_stages: int) -> List[Progress]:
+  """Where each stage lies between the minimums and the configured values."""
+  schedule = _schedule(specs.progressive.schedule)
+  progress = [schedule(i, num_stages) if num_stages > 1 else _FULL
+              for i in range(num_stages)]
+  if not specs.progressive.schedule_regularization:
+    progress = [dataclasses.replace(p, augmentation=Fraction(1),
+                                    dropout=Fraction(1)) for p in progress]
+  return progress
+
+
+def plan(specs: Specs, steps_per_epoch: int,
          epochs: Optional[float] = None) -> List[Stage]:
   """The stages of a run: `epochs * steps_per_epoch` steps in all.
 
   `epochs` defaults to `train.epochs`; a longer run stretches
-  `progressive.stage_epochs` with it. Reads the config and returns values;
-  raises `UserError`, naming the key, for settings that make no schedule.
+  `progressive.stage_epochs` with it. Raises `UserError`, naming the config
+  keys, for settings that make no schedule.
   """
-  num_stages = _num_stages(cfg)
-  schedule = _schedule(cfg)
-  if cfg.train.epochs <= 0:
-    raise UserError(f'train.epochs must be > 0; received: train.epochs='
-                    f'{cfg.train.epochs}')
+  prog, data = specs.progressive, specs.data
+  num_stages = max(prog.stages, 1)
   if epochs is None:
-    epochs = cfg.train.epochs
-  ends = _end_steps(epochs, stretched_stage_epochs(cfg, epochs),
-                    cfg.train.stages, num_stages, steps_per_epoch)
-  progress = [schedule(i, num_stages) if num_stages > 1 else _FULL
-              for i in range(num_stages)]
-  if not cfg.train.sched:
-    progress = [dataclasses.replace(p, augmentation=Fraction(1),
-                                    dropout=Fraction(1)) for p in progress]
+    epochs = specs.optim.epochs
+  ends = _end_steps(epochs, stretched_stage_epochs(specs, epochs),
+                    prog.stages, num_stages, steps_per_epoch)
+  progress = _progress(specs, num_stages)
   augment = [p.augmentation for p in progress]
-  policy = AUGMENTATIONS.get(cfg.data.augname or 'none').policy
+  policy = AUGMENTATIONS.get(data.augmentation or 'none').policy
   magnitude = (augment if policy in _MAGNITUDE_POLICIES
                else [Fraction(1)] * num_stages)
   columns = zip(
-      _image_sizes(cfg, [p.image_size for p in progress]),
-      _values(cfg, 'progressive.ram_min', 'data.ram', magnitude),
-      _values(cfg, 'progressive.mixup_min', 'data.mixup_alpha', augment),
-      _values(cfg, 'progressive.cutmix_min', 'data.cutmix_alpha', augment),
-      _values(cfg, 'progressive.dropout_min', 'model.dropout_rate',
+      _image_sizes(data, prog.first_image_size,
+                   [p.image_size for p in progress]),
+      _values(prog.ram_min, data.randaug_magnitude,
+              ('progressive.ram_min', 'data.ram'), magnitude),
+      _values(prog.mixup_min, data.mixup_alpha,
+              ('progressive.mixup_min', 'data.mixup_alpha'), augment),
+      _values(prog.cutmix_min, data.cutmix_alpha,
+              ('progressive.cutmix_min', 'data.cutmix_alpha'), augment),
+      _values(prog.dropout_min, specs.model.dropout_rate,
+              ('progressive.dropout_min', 'model.dropout_rate'),
               [p.dropout for p in progress]))
   starts = [0] + ends[:-1]
   return [Stage(i, start, end, *values, num_stages=num_stages)
@@ -316,15 +293,14 @@ class RunPlan:
   def epoch_of(self, step: int) -> float:
     return step / self.steps_per_epoch
 
-  def applied_to(self, cfg: ml_collections.ConfigDict
-                 ) -> ml_collections.ConfigDict:
-    """A copy of `cfg` with the epochs this plan trains: the config that
-    runs, to save. Planning it again gives this plan."""
-    ran = copy.deepcopy(cfg)
-    hparams.override(ran, {'train.epochs': self.epochs,
-                           'progressive.stage_epochs': list(
-                               self.stage_epochs)})
-    return ran
+  def applied_to(self, specs: Specs) -> Specs:
+    """`specs` with the epochs this plan trains: what runs, to save.
+    Planning it again gives this plan."""
+    return dataclasses.replace(
+        specs,
+        optim=dataclasses.replace(specs.optim, epochs=self.epochs),
+        progressive=dataclasses.replace(specs.progressive,
+                                        stage_epochs=self.stage_epochs))
 
   def to_dict(self) -> Dict[str, Any]:
     """The plan as plain values, each stage with its length in epochs."""
@@ -335,24 +311,24 @@ class RunPlan:
             'global_batch': self.global_batch, 'stages': stages}
 
 
-def make_plan(cfg: ml_collections.ConfigDict, train_size: int,
-              num_replicas: int) -> RunPlan:
-  """The run's length and stages from its config, its training-split size
-  and its number of replicas; the config is only read."""
-  global_batch = cfg.train.batch_size
+def make_plan(specs: Specs, train_size: int, num_replicas: int) -> RunPlan:
+  """The run's length and stages from its specs, its training-split size
+  and its number of replicas."""
+  optim = specs.optim
+  global_batch = optim.batch_size
   distribute.check_batch_size(global_batch, num_replicas)
-  accum = cfg.train.grad_accum_steps
-  if accum < 1 or (global_batch // num_replicas) % accum:
-    raise UserError(f'train.grad_accum_steps={accum} must be >= 1 and divide'
-                    f' the per-replica batch {global_batch // num_replicas}')
+  accum = optim.grad_accum_steps
+  if (global_batch // num_replicas) % accum:
+    raise UserError(f'train.grad_accum_steps={accum} must divide the '
+                    f'per-replica batch {global_batch // num_replicas}')
   steps_per_epoch = train_size // global_batch
   if not steps_per_epoch:
     raise UserError(f'train.batch_size={global_batch} is larger than the '
                     f'{train_size} training images')
-  epochs = cfg.train.epochs
-  if cfg.train.min_steps:
-    epochs = max(epochs, math.ceil(cfg.train.min_steps / steps_per_epoch))
-  stages = plan(cfg, steps_per_epoch, epochs)
+  epochs = optim.epochs
+  if optim.min_steps:
+    epochs = max(epochs, math.ceil(optim.min_steps / steps_per_epoch))
+  stages = plan(specs, steps_per_epoch, epochs)
   return RunPlan(global_batch, steps_per_epoch, epochs,
-                 tuple(stretched_stage_epochs(cfg, epochs)),
+                 stretched_stage_epochs(specs, epochs),
                  stages[-1].end_step, tuple(stages))

@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from efficientnetv2_tf.run_dir import RunDir
+
 CSV_FIELDS = ('epoch', 'step', 'stage', 'image_size', 'learning_rate',
               'train_loss', 'train_top1', 'eval_loss', 'eval_top1',
               'eval_top5', 'images_per_second', 'wall_seconds')
@@ -31,13 +33,12 @@ class Reporter:
   """
 
   def __init__(self, model_dir: str, enabled: bool = True):
-    self.model_dir = model_dir
+    self.run = RunDir(model_dir)
     self.enabled = enabled
-    self.csv_path = os.path.join(model_dir, 'metrics.csv')
+    self.csv_path = self.run.metrics
     self._writer = None
     if enabled:
-      self._writer = tf.summary.create_file_writer(
-          os.path.join(model_dir, 'tensorboard'))
+      self._writer = tf.summary.create_file_writer(self.run.tensorboard)
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     if not self._writer:
@@ -95,7 +96,7 @@ class Reporter:
     figure.suptitle('dotted lines: progressive stage boundaries'
                     if len(stage_epochs) > 1 else '')
     figure.tight_layout()
-    path = os.path.join(self.model_dir, 'curves.png')
+    path = self.run.curves
     figure.savefig(path, dpi=80)
     pyplot.close(figure)
     return path
@@ -104,7 +105,7 @@ class Reporter:
     """Writes results.json atomically; returns its path."""
     if not self.enabled:
       return None
-    path = os.path.join(self.model_dir, 'results.json')
+    path = self.run.results
     with open(path + '.tmp', 'w') as f:
       json.dump({k: _short(v) for k, v in values.items()}, f, indent=2)
     os.replace(path + '.tmp', path)

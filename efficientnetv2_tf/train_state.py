@@ -1,6 +1,6 @@
 """What a run trains and resumes from, saved and restored as one.
 
-    state = TrainState(cfg, plan, strategy, model_dir, 'float32')
+    state = TrainState(specs, plan, strategy, model_dir, 'float32')
     state.restore()  # the newest readable checkpoint, if any
     ...
     state.save()
@@ -26,8 +26,11 @@ from efficientnetv2_tf import distribute
 from efficientnetv2_tf import ema as ema_lib
 from efficientnetv2_tf import loading
 from efficientnetv2_tf import optim
+from efficientnetv2_tf import run_dir
 from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.progressive import RunPlan
+from hparams.specs import OptimSpec
+from hparams.specs import Specs
 
 
 class TrainingError(RuntimeError):
@@ -43,69 +46,71 @@ class Preempted(Exception):
   step and the run can resume."""
 
 
-def _build_model(cfg: Any, strategy: tf.distribute.Strategy,
+def _build_model(specs: Specs, strategy: tf.distribute.Strategy,
                  fine_tune: bool) -> EfficientNet:
   """The model, with `train.ft_init_ckpt`'s weights when `fine_tune`."""
-  bn_sync = distribute.resolve_bn_sync(cfg.model.bn_sync, strategy)
+  bn_sync = distribute.resolve_bn_sync(specs.model.bn_sync, strategy)
   logging.info('cross-replica BatchNorm: %s', 'on' if bn_sync else 'off')
-  model = EfficientNet.from_model_config(cfg.model, bn_sync=bn_sync)
-  train = cfg.train
-  if fine_tune and train.ft_init_ckpt:
-    loading.load_weights(model, train.ft_init_ckpt, cfg.model.model_name,
-                         prefer_ema=train.ft_init_ema)
-    logging.info('initialised from %s', train.ft_init_ckpt)
+  model = EfficientNet.from_spec(specs.model, bn_sync=bn_sync)
+  init = specs.optim.init_checkpoint
+  if fine_tune and init:
+    loading.load_weights(model, init, specs.model.name,
+                         prefer_ema=specs.optim.init_from_ema)
+    logging.info('initialised from %s', init)
   return model
 
 
-def _learning_rate(train: Any, plan: RunPlan) -> optim.LearningRate:
-  peak = optim.scaled_learning_rate(train.lr_base, plan.global_batch)
+def _learning_rate(spec: OptimSpec, plan: RunPlan) -> optim.LearningRate:
+  peak = optim.scaled_learning_rate(spec.lr_base, plan.global_batch)
   return optim.LearningRate(
       peak, plan.steps_per_epoch, plan.total_steps,
-      schedule=train.lr_sched, warmup_epochs=train.lr_warmup_epoch,
-      decay_epochs=train.lr_decay_epoch,
-      decay_factor=train.lr_decay_factor, minimum=train.lr_min)
+      schedule=spec.lr_schedule, warmup_epochs=spec.lr_warmup_epoch,
+      decay_epochs=spec.lr_decay_epoch,
+      decay_factor=spec.lr_decay_factor, minimum=spec.lr_min)
 
 
-def _build_optimizer(train: Any, schedule: optim.LearningRate, policy: str,
-                     model: keras.Model) -> keras.optimizers.Optimizer:
+def _build_optimizer(spec: OptimSpec, schedule: optim.LearningRate,
+                     policy: str, model: keras.Model
+                     ) -> keras.optimizers.Optimizer:
   """The optimizer of `train.optimizer` on `schedule`, built for the model's
   trainable variables."""
   optimizer = optim.build_optimizer(
-      train.optimizer, schedule,
-      weight_decay=train.weight_decay if decoupled_decay(train) else 0.0,
-      weight_decay_exclude=train.weight_decay_exclude)
+      spec.optimizer, schedule,
+      weight_decay=spec.weight_decay if decoupled_decay(spec) else 0.0,
+      weight_decay_exclude=spec.weight_decay_exclude)
   optimizer = distribute.wrap_optimizer(optimizer, policy)
   optimizer.build(model.trainable_variables)
   return optimizer
 
 
-def decoupled_decay(train: Any) -> bool:
+def decoupled_decay(spec: OptimSpec) -> bool:
   """Whether the optimizer decays weights itself (AdamW); the others take
   an L2 loss, as the original did."""
-  return train.optimizer == 'adamw'
+  return spec.optimizer == 'adamw'
 
 
 class TrainState:
   """The model, optimizer, EMA, RNG, plateau and best-evaluation state of a
   run, built under `strategy` and checkpointed together."""
 
-  def __init__(self, cfg: Any, plan: RunPlan,
+  def __init__(self, specs: Specs, plan: RunPlan,
                strategy: tf.distribute.Strategy, model_dir: str,
                policy: str):
     self.strategy = strategy
     self.chief = cluster.is_chief(strategy)
     self.workers = cluster.num_workers(strategy)
     self.worker_sum = cluster.worker_sum(strategy)
-    self.checkpoint_dir = os.path.join(model_dir, 'checkpoints')
+    run = run_dir.RunDir(model_dir)
+    self.checkpoint_dir = run.checkpoints
     if self.workers > 1:
       with self.peers_watched():
         cluster.check_shared_dir(model_dir, strategy, self.worker_sum)
-    train = cfg.train
-    if cfg.data.seed is not None:
+    train, seed = specs.optim, specs.data.seed
+    if seed is not None:
       # Repeatable initial weights and dropout, not only data order.
-      keras.utils.set_random_seed(cfg.data.seed)
+      keras.utils.set_random_seed(seed)
     with strategy.scope():
-      self.model = _build_model(cfg, strategy,
+      self.model = _build_model(specs, strategy,
                                 fine_tune=self.latest_checkpoint() is None)
       self.schedule = _learning_rate(train, plan)
       self.optimizer = _build_optimizer(train, self.schedule, policy,
@@ -113,19 +118,19 @@ class TrainState:
       self.ema = ema_lib.maybe_ema(ema_lib.ema_variables(self.model),
                                    train.ema_decay)
       self.rng = tf.random.Generator.from_seed(
-          cfg.data.seed if cfg.data.seed is not None else
+          seed if seed is not None else
           int(np.random.default_rng().integers(2**31)))
       self.plateau = None
-      if train.lr_sched == 'plateau':
+      if train.lr_schedule == 'plateau':
         self.plateau = optim.PlateauReducer(
             self.schedule, patience=train.plateau_patience,
             factor=train.plateau_factor)
       self.best = tf.Variable(-1.0, trainable=False, dtype=tf.float64)
       self.evals_since_best = tf.Variable(0, trainable=False, dtype=tf.int64)
-    self._track(cluster.worker_dir(model_dir, strategy),
-                cfg.runtime.keep_checkpoints)
+    self._track(run.for_worker(strategy).checkpoints,
+                specs.runtime.keep_checkpoints)
 
-  def _track(self, work_dir: str, keep: int) -> None:
+  def _track(self, directory: str, keep: int) -> None:
     tracked = dict(model=self.model, optimizer=self.optimizer, rng=self.rng,
                    best=self.best, evals_since_best=self.evals_since_best)
     if self.ema:
@@ -134,8 +139,7 @@ class TrainState:
       tracked['plateau'] = self.plateau
     self.checkpoint = tf.train.Checkpoint(**tracked)
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(work_dir, 'checkpoints'),
-        max_to_keep=keep)
+        self.checkpoint, directory, max_to_keep=keep)
 
   @property
   def step(self) -> int:

@@ -1,6 +1,6 @@
 """The traced, distributed training step, built from ready objects.
 
-    settings = StepSettings.from_config(cfg, plan, l2_weight_decay=1e-5)
+    settings = StepSettings.from_specs(specs, plan, l2_weight_decay=1e-5)
     loop = build_train_loop(model, optimizer, ema, strategy, settings)
     loss_sum, correct = loop(iterator, tf.constant(steps))
 
@@ -20,6 +20,7 @@ from efficientnetv2_tf import ema as ema_lib
 from efficientnetv2_tf import optim
 from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.progressive import RunPlan
+from hparams.specs import Specs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,20 +38,21 @@ class StepSettings:
   jit_compile: bool
 
   @classmethod
-  def from_config(cls, cfg: Any, plan: RunPlan,
-                  l2_weight_decay: float) -> 'StepSettings':
-    """The settings of `cfg.train` for a run of `plan`; `l2_weight_decay`
-    is 0 for an optimizer that decays weights itself."""
-    train = cfg.train
+  def from_specs(cls, specs: Specs, plan: RunPlan,
+                 l2_weight_decay: float) -> 'StepSettings':
+    """The settings of a run of `plan`; `l2_weight_decay` is 0 for an
+    optimizer that decays weights itself."""
+    optim_spec = specs.optim
     return cls(
         global_batch=plan.global_batch, total_steps=plan.total_steps,
-        grad_accum_steps=train.grad_accum_steps,
-        loss_type=optim.check_loss_type(train.loss_type, 'train.loss_type'),
-        label_smoothing=train.label_smoothing,
+        grad_accum_steps=optim_spec.grad_accum_steps,
+        loss_type=optim_spec.loss_type,
+        label_smoothing=optim_spec.label_smoothing,
         l2_weight_decay=l2_weight_decay,
-        weight_decay_inc=train.weight_decay_inc,
-        weight_decay_exclude=train.weight_decay_exclude,
-        gclip=train.gclip, jit_compile=train.jit_compile)
+        weight_decay_inc=optim_spec.weight_decay_inc,
+        weight_decay_exclude=optim_spec.weight_decay_exclude,
+        gclip=optim_spec.grad_clip_norm,
+        jit_compile=specs.runtime.jit_compile)
 
 
 def freeze_backbone(model: EfficientNet, frozen: bool) -> None:

@@ -4,7 +4,7 @@ Keras 3's `Model.fit` does not run under MultiWorkerMirroredStrategy, so
 training is a compact loop of `strategy.run` calls that serves the CPU, one
 GPU, MirroredStrategy, MultiWorkerMirroredStrategy and TPUStrategy alike:
 
-    trainer = Trainer(cfg, dataset, model_dir, strategy)
+    trainer = Trainer(specs, dataset, model_dir, strategy)
     results = trainer.train(evaluate=True)
 
 The trainer puts parts together: the run's plan (`progressive.make_plan`:
@@ -42,38 +42,38 @@ from efficientnetv2_tf import train_state
 from efficientnetv2_tf import train_step
 from efficientnetv2_tf.dataset_protocol import DatasetSource
 from efficientnetv2_tf.preprocessing import Augmentation
-
-# The errors a run ends with, where its callers catch them.
+from hparams.specs import Specs
 
 
 class Trainer:
   """Trains a run's `TrainState` through its planned stages."""
 
-  def __init__(self, cfg: Any, dataset: DatasetSource, model_dir: str,
+  def __init__(self, specs: Specs, dataset: DatasetSource, model_dir: str,
                strategy: tf.distribute.Strategy,
                plan: Optional[progressive.RunPlan] = None):
-    self.cfg = cfg
+    """`plan` is the run's plan when the caller has made it already."""
+    self.specs = specs
     self.dataset = dataset
     self.strategy = strategy
     self.chief = cluster.is_chief(strategy)
     self.plan = plan or progressive.make_plan(
-        cfg, dataset.split_size(cfg.data.train_split),
+        specs, dataset.split_size(specs.data.train_split),
         strategy.num_replicas_in_sync)
     self.policy = distribute.precision_policy(
-        strategy, cfg.runtime.mixed_precision)
+        strategy, specs.runtime.mixed_precision)
     self.image_dtype = tf.bfloat16 if 'bfloat16' in self.policy else (
         tf.float16 if 'float16' in self.policy else tf.float32)
-    self.augmentation = Augmentation.from_config(cfg)
+    self.augmentation = Augmentation.from_specs(specs)
     self.reporter = reporting.Reporter(model_dir, enabled=self.chief)
     with distribute.precision_scope(self.policy):
-      self.state = train_state.TrainState(cfg, self.plan, strategy,
+      self.state = train_state.TrainState(specs, self.plan, strategy,
                                           model_dir, self.policy)
     self.evaluator = evaluator_lib.Evaluator(
-        cfg, dataset, self.model, self.ema, strategy, self.reporter,
-        self.image_dtype)
-    self.step_settings = train_step.StepSettings.from_config(
-        cfg, self.plan, 0.0 if train_state.decoupled_decay(cfg.train)
-        else cfg.train.weight_decay)
+        specs, dataset, self.model, self.ema, strategy, self.reporter,
+        self.image_dtype, self.augmentation)
+    self.step_settings = train_step.StepSettings.from_specs(
+        specs, self.plan, 0.0 if train_state.decoupled_decay(specs.optim)
+        else specs.optim.weight_decay)
     self._loop_key, self._loop = None, None
     self._stop_requested = False
     self.train_seconds = 0.0
@@ -124,7 +124,7 @@ class Trainer:
     with distribute.precision_scope(self.policy):
       loop = self._train_loop(stage, frozen=False)
       while done < num_steps:
-        steps = min(self.cfg.runtime.steps_per_loop, num_steps - done)
+        steps = min(self.specs.runtime.steps_per_loop, num_steps - done)
         loss, _ = loop(self._bench_input[1], tf.constant(steps))
         total += float(loss)
         done += steps
@@ -132,10 +132,10 @@ class Trainer:
 
   def _pipeline(self, stage: progressive.Stage):
     """The distributed training input of a stage, freshly seeded."""
-    accum = self.cfg.train.grad_accum_steps
+    accum = self.specs.optim.grad_accum_steps
     seed = int(self.state.rng.uniform_full_int([], tf.int64).numpy() % 2**31)
     dataset_fn = self.dataset.distribute_fn(
-        self.cfg.data.train_split, self.plan.global_batch // accum,
+        self.specs.data.train_split, self.plan.global_batch // accum,
         training=True, image_size=stage.image_size,
         augmentation=stage.augmentation(self.augmentation), seed=seed,
         dtype=self.image_dtype)
@@ -207,7 +207,7 @@ class Trainer:
     if evaluate:
       last_eval = self.evaluate()
       row.update(last_eval)
-      patience = self.cfg.train.early_stop_patience
+      patience = self.specs.optim.early_stop_patience
       stop = self.state.update_best(last_eval, patience)
       if stop and self.chief:
         print(f'early stop at step {self.step}: no better eval top-1 for '
@@ -220,14 +220,14 @@ class Trainer:
   def _next_steps(self, epoch_end: int) -> Tuple[int, bool]:
     """How many steps the next loop call runs, and whether frozen: it stops
     at the epoch's end, the end of freezing and the next checkpoint."""
-    freeze_steps = int(self.cfg.train.freeze_epochs *
+    freeze_steps = int(self.specs.optim.freeze_epochs *
                        self.plan.steps_per_epoch)
-    every = self.cfg.runtime.checkpoint_every_steps
+    every = self.specs.runtime.checkpoint_every_steps
     frozen = self.step < freeze_steps
     boundary = min(epoch_end, freeze_steps) if frozen else epoch_end
     if every:
       boundary = min(boundary, (self.step // every + 1) * every)
-    steps = min(self.cfg.runtime.steps_per_loop, boundary - self.step)
+    steps = min(self.specs.runtime.steps_per_loop, boundary - self.step)
     return steps, frozen
 
   def _run_loop(self, stage: progressive.Stage, iterator,
@@ -259,7 +259,7 @@ class Trainer:
     epoch_end = min(first + plan.steps_per_epoch, stage.end_step)
     progress = reporting.EpochProgress(plan.steps_per_epoch,
                                        plan.global_batch, self.chief)
-    every = self.cfg.runtime.checkpoint_every_steps
+    every = self.specs.runtime.checkpoint_every_steps
     while self.step < epoch_end:
       steps, loss, right, elapsed = self._run_loop(stage, iterator,
                                                    epoch_end)
@@ -293,7 +293,7 @@ class Trainer:
 
   def _finish(self, metrics: Dict[str, Any], wall: float) -> Dict[str, Any]:
     results = {
-        'model_name': self.cfg.model.model_name,
+        'model_name': self.specs.model.name,
         'dataset': self.dataset.name, 'step': self.step,
         'total_steps': self.plan.total_steps, **metrics,
         'wall_seconds': wall,

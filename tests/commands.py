@@ -143,6 +143,11 @@ def configs(argv: Sequence[str]) -> List[ml_collections.ConfigDict]:
     return [main.make_config(combination) for combination in combinations]
 
 
+def run_specs(argv: Sequence[str]) -> List[hparams.Specs]:
+  """The specs of each run a command starts, as `configs` resolves them."""
+  return [hparams.build_specs(cfg) for cfg in configs(argv)]
+
+
 def _given_keys(argv: Sequence[str]) -> List[str]:
   """The config keys a command sets, in `--hparam_str` (YAML files
   included) or `--sweeps`."""

@@ -3,7 +3,10 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import random  # pylint: disable=g-import-not-at-top
+
 import keras  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 # A tiny EfficientNetV2 that runs in milliseconds: every stage keeps one
@@ -25,9 +28,47 @@ def tiny_config(*overrides):
                             *overrides)
 
 
+def tiny_run(*overrides):
+  """The specs and the bound digits dataset of `tiny_config(*overrides)`,
+  as a run resolves them."""
+  import datasets  # pylint: disable=g-import-not-at-top
+  import hparams  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config(*overrides)
+  dataset = datasets.bind(cfg)
+  return hparams.build_specs(cfg), dataset
+
+
+# The modules that take longest, first: with `pytest -n 2 --dist loadfile`
+# each worker takes whole modules in collection order, and the two finish
+# together only if the long ones do not come last.
+LONGEST_FIRST = ('test_distributed_training', 'test_recipes', 'test_readme',
+                 'test_main', 'test_trainer', 'test_model', 'test_export',
+                 'test_distribute', 'test_runs', 'test_served_weights',
+                 'test_contract_agreement')
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = item.module.__name__.rsplit('.', 1)[-1]
+    return (LONGEST_FIRST.index(name) if name in LONGEST_FIRST
+            else len(LONGEST_FIRST))
+  items.sort(key=rank)  # stable: a module keeps its own order
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _seeded_module():
+  # TensorFlow's global seed too; setting it clears TensorFlow's caches, so
+  # that every traced function is prepared again on its next call: once a
+  # module, not once a test.
+  keras.utils.set_random_seed(0)
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
-  keras.utils.set_random_seed(0)
+  # Keras draws the seeds of unseeded initialisers and layers from Python's
+  # generator.
+  random.seed(0)
+  np.random.seed(0)
 
 
 @pytest.fixture(scope='session')

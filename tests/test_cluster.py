@@ -2,30 +2,14 @@ import doctest
 import json
 import os
 import re
-import types
 
 import pytest
 import tensorflow as tf
 
 from efficientnetv2_tf import cluster
 from hparams.errors import UserError
-
-
-def fake_tpu_strategy():
-  # A real one needs a TPU; isinstance checks need only the class.
-  return tf.distribute.TPUStrategy.__new__(tf.distribute.TPUStrategy)
-
-
-def fake_strategy(task_type=None, task_id=0, jobs=('worker',)):
-  """A strategy with just a cluster resolver, as a worker of `jobs` sees it;
-  each job has two tasks."""
-  if task_type is None:
-    return types.SimpleNamespace(cluster_resolver=None)
-  spec = tf.train.ClusterSpec({job: [f'{job}{i}:2222' for i in range(2)]
-                               for job in jobs})
-  resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-      spec, task_type=task_type, task_id=task_id)
-  return types.SimpleNamespace(cluster_resolver=resolver)
+from tests.strategies import fake_strategy
+from tests.strategies import fake_tpu_strategy
 
 
 def worker_config(workers, index, task_type='worker', **jobs):
@@ -90,13 +74,6 @@ def test_read_tf_config_reads_a_task_index_as_tensorflow_does(monkeypatch):
 ])
 def test_is_chief(strategy, chief):
   assert cluster.is_chief(strategy) is chief
-
-
-def test_only_the_chief_writes_to_model_dir():
-  chief = fake_strategy('chief', 0, ('chief', 'worker'))
-  worker = fake_strategy('worker', 1, ('chief', 'worker'))
-  assert cluster.worker_dir('/runs/s', chief) == '/runs/s'
-  assert cluster.worker_dir('/runs/s', worker) == '/runs/s/workers/worker_1'
 
 
 def test_is_chief_for_a_single_worker_strategy():

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 import hparams
+from hparams import config
 from hparams.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,9 +128,9 @@ def test_num_classes_is_defined_once():
 
 
 def test_train_size_fraction_follows_the_original_rounding():
-  cfg = hparams.get_config('efficientnet-b0')  # 0.8 of the eval size, 224
-  assert hparams.train_image_size(cfg) == 176
-  assert hparams.train_image_size(hparams.get_config('efficientnetv2-s')) == 300
+  # 0.8 of the eval size, 224
+  assert hparams.get_specs('efficientnet-b0').data.train_image_size == 176
+  assert hparams.get_specs('efficientnetv2-s').data.train_image_size == 300
 
 
 def test_unknown_model_name_lists_known_names():
@@ -244,7 +245,7 @@ def test_deprecated_isize_sets_the_new_keys_and_warns_once(
   cfg = hparams.get_config('efficientnetv2-s', None, {'train.isize': isize})
   assert (cfg.train.image_size, cfg.train.image_size_ratio) == (image_size,
                                                                 ratio)
-  assert hparams.train_image_size(cfg) == pixels
+  assert hparams.build_specs(cfg).data.train_image_size == pixels
   warnings = [r.getMessage() for r in caplog.records
               if 'train.isize' in r.getMessage()]
   assert len(warnings) == 1 and '\n' not in warnings[0]
@@ -268,10 +269,11 @@ def test_image_size_and_its_ratio_are_alternatives_the_later_wins():
   cfg = hparams.get_config('efficientnetv2-s', None,
                            'train.image_size_ratio=0.5')  # preset: 300 px
   assert cfg.train.image_size is None
-  assert hparams.train_image_size(cfg) == 192  # half of 384
+  # half of 384
+  assert hparams.build_specs(cfg).data.train_image_size == 192
   cfg = hparams.get_config('efficientnet-b0', None, 'train.image_size=200')
   assert cfg.train.image_size_ratio is None
-  assert hparams.train_image_size(cfg) == 200
+  assert hparams.build_specs(cfg).data.train_image_size == 200
 
 
 @pytest.mark.parametrize('override, message', [
@@ -287,3 +289,10 @@ def test_get_config_checks_ranges_with_one_line(override, message):
   with pytest.raises(UserError) as err:
     hparams.get_config('efficientnetv2-b0', None, override)
   assert str(err.value) == message
+
+
+def test_the_config_keys_doc_is_rendered_from_the_specs():
+  with open(os.path.join(ROOT, 'docs', 'config_keys.md')) as f:
+    assert f.read() == config.render_config_keys(), (
+        'regenerate docs/config_keys.md from '
+        'hparams.config.render_config_keys()')

@@ -260,22 +260,21 @@ def test_a_dataset_naming_an_unknown_preset_is_refused():
 
 
 def test_presets_are_found_case_insensitively_and_bind_their_dataset():
-  cfg = hparams.get_config('efficientnetv2-b0', 'DIGITS')
-  dataset = datasets.from_config(cfg.data)
+  dataset = datasets.from_spec(
+      hparams.get_specs('efficientnetv2-b0', 'DIGITS').data)
   assert isinstance(dataset, datasets.Digits)
   cfg = hparams.get_config('efficientnetv2-s', 'cifar10ft')
   assert cfg.data.dataset == 'cifar10' and cfg.data.augname == 'ft'
   assert cfg.train.epochs == 15 and cfg.train.stages == 0
 
 
-def test_from_config_passes_subset_settings():
-  cfg = hparams.get_config('efficientnetv2-b0', 'digits',
-                           'data.per_class=3,data.fraction=0.5')
-  dataset = datasets.from_config(cfg.data)
+def test_from_spec_passes_subset_settings():
+  specs = hparams.get_specs('efficientnetv2-b0', 'digits',
+                            'data.per_class=3,data.fraction=0.5')
+  dataset = datasets.from_spec(specs.data)
   assert dataset.subset == Subset(3, 0.5)
   with pytest.raises(UserError, match='data.per_class'):
-    datasets.from_config(hparams.get_config(
-        'efficientnetv2-b0', 'digits', 'data.per_class=0').data)
+    hparams.get_specs('efficientnetv2-b0', 'digits', 'data.per_class=0')
 
 
 # The datasets this package defines, one class each, by name.

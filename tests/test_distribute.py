@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from efficientnetv2_tf import distribute
 from hparams.errors import UserError
+from tests.strategies import fake_tpu_strategy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,11 +28,6 @@ def global_policy_restored():
   previous = keras.mixed_precision.global_policy()
   yield
   keras.mixed_precision.set_global_policy(previous)
-
-
-def fake_tpu_strategy():
-  # A real one needs a TPU; isinstance checks need only the class.
-  return tf.distribute.TPUStrategy.__new__(tf.distribute.TPUStrategy)
 
 
 def start_python(script, tf_config=None):
@@ -51,11 +47,12 @@ ONE_WORKER = """
     import tensorflow as tf
     from efficientnetv2_tf import cluster
     from efficientnetv2_tf import distribute
+    from efficientnetv2_tf.run_dir import RunDir
     strategy = distribute.get_strategy('multi_worker')
     print('one_worker',
           isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
           strategy.num_replicas_in_sync, cluster.is_chief(strategy),
-          cluster.worker_dir('/runs/s', strategy))
+          RunDir('/runs/s').for_worker(strategy).path)
     """
 
 

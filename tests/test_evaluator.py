@@ -20,26 +20,27 @@ def parts():
   """A tiny model whose raw weights have moved away from their EMA."""
   cfg = hparams.get_config('efficientnetv2-b0', 'digits', TINY_RUN)
   dataset = datasets.bind(cfg)
-  model = EfficientNet.from_model_config(cfg.model)
+  specs = hparams.build_specs(cfg)
+  model = EfficientNet.from_spec(specs.model)
   model(tf.zeros((1, 32, 32, 3)), training=False)
   ema = ema_lib.maybe_ema(ema_lib.ema_variables(model), 0.9)
   for variable in model.trainable_variables:
     variable.assign_add(tf.fill(variable.shape, 0.05))
-  return cfg, dataset, model, ema
+  return specs, dataset, model, ema
 
 
 def test_evaluation_uses_the_ema_and_leaves_the_raw_weights(parts,
                                                             tmp_path):
-  cfg, dataset, model, ema = parts
+  specs, dataset, model, ema = parts
   strategy = distribute.get_strategy('cpu')
   reporter = reporting.Reporter(str(tmp_path))
-  evaluator = evaluator_lib.Evaluator(cfg, dataset, model, ema, strategy,
+  evaluator = evaluator_lib.Evaluator(specs, dataset, model, ema, strategy,
                                       reporter)
   raw = [v.numpy() for v in model.trainable_variables]
   metrics = evaluator.evaluate(step=3)
   for before, after in zip(raw, model.trainable_variables):
     np.testing.assert_array_equal(before, after.numpy())
-  by_hand = evaluator_lib.Evaluator(cfg, dataset, model, None, strategy)
+  by_hand = evaluator_lib.Evaluator(specs, dataset, model, None, strategy)
   with ema.applied():
     averaged = by_hand.evaluate(step=3)
   unaveraged = by_hand.evaluate(step=3)

@@ -37,8 +37,8 @@ def exported(tmp_path_factory):
   cfg = hparams.get_config('efficientnetv2-b0', 'digits', TINY_RUN)
   runs.run('train', cfg, datasets.bind, model_dir,
            distribute.get_strategy('cpu'))
-  trainer = trainer_lib.Trainer(cfg, datasets.bind(cfg), model_dir,
-                                distribute.get_strategy('cpu'))
+  trainer = trainer_lib.Trainer(hparams.build_specs(cfg), datasets.bind(cfg),
+                                model_dir, distribute.get_strategy('cpu'))
   trainer.restore()
   export_dir = os.path.join(model_dir, 'export')
   info = inference.run_export(export.load_run(model_dir), export_dir,

@@ -149,10 +149,10 @@ def test_bn_sync_changes_no_variable_nor_the_checkpoint_mapping():
 @pytest.mark.parametrize('bn_sync, synchronized', [
     (None, False), (True, True), (False, False)])
 def test_model_config_bn_sync_unset_means_off(bn_sync, synchronized):
-  cfg = hparams.get_config('efficientnetv2-b0', None, {
-      'model': {**hparams.as_mapping(TINY), 'bn_sync': bn_sync}})
+  spec = hparams.get_specs('efficientnetv2-b0', None, {
+      'model': {**hparams.as_mapping(TINY), 'bn_sync': bn_sync}}).model
   with keras.StatelessScope():  # structure only; skip initialising weights
-    model = EfficientNet.from_model_config(cfg.model)
+    model = EfficientNet.from_spec(spec)
   assert {bn.synchronized for bn in batch_norms(model)} == {synchronized}
 
 
@@ -209,11 +209,12 @@ ABLATIONS = {
 @pytest.mark.parametrize('ablation', sorted(ABLATIONS))
 def test_ablation_from_config_alone(ablation):
   blocks_args, num_blocks, num_fused = ABLATIONS[ablation]
-  cfg = hparams.get_config(
+  spec = hparams.get_specs(
       'efficientnetv2-s', None,
-      'model.blocks_args=' + '|'.join(blocks_args) + ',model.num_classes=10')
+      'model.blocks_args=' + '|'.join(blocks_args) + ',model.num_classes=10'
+  ).model
   with keras.StatelessScope():  # structure only; skip initialising weights
-    model = EfficientNet.from_model_config(cfg.model)
+    model = EfficientNet.from_spec(spec)
   blocks = [layer for layer in model.layers if layer.name.startswith('blocks')]
   assert len(blocks) == num_blocks
   assert sum(block.fused for block in blocks) == num_fused

@@ -181,9 +181,9 @@ def test_every_augmentation_name_has_a_known_recipe():
 ])
 def test_fine_tuning_from_named_weights_normalises_as_they_expect(
     model_name, weights, normalization, expected):
-  cfg = hparams.get_config(model_name, 'FashionMnistFt', {
+  specs = hparams.get_specs(model_name, 'FashionMnistFt', {
       'train': {'ft_init_ckpt': weights},
       'data': {'normalization': normalization}})
-  augmentation = Augmentation.from_config(cfg)
+  augmentation = Augmentation.from_specs(specs)
   assert augmentation.contract(64).normalization == expected
   assert augmentation.contract(64).crop == 'none'  # still the ft recipe

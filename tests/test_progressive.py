@@ -24,8 +24,8 @@ CUTMIXES = [0, 0.4 / 3, 0.8 / 3, 0.4]
 
 
 def make_plan(*overrides):
-  cfg = hparams.get_config('efficientnetv2-s', None, V2_S, *overrides)
-  return progressive.plan(cfg, STEPS_PER_EPOCH)
+  specs = hparams.get_specs('efficientnetv2-s', None, V2_S, *overrides)
+  return progressive.plan(specs, STEPS_PER_EPOCH)
 
 
 def column(stages, name):
@@ -103,8 +103,8 @@ def test_stage_at_follows_this_runs_boundaries():
 
 
 def test_stage_at_skips_empty_stages():
-  cfg = hparams.get_config('efficientnetv2-s', None, V2_S, 'train.epochs=2')
-  stages = progressive.plan(cfg, steps_per_epoch=1)  # 2 steps, 4 stages
+  specs = hparams.get_specs('efficientnetv2-s', None, V2_S, 'train.epochs=2')
+  stages = progressive.plan(specs, steps_per_epoch=1)  # 2 steps, 4 stages
   assert [(s.start_step, s.end_step) for s in stages] == [
       (0, 0), (0, 1), (1, 1), (1, 2)]
   assert [progressive.stage_at(stages, step).index for step in (0, 1)] == [
@@ -175,9 +175,9 @@ def test_stage_epochs_error_quotes_the_values_received():
 
 
 def test_bad_steps_per_epoch_raises():
-  cfg = hparams.get_config('efficientnetv2-s', None, V2_S)
+  specs = hparams.get_specs('efficientnetv2-s', None, V2_S)
   with pytest.raises(UserError, match='steps_per_epoch=0'):
-    progressive.plan(cfg, 0)
+    progressive.plan(specs, 0)
 
 
 def test_augmentation_replaces_only_the_scheduled_fields():
@@ -204,45 +204,46 @@ def test_module_docstring_example_runs():
   assert result.failed == 0
 
 
-def digits_config(*overrides):
-  return hparams.get_config('efficientnetv2-b0', 'digits',
-                            'train.batch_size=32', *overrides)
+def digits_specs(*overrides):
+  return hparams.get_specs('efficientnetv2-b0', 'digits',
+                           'train.batch_size=32', *overrides)
 
 
 def test_make_plan_checks_batch_and_replicas():
-  cfg = digits_config()
+  specs = digits_specs()
   with pytest.raises(UserError, match='batch size 32 is not divisible by the '
                      '3 replicas'):
-    progressive.make_plan(cfg, 1000, 3)
+    progressive.make_plan(specs, 1000, 3)
   with pytest.raises(UserError, match='larger than the 10 training images'):
-    progressive.make_plan(cfg, 10, 1)
-  with pytest.raises(UserError, match='train.grad_accum_steps=3 must be >= 1 '
-                     'and divide the per-replica batch 16'):
-    progressive.make_plan(digits_config('train.grad_accum_steps=3'), 64, 2)
+    progressive.make_plan(specs, 10, 1)
+  with pytest.raises(UserError, match='train.grad_accum_steps=3 must divide '
+                     'the per-replica batch 16'):
+    progressive.make_plan(digits_specs('train.grad_accum_steps=3'), 64, 2)
 
 
-def test_make_plan_stretches_the_run_without_writing_to_the_config():
-  cfg = digits_config('train.min_steps=100,train.epochs=1,train.stages=2,'
-                      'progressive.stage_epochs=0.25|0.75')
-  before = cfg.to_dict()
-  plan = progressive.make_plan(cfg, 320, 1)  # 10 steps an epoch
-  assert cfg.to_dict() == before
+def test_make_plan_stretches_the_run_and_its_applied_specs_plan_the_same():
+  specs = digits_specs('train.min_steps=100,train.epochs=1,train.stages=2,'
+                       'progressive.stage_epochs=0.25|0.75')
+  plan = progressive.make_plan(specs, 320, 1)  # 10 steps an epoch
   assert (plan.epochs, plan.stage_epochs, plan.total_steps) == (
       10, (2.5, 7.5), 100)
   assert [(s.start_step, s.end_step) for s in plan.stages] == [(0, 25),
                                                                (25, 100)]
   assert plan.epoch_of(50) == 5
+  ran = plan.applied_to(specs)
+  assert (ran.optim.epochs, ran.progressive.stage_epochs) == (10, (2.5, 7.5))
+  assert progressive.make_plan(ran, 320, 1) == plan
 
 
 def test_make_plan_keeps_a_run_that_is_long_enough():
-  plan = progressive.make_plan(digits_config('train.min_steps=10,'
+  plan = progressive.make_plan(digits_specs('train.min_steps=10,'
                                              'train.epochs=3'), 320, 2)
   assert (plan.global_batch, plan.steps_per_epoch, plan.epochs,
           plan.total_steps, plan.stage_epochs) == (32, 10, 3, 30, ())
 
 
 def test_plan_to_dict_gives_each_stage_its_epochs():
-  plan = progressive.make_plan(digits_config('train.epochs=4,train.stages=2'),
+  plan = progressive.make_plan(digits_specs('train.epochs=4,train.stages=2'),
                                320, 1)
   saved = plan.to_dict()
   assert (saved['epochs'], saved['total_steps']) == (4, 40)

@@ -96,11 +96,11 @@ def test_model_table_matches_presets_counts_and_weights():
                     r'([\d.]+) \| ([^|]+) \|$', README, re.M)
   assert sorted(r[0] for r in rows) == hparams.list_models()
   for name, params, train, evaluation, dropout, weights in rows:
-    cfg = hparams.get_config(name)
+    specs = hparams.get_specs(name)
     assert int(params.replace(',', '')) == PARAM_COUNTS[name]
-    assert (int(train), int(evaluation)) == (hparams.train_image_size(cfg),
-                                             cfg.eval.isize)
-    assert float(dropout) == cfg.model.dropout_rate
+    assert (int(train), int(evaluation)) == (specs.data.train_image_size,
+                                             specs.data.eval_image_size)
+    assert float(dropout) == specs.model.dropout_rate
     assert set(weights.strip().split(', ')) == set(hparams.weights.tags(name))
 
 

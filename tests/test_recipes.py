@@ -11,7 +11,6 @@ import os
 from typing import Any, Dict, List
 
 import keras
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -21,6 +20,7 @@ from efficientnetv2_tf import loading
 from efficientnetv2_tf import official
 from efficientnetv2_tf import progressive
 from efficientnetv2_tf.model import EfficientNet
+from efficientnetv2_tf.run_dir import RunDir
 from tests import commands
 from tests import reduced_runs
 from tests.reduced_runs import BATCH
@@ -93,10 +93,9 @@ def _run(name: str, tmp_path: Any, data_dirs: Dict[str, str]) -> str:
 
 def _saved_model(run_dir: str) -> EfficientNet:
   """The model a run built, from its saved config, without initialising."""
-  model_cfg = ml_collections.ConfigDict(
-      reduced_runs.saved_config(run_dir)['model'])
+  spec = RunDir(run_dir).load_specs().model
   with keras.StatelessScope():
-    return EfficientNet.from_model_config(model_cfg)
+    return EfficientNet.from_spec(spec)
 
 
 def _stage_columns(results: Dict[str, Any]) -> List[str]:
@@ -129,8 +128,8 @@ def test_each_recipe_yaml_file_is_used_by_a_recipe():
 
 @pytest.mark.parametrize('name', sorted(RECIPES))
 def test_every_run_of_a_recipe_has_a_valid_config_and_stage_plan(name):
-  for cfg in commands.configs(RECIPES[name]):
-    assert progressive.plan(cfg, steps_per_epoch=100)
+  for specs in commands.run_specs(RECIPES[name]):
+    assert progressive.plan(specs, steps_per_epoch=100)
 
 
 @pytest.mark.slow
@@ -211,9 +210,9 @@ def test_plateau_recipe_saves_its_schedule_and_state(data_dirs, tmp_path):
 @pytest.mark.slow
 def test_stage_epochs_recipe_cuts_every_run_into_four_equal_stages(
     data_dirs, tmp_path):
-  for cfg in commands.configs(RECIPES[STAGE_EPOCHS]):
-    stages = progressive.plan(cfg, steps_per_epoch=1)
-    quarter = cfg.train.epochs // 4
+  for specs in commands.run_specs(RECIPES[STAGE_EPOCHS]):
+    stages = progressive.plan(specs, steps_per_epoch=1)
+    quarter = specs.optim.epochs // 4
     assert [s.end_step for s in stages] == [quarter * i for i in (1, 2, 3, 4)]
     assert quarter in (20, 40, 60)
   run_dir = _run(STAGE_EPOCHS, tmp_path, data_dirs)
@@ -225,8 +224,8 @@ def test_stage_epochs_recipe_cuts_every_run_into_four_equal_stages(
 def test_dropout_range_recipe_grows_dropout_from_min_to_max(data_dirs,
                                                             tmp_path):
   ranges = []
-  for cfg in commands.configs(RECIPES[DROPOUT_RANGES]):
-    stages = progressive.plan(cfg, steps_per_epoch=100)
+  for specs in commands.run_specs(RECIPES[DROPOUT_RANGES]):
+    stages = progressive.plan(specs, steps_per_epoch=100)
     ranges.append((stages[0].dropout_rate, stages[-1].dropout_rate))
   assert ranges == [(low, high) for low in (0.1, 0.2)
                     for high in (0.3, 0.5, 0.7)]
@@ -242,8 +241,8 @@ def test_size_range_recipe_grows_images_from_min_to_max(name, data_dirs,
                                                         tmp_path):
   first, lasts = SIZE_RANGES[name]
   ranges = [(stages[0].image_size, stages[-1].image_size)
-            for stages in (progressive.plan(cfg, steps_per_epoch=100)
-                           for cfg in commands.configs(RECIPES[name]))]
+            for stages in (progressive.plan(specs, steps_per_epoch=100)
+                           for specs in commands.run_specs(RECIPES[name]))]
   assert ranges == [(first, last) for last in lasts]
   results = reduced_runs.results(_run(name, tmp_path, data_dirs))
   assert results['step'] == 1

@@ -1,5 +1,4 @@
 import dataclasses
-import os
 
 import pytest
 
@@ -8,7 +7,6 @@ from hparams import specs
 from hparams.errors import UserError
 from hparams.models import V2_BASE_BLOCKS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def config_keys(cfg, prefix=''):
@@ -36,13 +34,6 @@ def test_every_keyed_field_says_what_it_means():
       assert not f.metadata['key'] or f.metadata['doc'], f.name
 
 
-def test_the_config_keys_doc_is_rendered_from_the_specs():
-  with open(os.path.join(ROOT, 'docs', 'config_keys.md')) as f:
-    assert f.read() == specs.render_config_keys(), (
-        'regenerate docs/config_keys.md from '
-        'hparams.specs.render_config_keys()')
-
-
 def test_base_config_defaults_are_the_spec_defaults():
   cfg = hparams.base_config()
   cfg.model.blocks_args = V2_BASE_BLOCKS
@@ -58,10 +49,17 @@ def test_base_config_defaults_are_the_spec_defaults():
 def test_unset_model_keys_take_the_argument_defaults():
   cfg = hparams.get_config('efficientnetv2-b0')
   assert cfg.model.num_classes is None and cfg.model.bn_sync is None
-  spec = specs.ModelSpec.from_config(cfg.model)
-  assert spec.num_classes == 1000 and spec.bn_sync is False
+  spec = hparams.build_specs(cfg).model
+  assert spec.num_classes == 1000 and spec.bn_sync is None
   assert spec.name == 'efficientnetv2-b0'
-  assert specs.ModelSpec.from_config(cfg.model, bn_sync=True).bn_sync
+
+
+def test_the_saved_config_of_specs_builds_the_same_specs():
+  for name in hparams.list_models():
+    for preset in [None] + hparams.list_dataset_presets():
+      built = hparams.get_specs(name, preset)
+      again = hparams.build_specs(hparams.config_from_specs(built))
+      assert again == built, (name, preset)
 
 
 def test_specs_are_frozen_and_hold_tuples():
@@ -78,17 +76,16 @@ def test_specs_are_frozen_and_hold_tuples():
     ('efficientnet-b0', None, 176), ('efficientnetv2-s', None, 300),
     ('efficientnetv2-s', 'train.image_size=None', 384)])
 def test_data_spec_gives_the_training_size_in_pixels(model, override, pixels):
-  cfg = hparams.get_config(model, None, override)
-  assert hparams.build_specs(cfg).data.train_image_size == pixels
-  assert hparams.train_image_size(cfg) == pixels
+  assert hparams.get_specs(model, None, override).data.train_image_size == (
+      pixels)
 
 
 @pytest.mark.parametrize('spec_type, arguments, message', [
     (specs.ModelSpec, {'blocks_args': ()}, 'model.blocks_args must be a '
      'non-empty list of block strings, e.g. r1_k3_s1_e1_i32_o16_c1; '
      'received: blocks_args=()'),
-    (specs.ModelSpec, {'blocks_args': V2_BASE_BLOCKS, 'bn_sync': None},
-     'model.bn_sync must be True or False; received: bn_sync=None'),
+    (specs.ModelSpec, {'blocks_args': V2_BASE_BLOCKS, 'bn_sync': 'yes'},
+     "model.bn_sync must be True, False or None; received: bn_sync='yes'"),
     (specs.ModelSpec, {'blocks_args': V2_BASE_BLOCKS, 'num_classes': True},
      'model.num_classes must be a positive int; received: num_classes=True'),
     (specs.DataSpec, {'per_class': 0}, 'data.per_class must be a positive '
@@ -102,6 +99,8 @@ def test_data_spec_gives_the_training_size_in_pixels(model, override, pixels):
      'be in [0, 1); received: train.label_smoothing=1.0'),
     (specs.OptimSpec, {'batch_size': 'big'}, 'train.batch_size must be an '
      "integer >= 1; received: train.batch_size='big'"),
+    (specs.OptimSpec, {'loss_type': 'hinge'}, 'train.loss_type must be one '
+     "of softmax, sigmoid; received: train.loss_type='hinge'"),
     (specs.RuntimeSpec, {'steps_per_loop': 0}, 'runtime.steps_per_loop must '
      'be an integer >= 1; received: runtime.steps_per_loop=0'),
 ])
@@ -112,8 +111,14 @@ def test_a_value_out_of_range_names_its_key_what_is_allowed_and_the_value(
   assert str(err.value) == message
 
 
-def test_architecture_keys_are_the_fields_that_fix_the_variables():
-  assert specs.ARCHITECTURE_KEYS == (
-      'model_name', 'blocks_args', 'width_coefficient', 'depth_coefficient',
-      'num_classes', 'feature_size', 'depth_divisor', 'min_depth',
-      'rounding_floor')
+def test_architecture_changes_are_the_fields_that_fix_the_variables():
+  b0 = hparams.get_specs('efficientnetv2-b0').model
+  assert b0.architecture_changes(b0) == []
+  assert [key for key, _, _ in b0.architecture_changes(
+      hparams.get_specs('efficientnet-b3').model)] == [
+          'model.model_name', 'model.blocks_args', 'model.width_coefficient',
+          'model.depth_coefficient', 'model.rounding_floor']
+  # Regularisation and BatchNorm settings change no variable.
+  other = hparams.get_specs('efficientnetv2-b0', None,
+                            'model.dropout_rate=0.5,model.bn_momentum=0.99')
+  assert b0.architecture_changes(other.model) == []

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import datasets
+import hparams
 from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import distribute
 from efficientnetv2_tf import progressive
@@ -14,13 +14,14 @@ from efficientnetv2_tf import trainer as trainer_lib
 from hparams import models
 from tests import tf1_reference
 from tests.conftest import tiny_config
+from tests.conftest import tiny_run
 
 
 def new_state(model_dir, *overrides):
   # `datasets.bind` would set the class count; the state is built without.
-  cfg = tiny_config('model.num_classes=10', *overrides)
-  plan = progressive.make_plan(cfg, 160, 1)
-  return train_state.TrainState(cfg, plan, distribute.get_strategy('cpu'),
+  specs = hparams.build_specs(tiny_config('model.num_classes=10', *overrides))
+  plan = progressive.make_plan(specs, 160, 1)
+  return train_state.TrainState(specs, plan, distribute.get_strategy('cpu'),
                                 str(model_dir), 'float32')
 
 
@@ -73,8 +74,8 @@ def test_finetuning_from_an_official_checkpoint_with_other_classes(tmp_path):
   directory, _, values = tf1_reference.official_checkpoint(
       images, tmp_path / 'official', 'efficientnetv2-b0',
       models.V2_BASE_BLOCKS, num_classes=7, width=0.25, depth=0.2)
-  cfg = tiny_config(f'train.epochs=1,train.ft_init_ckpt={directory}')
-  trainer = trainer_lib.Trainer(cfg, datasets.bind(cfg), str(tmp_path / 'ft'),
+  specs, dataset = tiny_run(f'train.epochs=1,train.ft_init_ckpt={directory}')
+  trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path / 'ft'),
                                 distribute.get_strategy('cpu'))
   stem = trainer.model.get_layer('stem').weights[0].numpy()
   np.testing.assert_allclose(

@@ -3,7 +3,6 @@ import dataclasses
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 import efficientnetv2_tf
@@ -11,7 +10,6 @@ from efficientnetv2_tf import ema as ema_lib
 from efficientnetv2_tf import progressive
 from efficientnetv2_tf import train_step
 import hparams
-from hparams.errors import UserError
 from tests.conftest import TINY
 
 BATCH = 8
@@ -88,14 +86,13 @@ def test_a_frozen_backbone_leaves_only_the_classifier_to_train():
   assert len(model.trainable_variables) > 2
 
 
-def test_settings_come_from_the_config():
-  cfg = hparams.get_config('efficientnetv2-b0', 'digits',
-                           'train.batch_size=32,train.grad_accum_steps=2')
-  plan = progressive.make_plan(cfg, 320, 1)
-  settings = train_step.StepSettings.from_config(cfg, plan, 1e-5)
+def test_settings_come_from_the_specs_and_the_plan():
+  specs = hparams.get_specs('efficientnetv2-b0', 'digits',
+                            'train.batch_size=32,train.grad_accum_steps=2,'
+                            'train.gclip=1.5,train.loss_type=sigmoid')
+  plan = progressive.make_plan(specs, 320, 1)
+  settings = train_step.StepSettings.from_specs(specs, plan, 1e-5)
   assert (settings.global_batch, settings.total_steps,
-          settings.grad_accum_steps, settings.l2_weight_decay) == (
-              32, plan.total_steps, 2, 1e-5)
-  cfg.train.loss_type = 'hinge'
-  with pytest.raises(UserError, match='train.loss_type'):
-    train_step.StepSettings.from_config(cfg, plan, 0.0)
+          settings.grad_accum_steps, settings.l2_weight_decay,
+          settings.gclip, settings.loss_type) == (
+              32, plan.total_steps, 2, 1e-5, 1.5, 'sigmoid')

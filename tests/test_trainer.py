@@ -9,29 +9,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from app import runs
-import datasets
-import hparams
 from efficientnetv2_tf import distribute
 from efficientnetv2_tf import progressive
 from efficientnetv2_tf import train_state
 from efficientnetv2_tf import trainer as trainer_lib
-from tests.conftest import tiny_config
+from efficientnetv2_tf.run_dir import RunDir
+from tests.conftest import tiny_run
 
 
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory):
   """A two-stage traineval run with the paper's schedule."""
   model_dir = str(tmp_path_factory.mktemp('run'))
-  cfg = tiny_config('train.epochs=2,train.stages=2,progressive.schedule=paper,'
-                    'model.dropout_rate=0.4,progressive.dropout_min=0.1')
+  specs, dataset = tiny_run(
+      'train.epochs=2,train.stages=2,progressive.schedule=paper,'
+      'model.dropout_rate=0.4,progressive.dropout_min=0.1')
   strategy = distribute.get_strategy('cpu')
-  dataset = datasets.bind(cfg)
-  runs.check_model_dir(model_dir, cfg)
-  hparams.save_yaml(cfg, os.path.join(model_dir, 'config.yaml'))
-  trainer = trainer_lib.Trainer(cfg, dataset, model_dir, strategy)
+  trainer = trainer_lib.Trainer(specs, dataset, model_dir, strategy)
+  RunDir(model_dir).save(specs, trainer.plan, dataset.class_names)
   results = trainer.train(evaluate=True)
-  return model_dir, cfg, trainer, results
+  return model_dir, specs, trainer, results
 
 
 def test_a_run_leaves_results_metrics_curves_and_summaries(finished_run):
@@ -48,11 +45,11 @@ def test_a_run_leaves_results_metrics_curves_and_summaries(finished_run):
 
 
 def test_each_epoch_trains_with_its_stage_settings(finished_run):
-  model_dir, cfg, trainer, _ = finished_run
+  model_dir, specs, trainer, _ = finished_run
   rows = list(csv.DictReader(open(os.path.join(model_dir, 'metrics.csv'))))
   assert [int(r['stage']) for r in rows] == [0, 1]
   assert [int(r['image_size']) for r in rows] == [16, 32]  # paper: ibase..
-  stages = progressive.plan(cfg, trainer.plan.steps_per_epoch)
+  stages = progressive.plan(specs, trainer.plan.steps_per_epoch)
   assert [s.dropout_rate for s in stages] == pytest.approx([0.1, 0.4])
   # Dropout changed in place, without rebuilding the model.
   assert trainer.model.top_dropout.rate == pytest.approx(0.4)
@@ -63,9 +60,10 @@ def test_each_epoch_trains_with_its_stage_settings(finished_run):
 
 def test_stages_that_differ_only_in_image_size_share_one_traced_step(
     tmp_path):
-  cfg = tiny_config('train.epochs=3,train.stages=3,progressive.schedule=code,'
-                    'data.per_class=4')
-  trainer = trainer_lib.Trainer(cfg, datasets.bind(cfg), str(tmp_path),
+  specs, dataset = tiny_run(
+      'train.epochs=3,train.stages=3,progressive.schedule=code,'
+      'data.per_class=4')
+  trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
   trainer.train()
   sizes = [s.image_size for s in trainer.plan.stages]
@@ -77,17 +75,18 @@ def test_stages_that_differ_only_in_image_size_share_one_traced_step(
 
 
 def test_a_finished_run_resumes_to_nothing_more(finished_run):
-  model_dir, cfg, _, _ = finished_run
-  again = trainer_lib.Trainer(cfg, datasets.bind(cfg), model_dir,
+  model_dir, specs, trainer, _ = finished_run
+  again = trainer_lib.Trainer(specs, trainer.dataset, model_dir,
                               distribute.get_strategy('cpu'))
   results = again.train(evaluate=False)
   assert results['step'] == 10 and again.train_images == 0
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  cfg = tiny_config('train.epochs=1,train.lr_base=1e30,train.ema_decay=0.0,'
-                    'runtime.checkpoint_every_steps=1,train.optimizer=sgd')
-  trainer = trainer_lib.Trainer(cfg, datasets.bind(cfg), str(tmp_path),
+  specs, dataset = tiny_run(
+      'train.epochs=1,train.lr_base=1e30,train.ema_decay=0.0,'
+      'runtime.checkpoint_every_steps=1,train.optimizer=sgd')
+  trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
   with pytest.raises(train_state.TrainingError,
                      match=r'the loss became (nan|inf) at step \d+ .*the '
@@ -98,9 +97,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_freezing_trains_only_the_classifier(tmp_path):
-  cfg = tiny_config('train.epochs=1,train.freeze_epochs=1.0,'
-                    'train.ema_decay=0.0')
-  trainer = trainer_lib.Trainer(cfg, datasets.bind(cfg), str(tmp_path),
+  specs, dataset = tiny_run(
+      'train.epochs=1,train.freeze_epochs=1.0,'
+      'train.ema_decay=0.0')
+  trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
   before = {v.path: v.numpy() for v in trainer.model.variables}
   trainer.train()
@@ -113,8 +113,8 @@ def test_freezing_trains_only_the_classifier(tmp_path):
 
 
 def test_evaluate_checkpoints_evaluates_the_latest_checkpoint(finished_run):
-  model_dir, cfg, _, results = finished_run
-  again = trainer_lib.Trainer(cfg, datasets.bind(cfg), model_dir,
+  model_dir, specs, trainer, results = finished_run
+  again = trainer_lib.Trainer(specs, trainer.dataset, model_dir,
                               distribute.get_strategy('cpu'))
   evaluated = again.evaluate_checkpoints(timeout=5)
   assert evaluated['step'] == 10
@@ -122,12 +122,13 @@ def test_evaluate_checkpoints_evaluates_the_latest_checkpoint(finished_run):
 
 
 def test_bfloat16_accumulation_loops_and_plateau_run_together(tmp_path):
-  cfg = tiny_config('train.epochs=2,train.grad_accum_steps=2,'
-                    'runtime.steps_per_loop=3,runtime.mixed_precision=true,'
-                    'train.lr_sched=plateau,train.plateau_patience=1,'
-                    'train.optimizer=adamw')
+  specs, dataset = tiny_run(
+      'train.epochs=2,train.grad_accum_steps=2,'
+      'runtime.steps_per_loop=3,runtime.mixed_precision=true,'
+      'train.lr_sched=plateau,train.plateau_patience=1,'
+      'train.optimizer=adamw')
   before = keras.mixed_precision.global_policy().name
-  trainer = trainer_lib.Trainer(cfg, datasets.bind(cfg), str(tmp_path),
+  trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
   assert trainer.policy == 'mixed_bfloat16'
   results = trainer.train(evaluate=True)
@@ -140,9 +141,10 @@ def test_bfloat16_accumulation_loops_and_plateau_run_together(tmp_path):
 
 @pytest.mark.slow
 def test_xla_compiles_the_training_step(tmp_path):
-  cfg = tiny_config('train.epochs=1,train.stages=1,train.jit_compile=true,'
-                    'train.grad_accum_steps=2')
-  trainer = trainer_lib.Trainer(cfg, datasets.bind(cfg), str(tmp_path),
+  specs, dataset = tiny_run(
+      'train.epochs=1,train.stages=1,train.jit_compile=true,'
+      'train.grad_accum_steps=2')
+  trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
   before = trainer.model.get_layer('stem').weights[0].numpy()
   results = trainer.train()
