@@ -24,6 +24,7 @@ import importlib.util
 import os
 import re
 import sys
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -78,7 +79,23 @@ flags.DEFINE_string('export_dir', None,
 flags.DEFINE_bool('overwrite', False,
                   'export: replace a non-empty --export_dir.')
 flags.DEFINE_string('tflite_quantization', 'none',
-                    'export: none, dynamic (int8 weights) or float16.')
+                    'export: none, dynamic (int8 weights), float16, or int8 '
+                    "(integer weights and activations, calibrated on the "
+                    "run's training split or --calibration_dir).")
+flags.DEFINE_string('calibration_dir', None,
+                    'export with --tflite_quantization=int8: images (a '
+                    'directory or a glob) like those the model will see, '
+                    "instead of the run's training split; up to 200 are "
+                    'used. Needed with --weights.')
+flags.DEFINE_string('onnx_precision', 'fp32',
+                    'export: model.onnx in fp32 or fp16 (float32 input and '
+                    'output either way); none leaves it out.')
+flags.DEFINE_string('runtime', None,
+                    'predict: tf, onnxruntime or litert (the last two run an '
+                    "export's model.onnx or model.tflite); default: tf, or "
+                    'what runs the .onnx or .tflite file given as '
+                    "--model_dir. benchmark: one or more, comma-separated, "
+                    "e.g. 'tf,onnxruntime,litert'; default: tf.")
 flags.DEFINE_string('image_path', None,
                     'predict: an image, a directory or a glob.')
 flags.DEFINE_integer('top_k', 5, 'predict: how many classes per image.')
@@ -98,7 +115,10 @@ FLAG_OF_ARGUMENT = {
     'data_dir': '--data_dir', 'eval_timeout': '--eval_timeout',
     'export_dir': '--export_dir', 'image_path': '--image_path',
     'model_dir': '--model_dir', 'overwrite=True': '--overwrite',
-    'top_k': '--top_k',
+    'top_k': '--top_k', 'runtime': '--runtime',
+    'onnx_precision': '--onnx_precision',
+    'calibration_images': '--calibration_dir',
+    "quantization='int8'": '--tflite_quantization=int8',
 }
 _ARGUMENT = re.compile(r'(?<![\w./\-])(' + '|'.join(
     re.escape(name) for name in FLAG_OF_ARGUMENT) + r')(?![\w])')
@@ -149,25 +169,58 @@ def run_inference(model_dir: str) -> None:
           model_dir, FLAGS.model_name, FLAGS.weights,
           model_config=_model_keys())
     inference.run_predict(source, FLAGS.image_path, FLAGS.top_k,
-                          FLAGS.predictions_file)
+                          FLAGS.predictions_file, FLAGS.runtime)
     return
+  onnx_precision = (None if FLAGS.onnx_precision == 'none'
+                    else FLAGS.onnx_precision)
   # Bad options are refused before the model is loaded, which takes a while.
   if FLAGS.mode == 'export':
     from efficientnetv2_tf import export  # pylint: disable=g-import-not-at-top
     export_dir = FLAGS.export_dir or os.path.join(model_dir, 'export')
     export.check_options(export_dir, FLAGS.overwrite,
-                         FLAGS.tflite_quantization)
+                         FLAGS.tflite_quantization, onnx_precision or 'fp32')
+    if (FLAGS.tflite_quantization == 'int8' and FLAGS.weights and
+        not FLAGS.calibration_dir):
+      raise UserError('--tflite_quantization=int8 with --weights needs '
+                      '--calibration_dir: images like those the model will '
+                      'see, to calibrate it (a run calibrates on its own '
+                      'training split)')
   else:
     from efficientnetv2_tf import benchmark  # pylint: disable=g-import-not-at-top
     benchmark.parse_batch_sizes(FLAGS.batch_sizes)
+    inference.parse_runtimes(FLAGS.runtime or 'tf')
   source = inference.load_source(model_dir, FLAGS.model_name, FLAGS.weights,
                                  FLAGS.checkpoint, _model_keys())
   if FLAGS.mode == 'export':
-    inference.run_export(source, export_dir, FLAGS.overwrite,
-                         FLAGS.tflite_quantization)
+    export_int8(inference, source, model_dir, export_dir, onnx_precision)
   else:
     inference.run_benchmark(source, FLAGS.image_size, FLAGS.batch_sizes,
-                            FLAGS.benchmark_iterations, FLAGS.jit_compile)
+                            FLAGS.benchmark_iterations, FLAGS.jit_compile,
+                            FLAGS.runtime or 'tf')
+
+
+def export_int8(inference, source, model_dir: str, export_dir: str,
+                onnx_precision: Optional[str]) -> None:
+  """Exports; an int8 model.tflite of a run is calibrated on its training
+  split and reported on its eval split, unless --calibration_dir is given."""
+  calibration, labelled = None, None
+  if FLAGS.tflite_quantization == 'int8':
+    if FLAGS.calibration_dir:
+      calibration = inference.calibration_images(FLAGS.calibration_dir,
+                                                 source.contract)
+    else:
+      calibration, labelled = inference.run_images(
+          model_dir, FLAGS.data_dir, source.contract)
+  inference.run_export(source, export_dir, FLAGS.overwrite,
+                       FLAGS.tflite_quantization, onnx_precision, calibration)
+  if labelled:
+    from efficientnetv2_tf import export  # pylint: disable=g-import-not-at-top
+    report = inference.int8_report(export_dir, export.tflite_model(source),
+                                   *labelled)
+    print(f'int8 model.tflite: top-1 {report.accuracy:.4f} against '
+          f'{report.reference_accuracy:.4f} in float on the '
+          f'{report.images} eval images (top-1 agreement '
+          f'{report.top1_agreement:.4f})')
 
 
 def run() -> None:

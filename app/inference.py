@@ -7,13 +7,24 @@ what they print and the image files predict reads.
 import glob
 import json
 import os
-from typing import Any, Dict, List, Optional, Union
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+import tensorflow as tf
+
+import datasets
 from efficientnetv2_tf import benchmark as benchmark_lib
 from efficientnetv2_tf import export as export_lib
+from efficientnetv2_tf import onnx_export
 from efficientnetv2_tf import predict as predict_lib
+from efficientnetv2_tf import quantize
+from efficientnetv2_tf import runtimes
+from efficientnetv2_tf.preprocessing import eval_pixels
 from efficientnetv2_tf.preprocessing import IMAGE_EXTENSIONS
+from efficientnetv2_tf.run_dir import RunDir
 from hparams.errors import UserError
+from hparams.weights import InputContract
 
 
 def image_files(image_path: str) -> List[str]:
@@ -53,10 +64,72 @@ def load_source(model_dir: str, model_name: str,
   return export_lib.load_run(model_dir, checkpoint)
 
 
+def calibration_images(image_path: str, contract: InputContract,
+                       limit: int = quantize.MAX_CALIBRATION_IMAGES
+                       ) -> List[np.ndarray]:
+  """Up to `limit` images of `image_path`, cropped and resized as the
+  model's contract says, in [0, 1]: what int8 quantisation calibrates on."""
+  images = []
+  for path in image_files(image_path)[:limit]:
+    with open(path, 'rb') as f:
+      pixels = eval_pixels(tf.constant(f.read()), contract)
+    images.append(pixels.numpy() / 255.0)
+  return images
+
+
+def split_images(dataset: datasets.Dataset, split: str,
+                 contract: InputContract,
+                 limit: Optional[int] = None
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+  """Images of a dataset split as a model file takes them ([0, 1], cropped
+  and resized as `contract` says) and their class ids, in the split's fixed
+  order; the first `limit` when given."""
+  examples = dataset.examples(split)
+  if limit is not None:
+    examples = examples.take(limit)
+  images, labels = [], []
+  for image, label in examples:
+    images.append(eval_pixels(image, contract).numpy() / 255.0)
+    labels.append(int(np.argmax(label)) if label.shape.rank else int(label))
+  return np.array(images, np.float32), np.array(labels)
+
+
+def run_images(model_dir: str, data_dir: Optional[str],
+               contract: InputContract
+               ) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+  """For int8 quantisation of a run: up to 200 images of its training
+  split to calibrate on, and its eval split's images and labels to report
+  on, read through its dataset as training read them."""
+  data = RunDir(model_dir).load_specs().data
+  dataset = datasets.from_spec(data, data_dir)
+  calibration, _ = split_images(dataset, data.train_split, contract,
+                                quantize.MAX_CALIBRATION_IMAGES)
+  return calibration, split_images(dataset, data.eval_split, contract)
+
+
+def int8_report(export_dir: str, float_tflite: bytes,
+                images: np.ndarray, labels: np.ndarray) -> quantize.Agreement:
+  """How the export's int8 model.tflite does against the float model on
+  labelled images: top-1 agreement and both accuracies."""
+  with tempfile.TemporaryDirectory() as directory:
+    path = os.path.join(directory, 'float.tflite')
+    with open(path, 'wb') as f:
+      f.write(float_tflite)
+    return quantize.top1_agreement(
+        runtimes.load(os.path.join(export_dir, 'model.tflite')),
+        runtimes.load(path), images, labels)
+
+
 def run_export(source: export_lib.Source, export_dir: str, overwrite: bool,
-               quantization: str) -> Dict[str, Any]:
+               quantization: str, onnx_precision: Optional[str] = 'fp32',
+               calibration: Optional[Sequence[np.ndarray]] = None
+               ) -> Dict[str, Any]:
+  """Exports `source`; int8 calibrates on `calibration`, images in [0, 1]
+  at the eval size (`calibration_images`, `split_images`)."""
   info = export_lib.export(source, export_dir, overwrite=overwrite,
-                           quantization=quantization)
+                           quantization=quantization,
+                           onnx_precision=onnx_precision,
+                           calibration_images=calibration)
   print(f'exported {source.model_name} (step {source.step}) to {export_dir}:')
   for name, size in info['files'].items():
     print(f'  {name:20s} {size / 2**20:8.2f} MiB')
@@ -64,9 +137,9 @@ def run_export(source: export_lib.Source, export_dir: str, overwrite: bool,
 
 
 def run_predict(source: Union[str, export_lib.Source], image_path: str,
-                top_k: int,
-                output: str) -> List[Dict[str, Any]]:
-  rows = predict_lib.predict(source, image_files(image_path), top_k)
+                top_k: int, output: str,
+                runtime: Optional[str] = None) -> List[Dict[str, Any]]:
+  rows = predict_lib.predict(source, image_files(image_path), top_k, runtime)
   for row in rows:
     print(describe(row))
   with open(output, 'w') as f:
@@ -77,13 +150,46 @@ def run_predict(source: Union[str, export_lib.Source], image_path: str,
   return rows
 
 
+def _file_runtime(source: export_lib.Source, name: str,
+                  directory: str) -> runtimes.Runtime:
+  """`source` converted into `directory` for file runtime `name`, loaded."""
+  path = os.path.join(directory, runtimes.FILE_NAMES[name])
+  with open(path, 'wb') as f:
+    f.write(onnx_export.onnx_model(source) if name == 'onnxruntime'
+            else export_lib.tflite_model(source))
+  return runtimes.load(path, name)
+
+
 def run_benchmark(source: export_lib.Source, image_size: Optional[int],
-                  batch_sizes: str, iterations: int,
-                  jit_compile: bool) -> List[benchmark_lib.Result]:
-  results = benchmark_lib.benchmark(
-      source.model, image_size or source.image_size,
-      benchmark_lib.parse_batch_sizes(batch_sizes), iterations=iterations,
-      jit_compile=jit_compile)
-  for result in results:
-    print(benchmark_lib.format_result(result))
+                  batch_sizes: str, iterations: int, jit_compile: bool,
+                  runtime_names: str = 'tf') -> List[benchmark_lib.Result]:
+  """Times inference at each batch size: the Keras model alone in
+  TensorFlow ('tf'), and the deployed computation (preprocessing included)
+  in each other runtime of `runtime_names` ('tf,onnxruntime,litert')."""
+  names = parse_runtimes(runtime_names)
+  sizes = benchmark_lib.parse_batch_sizes(batch_sizes)
+  results = []
+  with tempfile.TemporaryDirectory() as directory:
+    for name in names:
+      if name == 'tf':
+        found = benchmark_lib.benchmark(
+            source.model, image_size or source.image_size, sizes,
+            iterations=iterations, jit_compile=jit_compile)
+      else:
+        found = runtimes.benchmark(_file_runtime(source, name, directory),
+                                   sizes, iterations=iterations)
+      for result in found:
+        print(benchmark_lib.format_result(result))
+      results += found
   return results
+
+
+def parse_runtimes(text: str) -> List[str]:
+  """'tf,onnxruntime' -> ['tf', 'onnxruntime'], each checked."""
+  names = [name.strip() for name in text.split(',') if name.strip()]
+  if not names:
+    raise UserError(f'runtime must name one or more of '
+                    f'{", ".join(runtimes.RUNTIMES)}; received: {text!r}')
+  for name in names:
+    runtimes.check_runtime(name)
+  return names

@@ -17,14 +17,14 @@ latencies are per batch and throughput counts only images in timed calls.
     ...     'width_coefficient=0.25,depth_coefficient=0.2,num_classes=10')
     >>> for result in benchmark(model, 32, [1, 4], warmup=1, iterations=2):
     ...   print(format_result(result))  # doctest: +ELLIPSIS
-    benchmark {"batch_size": 1, ..., "model": "efficientnetv2-b0"}
-    benchmark {"batch_size": 4, ..., "model": "efficientnetv2-b0"}
+    benchmark {"batch_size": 1, ..., "model": "efficientnetv2-b0", ...}
+    benchmark {"batch_size": 4, ..., "model": "efficientnetv2-b0", ...}
 """
 import dataclasses
 import json
 import numbers
 import time
-from typing import List, Sequence
+from typing import Any, Callable, List, Sequence
 
 import keras
 import numpy as np
@@ -48,6 +48,7 @@ class Result:
   latency_p50_ms: float
   latency_p95_ms: float
   device: str
+  runtime: str = 'tf'
 
 
 def _is_positive_int(value) -> bool:
@@ -55,8 +56,9 @@ def _is_positive_int(value) -> bool:
           not isinstance(value, bool) and value > 0)
 
 
-def _check(image_size: int, batch_sizes: Sequence[int], warmup: int,
-           iterations: int) -> None:
+def check_settings(image_size: int, batch_sizes: Sequence[int],
+                   warmup: int, iterations: int) -> None:
+  """Raises `UserError` for a size, batch size or count out of range."""
   if not _is_positive_int(image_size):
     raise UserError(f'image size must be a positive integer; '
                     f'received: {image_size!r}')
@@ -70,6 +72,32 @@ def _check(image_size: int, batch_sizes: Sequence[int], warmup: int,
                     f'received: {iterations!r}')
 
 
+def time_calls(call: Callable[[], Any], warmup: int,
+               iterations: int) -> List[float]:
+  """Seconds of each of `iterations` calls, after `warmup` untimed ones."""
+  for _ in range(warmup):
+    call()
+  latencies = []
+  for _ in range(iterations):
+    start = time.perf_counter()
+    call()
+    latencies.append(time.perf_counter() - start)
+  return latencies
+
+
+def result(model: str, image_size: int, batch_size: int,
+           latencies: Sequence[float], device: str, runtime: str = 'tf',
+           jit_compile: bool = False) -> Result:
+  """The `Result` of timed calls on batches of `batch_size`."""
+  return Result(
+      model=model, image_size=int(image_size), batch_size=int(batch_size),
+      jit_compile=bool(jit_compile), iterations=len(latencies),
+      images_per_second=batch_size * len(latencies) / sum(latencies),
+      latency_p50_ms=float(np.percentile(latencies, 50)) * 1000,
+      latency_p95_ms=float(np.percentile(latencies, 95)) * 1000,
+      device=device, runtime=runtime)
+
+
 def _measure(model: keras.Model, image_size: int, batch_size: int,
              warmup: int, iterations: int, jit_compile: bool) -> Result:
   """Times `iterations` synchronised calls on one batch after `warmup`."""
@@ -78,28 +106,18 @@ def _measure(model: keras.Model, image_size: int, batch_size: int,
   predict = tf.function(lambda x: model(x, training=False),
                         jit_compile=jit_compile or None)
   images = tf.random.uniform((batch_size, image_size, image_size, 3), -1, 1)
+  devices = []
 
-  def call() -> List[tf.Tensor]:
+  def call() -> None:
     outputs = tf.nest.flatten(predict(images))
     for output in outputs:
       keras.ops.convert_to_numpy(output)  # waits for the device
-    return outputs
+    devices[:] = [outputs[0].device]
 
-  for _ in range(warmup):
-    call()
-  latencies = []
-  for _ in range(iterations):
-    start = time.perf_counter()
-    outputs = call()
-    latencies.append(time.perf_counter() - start)
-  return Result(
-      model=model.name, image_size=int(image_size),
-      batch_size=int(batch_size), jit_compile=bool(jit_compile),
-      iterations=int(iterations),
-      images_per_second=batch_size * iterations / sum(latencies),
-      latency_p50_ms=float(np.percentile(latencies, 50)) * 1000,
-      latency_p95_ms=float(np.percentile(latencies, 95)) * 1000,
-      device=tf.DeviceSpec.from_string(outputs[0].device).device_type)
+  latencies = time_calls(call, warmup, iterations)
+  return result(model.name, image_size, batch_size, latencies,
+                tf.DeviceSpec.from_string(devices[0]).device_type,
+                jit_compile=jit_compile)
 
 
 def benchmark(model: keras.Model, image_size: int, batch_sizes: Sequence[int],
@@ -109,7 +127,7 @@ def benchmark(model: keras.Model, image_size: int, batch_sizes: Sequence[int],
 
   Raises `UserError` for a size, batch size or count out of range.
   """
-  _check(image_size, batch_sizes, warmup, iterations)
+  check_settings(image_size, batch_sizes, warmup, iterations)
   return [_measure(model, image_size, batch_size, warmup, iterations,
                    jit_compile)
           for batch_size in batch_sizes]

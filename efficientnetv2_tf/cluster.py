@@ -7,10 +7,10 @@ CPU, GPUs, a TPU), which is then its own chief.
 
 Every worker saves (saving is collective), so each writes to its own
 directory (`RunDir.for_worker`); only the chief's copy in `model_dir` is
-kept, and it is the one every worker restores: `check_shared_dir` refuses a model_dir that some
-worker cannot read. `worker_sum` is the workers' agreement (on SIGTERM,
-for one), and `lost_worker` names the worker whose loss failed a
-collective.
+kept, and it is the one every worker restores: `check_shared_dir` refuses
+a model_dir that some worker cannot read. `worker_sum` is the workers'
+agreement (on SIGTERM, for one), and `lost_worker` names the worker whose
+loss failed a collective.
 
     >>> import tensorflow as tf
     >>> strategy = tf.distribute.OneDeviceStrategy('/cpu:0')

@@ -1,4 +1,4 @@
-"""Exports a model for serving, for TF Hub and for TFLite.
+"""Exports a model for serving, for TF Hub, for TFLite and for ONNX.
 
 `export(source, export_dir)` writes, from a `Source` (a trained run's EMA
 weights, see `load_run`, or pretrained weights, see `load_pretrained`):
@@ -19,96 +19,52 @@ weights, see `load_run`, or pretrained weights, see `load_pretrained`):
   `hub.KerasLayer(path, trainable=True)` fine-tunes them. A
   `serving_default` signature (inference) serves `keras.layers.TFSMLayer`.
 - `model.tflite`: float32 `[1, size, size, 3]` in [0, 1] at the eval size
-  (resize on the device) -> probabilities; optionally with dynamic-range or
-  float16 quantisation.
+  (crop and resize on the device) -> probabilities; optionally with
+  dynamic-range, float16 or full-integer (int8, see `quantize`)
+  quantisation.
+- `model.onnx`: the same with a dynamic batch (see `onnx_export`).
 - `labels.txt` (one class name per line) and `export.json` (model, eval
-  size, preprocessing, source checkpoint and step, files).
+  size, preprocessing, source checkpoint and step, ONNX precision and
+  opset, files).
+
+Both model files hold `source.probabilities_function`, the one deployed
+computation.
 
 The export is written to a temporary sibling directory and moved into
 place at the end, so an interrupted export leaves nothing half-written.
 """
-import dataclasses
 import datetime
 import json
 import os
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import hparams
 from efficientnetv2_tf import loading
+from efficientnetv2_tf import onnx_export
+from efficientnetv2_tf import quantize
 from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import Normalize
 from efficientnetv2_tf.preprocessing import eval_image
 from efficientnetv2_tf.run_dir import RunDir
+# What a deployable model is, re-exported: callers build and read these
+# from here.
+from efficientnetv2_tf.source import default_labels
+from efficientnetv2_tf.source import imagenet_labels
+from efficientnetv2_tf.source import probabilities_function
+from efficientnetv2_tf.source import readable_labels
+from efficientnetv2_tf.source import Source
 from hparams.errors import UserError
-from hparams.weights import InputContract
 from hparams.weights import recipe_contract
 from hparams.weights import TAGS
 
-IMAGENET_LABELS = os.path.join(os.path.dirname(__file__), 'data',
-                               'imagenet1k_labels.tsv')
-QUANTIZATIONS = ('none', 'dynamic', 'float16')
+QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
 TOP_K = 5
-
-
-def _imagenet_names() -> Dict[str, str]:
-  """WordNet id -> the first of its ImageNet class names, in label order."""
-  with open(IMAGENET_LABELS) as f:
-    pairs = [line.rstrip('\n').split('\t') for line in f]
-  return {wnid: names.split(',')[0].strip() for wnid, names in pairs}
-
-
-def imagenet_labels() -> List[str]:
-  """The 1,000 ImageNet class names, in label order ('tench', ...)."""
-  return list(_imagenet_names().values())
-
-
-def readable_labels(labels: List[str]) -> List[str]:
-  """ImageNet WordNet ids ('n01440764') as names ('tench'); others as is."""
-  names = _imagenet_names()
-  return [names.get(label, label) for label in labels]
-
-
-def default_labels(num_classes: int) -> List[str]:
-  """ImageNet's names for 1,000 classes, else the class numbers."""
-  if num_classes == 1000:
-    return imagenet_labels()
-  return [str(i) for i in range(num_classes)]
-
-
-@dataclasses.dataclass
-class Source:
-  """A model ready to export or run, with what its inputs need.
-
-  `contract` says how an evaluation image is cropped, resized and
-  normalised: a run's recipe, or the published weights' (see
-  `hparams.weights`). `checkpoint` and `step` say where the weights came
-  from; `weights` names the published entry ('model.tag'), if any.
-  """
-  model: EfficientNet
-  model_name: str
-  contract: InputContract
-  labels: List[str]
-  checkpoint: Optional[str] = None
-  step: Optional[int] = None
-  weights: Optional[str] = None
-
-  def __post_init__(self):
-    if len(self.labels) != self.model.num_classes:
-      raise UserError(f'{len(self.labels)} labels for a model of '
-                      f'{self.model.num_classes} classes')
-
-  @property
-  def image_size(self) -> int:
-    return self.contract.image_size
-
-  @property
-  def normalization(self) -> str:
-    return self.contract.normalization
 
 
 def _checkpoint_step(path: str) -> Optional[int]:
@@ -243,30 +199,21 @@ def feature_model(model: EfficientNet) -> keras.Model:
                      name=f'{model.name}_features')
 
 
-def tflite_model(source: Source, quantization: str = 'none') -> bytes:
-  """The model as TFLite: [1, size, size, 3] in [0, 1] -> probabilities."""
-  if quantization not in QUANTIZATIONS:
-    raise UserError(f'unknown TFLite quantization {quantization!r}; '
-                    f'allowed: {", ".join(QUANTIZATIONS)}')
-  normalize = Normalize(source.normalization)
-  size = source.image_size
-  model = source.model
-  # The converter reads Keras 3 variables as uninitialised resources (NaN
-  # outputs), so the weights go in as constants, through a stateless call.
-  trainable = [tf.constant(v.numpy()) for v in model.trainable_variables]
-  non_trainable = [tf.constant(v.numpy())
-                   for v in model.non_trainable_variables]
+def tflite_model(source: Source, quantization: str = 'none',
+                 calibration_images: Optional[Iterable[np.ndarray]] = None
+                 ) -> bytes:
+  """The model as TFLite: [1, size, size, 3] in [0, 1] -> probabilities.
 
-  @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3],
-                                               tf.float32)])
-  def probabilities(images):
-    logits, _ = model.stateless_call(trainable, non_trainable,
-                                     normalize(images * 255.0),
-                                     training=False)
-    return {'probabilities': tf.nn.softmax(logits)}
-
+  'int8' is full-integer quantisation calibrated on `calibration_images`
+  (see `quantize`); 'dynamic' and 'float16' quantise the weights only.
+  """
+  check_quantization(quantization)
+  if quantization == 'int8':
+    return quantize.int8_tflite(
+        source, [] if calibration_images is None else calibration_images)
+  probabilities = probabilities_function(source, batch_size=1)
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [probabilities.get_concrete_function()], model)
+      [probabilities.get_concrete_function()], source.model)
   if quantization != 'none':
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if quantization == 'float16':
@@ -279,13 +226,19 @@ def _directory_size(path: str) -> int:
              for root, _, names in os.walk(path) for name in names)
 
 
-def check_options(export_dir: str, overwrite: bool,
-                  quantization: str = 'none') -> None:
-  """Refuses a non-empty `export_dir` (unless `overwrite`) or an unknown
-  quantization, before any work."""
+def check_quantization(quantization: str) -> None:
   if quantization not in QUANTIZATIONS:
     raise UserError(f'unknown TFLite quantization {quantization!r}; '
                     f'allowed: {", ".join(QUANTIZATIONS)}')
+
+
+def check_options(export_dir: str, overwrite: bool,
+                  quantization: str = 'none',
+                  onnx_precision: str = 'fp32') -> None:
+  """Refuses a non-empty `export_dir` (unless `overwrite`), an unknown
+  quantization or ONNX precision, before any work."""
+  check_quantization(quantization)
+  onnx_export.check_precision(onnx_precision)
   if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
     raise UserError(f'export_dir {export_dir!r} exists and is not empty; '
                     'pass overwrite=True to replace it, or choose a new one')
@@ -293,17 +246,10 @@ def check_options(export_dir: str, overwrite: bool,
     raise UserError(f'export_dir {export_dir!r} is a file, not a directory')
 
 
-def export(source: Source, export_dir: str, overwrite: bool = False,
-           tflite: bool = True,
-           quantization: str = 'none') -> Dict[str, Any]:
-  """Writes every export of `source` into `export_dir`; returns export.json.
-
-  `export_dir` must be new or empty unless `overwrite`.
-  """
-  check_options(export_dir, overwrite, quantization)
-  staging = export_dir.rstrip(os.sep) + f'.tmp-{os.getpid()}'
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
+def _write_models(source: Source, staging: str, tflite: bool,
+                  quantization: str, onnx_precision: Optional[str],
+                  calibration_images: Optional[Iterable[np.ndarray]]
+                  ) -> None:
   serving = ServingModule(source)
   tf.saved_model.save(serving, os.path.join(staging, 'saved_model'),
                       signatures={'serving_default': serving.serving_default,
@@ -314,31 +260,66 @@ def export(source: Source, export_dir: str, overwrite: bool = False,
       os.path.join(staging, 'hub_feature_vector'))
   if tflite:
     with open(os.path.join(staging, 'model.tflite'), 'wb') as f:
-      f.write(tflite_model(source, quantization))
+      f.write(tflite_model(source, quantization, calibration_images))
+  if onnx_precision:
+    with open(os.path.join(staging, 'model.onnx'), 'wb') as f:
+      f.write(onnx_export.onnx_model(source, onnx_precision))
   with open(os.path.join(staging, 'labels.txt'), 'w') as f:
     f.write('\n'.join(source.labels) + '\n')
+
+
+def _description(source: Source, staging: str, quantization: Optional[str],
+                 onnx_precision: Optional[str]) -> Dict[str, Any]:
+  """export.json: what was exported, from what, and how to feed it."""
   files = {}
   for name in sorted(os.listdir(staging)):
     path = os.path.join(staging, name)
     files[name] = (_directory_size(path) if os.path.isdir(path)
                    else os.path.getsize(path))
-  info = {
+  return {
       'model_name': source.model_name,
       'num_classes': source.model.num_classes,
       'image_size': source.image_size,
       'weights': source.weights,
       'preprocessing': {
           **source.contract.describe(),
-          'input': 'float32 RGB in [0, 1] (serving_default, hub, tflite) '
-                   'or encoded images (serving_bytes)'},
+          'input': 'float32 RGB in [0, 1] (serving_default, hub, tflite, '
+                   'onnx) or encoded images (serving_bytes)'},
       'checkpoint': source.checkpoint,
       'step': source.step,
-      'tflite_quantization': quantization if tflite else None,
+      'tflite_quantization': quantization,
+      'onnx_precision': onnx_precision,
+      'onnx_opset': onnx_export.OPSET if onnx_precision else None,
       'tensorflow': tf.__version__,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec='seconds'),
       'files': files,
   }
+
+
+def export(source: Source, export_dir: str, overwrite: bool = False,
+           tflite: bool = True, quantization: str = 'none',
+           onnx_precision: Optional[str] = 'fp32',
+           calibration_images: Optional[Iterable[np.ndarray]] = None
+           ) -> Dict[str, Any]:
+  """Writes every export of `source` into `export_dir`; returns export.json.
+
+  `export_dir` must be new or empty unless `overwrite`. `onnx_precision`
+  None leaves model.onnx out; `quantization='int8'` needs
+  `calibration_images` (see `quantize.int8_tflite`).
+  """
+  check_options(export_dir, overwrite, quantization,
+                onnx_precision or 'fp32')
+  if tflite and quantization == 'int8' and calibration_images is None:
+    raise UserError("quantization='int8' needs calibration_images: images "
+                    'like those the model will see, to calibrate it')
+  staging = export_dir.rstrip(os.sep) + f'.tmp-{os.getpid()}'
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  _write_models(source, staging, tflite, quantization, onnx_precision,
+                calibration_images)
+  info = _description(source, staging, quantization if tflite else None,
+                      onnx_precision)
   with open(os.path.join(staging, 'export.json'), 'w') as f:
     json.dump(info, f, indent=2)
   if os.path.isdir(export_dir):

@@ -245,8 +245,10 @@ def _resize(image: tf.Tensor, image_size: int, method: str) -> tf.Tensor:
   return image
 
 
-def eval_image(image: tf.Tensor, contract: InputContract) -> tf.Tensor:
-  """Encoded bytes or pixels -> a float32 model input, as `contract` says."""
+def eval_pixels(image: tf.Tensor, contract: InputContract) -> tf.Tensor:
+  """Encoded bytes or pixels -> float32 0-255 pixels [size, size, 3],
+  cropped and resized as `contract` says, not yet normalised: what a
+  deployed model file takes, divided by 255."""
   size = contract.image_size
   if contract.crop == 'always' and image.dtype == tf.string:
     image = _decode_centre_crop(image, size)
@@ -256,8 +258,12 @@ def eval_image(image: tf.Tensor, contract: InputContract) -> tf.Tensor:
       image = _centre_crop(image, size, round_up=True)
     elif contract.crop == 'below_320' and size < CENTRE_CROP_BELOW:
       image = _centre_crop(image, size)
-  image = _resize(tf.cast(image, tf.float32), size, contract.resize)
-  return normalize(image, contract.normalization)
+  return _resize(tf.cast(image, tf.float32), size, contract.resize)
+
+
+def eval_image(image: tf.Tensor, contract: InputContract) -> tf.Tensor:
+  """Encoded bytes or pixels -> a float32 model input, as `contract` says."""
+  return normalize(eval_pixels(image, contract), contract.normalization)
 
 
 def _flip(image: tf.Tensor, augmentation: Augmentation,

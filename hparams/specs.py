@@ -11,8 +11,9 @@ it into five frozen dataclasses and checks every value's range on the way:
 Each spec field carries its config key, a one-line meaning and, where it
 has one, its allowed range, in `dataclasses.field` metadata. The defaults of
 `base_config()` come from here, and so does the table of config keys in
-docs/config_keys.md (`hparams.config.render_config_keys`). `ModelSpec` is the one list of
-the model's arguments; fields marked `architecture` fix its variables.
+docs/config_keys.md (`hparams.config.render_config_keys`). `ModelSpec`
+is the one list of the model's arguments; fields marked `architecture` fix
+its variables.
 """
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Tuple

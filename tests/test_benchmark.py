@@ -73,8 +73,8 @@ def test_format_result_is_one_json_line(model):
   fields = json.loads(line[len('benchmark '):])
   assert sorted(fields) == [
       'batch_size', 'device', 'image_size', 'images_per_second', 'iterations',
-      'jit_compile', 'latency_p50_ms', 'latency_p95_ms', 'model']
-  assert fields['batch_size'] == 2
+      'jit_compile', 'latency_p50_ms', 'latency_p95_ms', 'model', 'runtime']
+  assert (fields['batch_size'], fields['runtime']) == (2, 'tf')
   assert fields['image_size'] == IMAGE_SIZE
   assert fields['jit_compile'] is False
   assert fields['model'] == 'efficientnetv2-b0'

@@ -1,4 +1,5 @@
-"""Exports of a tiny trained run: serving, TF Hub, TFLite, predict."""
+"""Exports of a tiny trained run: serving, TF Hub, TFLite, ONNX, predict
+and benchmark in every runtime."""
 import json
 import os
 import re
@@ -7,6 +8,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+import onnxruntime
 import tensorflow_hub as hub
 import tf_keras
 
@@ -56,7 +59,7 @@ def ema_logits(trainer, images):
 def test_export_writes_every_artefact_and_describes_them(exported):
   _, export_dir, trainer, info = exported
   for name in ('saved_model', 'hub_classification', 'hub_feature_vector',
-               'model.tflite', 'labels.txt', 'export.json'):
+               'model.tflite', 'model.onnx', 'labels.txt', 'export.json'):
     assert os.path.exists(os.path.join(export_dir, name)), name
   saved = json.load(open(os.path.join(export_dir, 'export.json')))
   assert saved['model_name'] == 'efficientnetv2-b0'
@@ -65,6 +68,7 @@ def test_export_writes_every_artefact_and_describes_them(exported):
   assert saved['preprocessing']['normalization'] == 'inception'
   assert saved['preprocessing']['crop'] == 'none'
   assert saved['preprocessing']['resize'] == 'bilinear'
+  assert (saved['onnx_precision'], saved['onnx_opset']) == ('fp32', 17)
   assert all(size > 0 for size in info['files'].values())
   labels = open(os.path.join(export_dir, 'labels.txt')).read().split()
   assert labels == [str(i) for i in range(10)]  # digits' class names
@@ -145,21 +149,31 @@ def test_serving_default_rejects_other_ranks_and_channels(exported, shape):
     signature(images=tf.zeros(shape))
 
 
-def test_tflite_agrees_with_the_saved_model(exported):
+@pytest.mark.parametrize('name', ['model.tflite', 'model.onnx'])
+def test_model_files_agree_with_the_serving_signature(exported, name):
+  """LiteRT and ONNX Runtime, the maintained interpreters, run the files."""
   _, export_dir, _, _ = exported
-  interpreter = tf.lite.Interpreter(
-      model_path=os.path.join(export_dir, 'model.tflite'))
-  interpreter.allocate_tensors()
-  module = hub.load(os.path.join(export_dir, 'hub_classification'))
-  wanted = tf.nn.softmax(module(IMAGES, False)).numpy()
-  for image, probabilities in zip(IMAGES, wanted):
-    interpreter.set_tensor(interpreter.get_input_details()[0]['index'],
-                           image[None])
-    interpreter.invoke()
-    got = interpreter.get_tensor(
-        interpreter.get_output_details()[0]['index'])[0]
-    assert np.argmax(got) == np.argmax(probabilities)
-    np.testing.assert_allclose(got, probabilities, atol=1e-4)
+  serving = tf.saved_model.load(os.path.join(
+      export_dir, 'saved_model')).signatures['serving_default']
+  # 8-bit levels, so that serving's rounding to pixels changes nothing.
+  images = np.round(IMAGES * 255) / 255
+  wanted = serving(tf.constant(images))['probabilities'].numpy()
+  if name == 'model.tflite':
+    interpreter = Interpreter(model_path=os.path.join(export_dir, name))
+    interpreter.allocate_tensors()
+    got = []
+    for image in images:
+      interpreter.set_tensor(interpreter.get_input_details()[0]['index'],
+                             image[None].astype(np.float32))
+      interpreter.invoke()
+      got.append(interpreter.get_tensor(
+          interpreter.get_output_details()[0]['index'])[0])
+  else:
+    session = onnxruntime.InferenceSession(
+        os.path.join(export_dir, name), providers=['CPUExecutionProvider'])
+    got = session.run(None, {'images': images.astype(np.float32)})[0]
+  np.testing.assert_allclose(np.array(got), wanted, atol=1e-4)
+  assert (np.argmax(got, -1) == np.argmax(wanted, -1)).all()
 
 
 def test_float16_tflite_is_smaller_and_still_agrees(exported):
@@ -187,21 +201,79 @@ def test_predict_reports_a_corrupt_image_and_classifies_the_rest(
   assert len(rows[0]['top_k']) == 3
   assert json.load(open(output)) == rows
   assert '2 images classified, 1 unreadable' in capsys.readouterr().out
-  # A run directory gives the same answer as its export.
-  from_run = predict.predict(model_dir, [str(folder / 'a.png')],
-                             top_k=3)
-  assert [p['id'] for p in from_run[0]['top_k']] == [
-      p['id'] for p in rows[0]['top_k']]
+  # A run directory, and the export's model files in their runtimes, give
+  # the same answer as the export.
+  ids = [p['id'] for p in rows[0]['top_k']]
+  from_run = predict.predict(model_dir, [str(folder / 'a.png')], top_k=3)
+  assert [p['id'] for p in from_run[0]['top_k']] == ids
+  for runtime, model in [('onnxruntime', export_dir),
+                         ('litert', export_dir),
+                         (None, os.path.join(export_dir, 'model.onnx')),
+                         (None, os.path.join(export_dir, 'model.tflite'))]:
+    found = predict.predict(model, [str(folder / 'a.png'),
+                                    str(folder / 'broken.jpg')], 3, runtime)
+    assert [p['id'] for p in found[0]['top_k']] == ids, (runtime, model)
+    np.testing.assert_allclose(
+        [p['probability'] for p in found[0]['top_k']],
+        [p['probability'] for p in rows[0]['top_k']], atol=1e-4)
+    assert 'error' in found[1]
 
 
-def test_benchmark_prints_one_line_per_batch_size(exported, capsys):
+def test_int8_export_is_calibrated_on_images_and_reported_on_eval(
+    exported, tmp_path):
+  model_dir, export_dir, _, _ = exported
+  source = export.load_run(model_dir)
+  folder = tmp_path / 'calibration'
+  folder.mkdir()
+  pixels = np.round(IMAGES * 255).astype(np.uint8)
+  for i, image in enumerate(pixels):
+    (folder / f'{i}.png').write_bytes(tf.io.encode_png(image).numpy())
+  from_folder = inference.calibration_images(str(folder), source.contract)
+  np.testing.assert_allclose(from_folder, pixels / 255, atol=1e-6)
+  # A run calibrates on its own training split, read as training read it,
+  # and is reported on its eval split.
+  calibration, (images, labels) = inference.run_images(model_dir, None,
+                                                       source.contract)
+  assert calibration.shape == (160, 32, 32, 3)  # 16 digits per class
+  assert images.shape == (359, 32, 32, 3) and labels.max() == 9
+  int8_dir = str(tmp_path / 'int8')
+  info = inference.run_export(source, int8_dir, False, 'int8', None,
+                              calibration[:20])
+  assert info['tflite_quantization'] == 'int8'
+  assert 'model.onnx' not in info['files'] and info['onnx_precision'] is None
+  report = inference.int8_report(int8_dir, export.tflite_model(source),
+                                 images[:60], labels[:60])
+  print(report)
+  assert report.images == 60 and 0 <= report.accuracy <= 1
+  # Integer weights: a quarter of the float file, plus quantisation data.
+  assert info['files']['model.tflite'] < 0.5 * os.path.getsize(
+      os.path.join(export_dir, 'model.tflite'))
+
+
+def test_a_model_file_in_the_wrong_runtime_is_refused(exported):
+  _, export_dir, _, _ = exported
+  onnx_file = os.path.join(export_dir, 'model.onnx')
+  with pytest.raises(UserError, match="runtime 'litert' cannot run .*"
+                     "model.onnx'; that takes runtime 'onnxruntime'"):
+    predict.predict(onnx_file, [], 1, 'litert')
+  with pytest.raises(UserError, match='runtime must be one of tf, '
+                     "onnxruntime, litert; received: 'trt'"):
+    predict.predict(export_dir, [], 1, 'trt')
+
+
+def test_benchmark_prints_one_line_per_runtime_and_batch_size(exported,
+                                                              capsys):
   model_dir, _, _, _ = exported
-  inference.run_benchmark(export.load_run(model_dir), None, '1,2', 2, False)
-  lines = [l for l in capsys.readouterr().out.splitlines()
+  inference.run_benchmark(export.load_run(model_dir), None, '1,2', 2, False,
+                          'tf,onnxruntime,litert')
+  lines = [json.loads(l[len('benchmark '):])
+           for l in capsys.readouterr().out.splitlines()
            if l.startswith('benchmark ')]
-  assert [json.loads(l[len('benchmark '):])['batch_size']
-          for l in lines] == [1, 2]
-  assert json.loads(lines[0][len('benchmark '):])['image_size'] == 32
+  assert [(l['runtime'], l['batch_size']) for l in lines] == [
+      ('tf', 1), ('tf', 2), ('onnxruntime', 1), ('onnxruntime', 2),
+      ('litert', 1), ('litert', 2)]
+  assert {l['image_size'] for l in lines} == {32}
+  assert all(l['images_per_second'] > 0 for l in lines)
 
 
 def test_export_refuses_a_non_empty_dir_and_a_run_without_checkpoint(

@@ -73,7 +73,19 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
      "error: unknown --mode 'predcit'; allowed: train, eval, traineval"),
     (['--mode=export', '--tflite_quantization=int4'],
      "error: unknown TFLite quantization 'int4'; allowed: none, dynamic, "
-     'float16'),
+     'float16, int8'),
+    (['--mode=export', '--tflite_quantization=int8', '--weights=imagenet'],
+     'error: --tflite_quantization=int8 with --weights needs '
+     '--calibration_dir'),
+    (['--mode=export', '--onnx_precision=int8'],
+     'error: --onnx_precision must be one of fp32, fp16; received: '
+     "'int8'"),
+    (['--mode=benchmark', '--runtime=tf,tensorrt'],
+     "error: --runtime must be one of tf, onnxruntime, litert; received: "
+     "'tensorrt'"),
+    (['--mode=predict', '--image_path=.', '--runtime=onnx'],
+     "error: --runtime must be one of tf, onnxruntime, litert; received: "
+     "'onnx'"),
     (['--mode=predict'], 'error: --mode=predict needs --image_path'),
     (['--mode=predict', '--image_path=/no/such/*.jpg'],
      "error: --image_path '/no/such/*.jpg' matches no image file"),

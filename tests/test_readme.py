@@ -167,7 +167,7 @@ def _check_export(flags: Dict[str, Any], printed: str) -> None:
   export_dir = flags.get('export_dir') or os.path.join(flags['model_dir'],
                                                        'export')
   for name in ('saved_model', 'hub_classification', 'hub_feature_vector',
-               'model.tflite', 'labels.txt', 'export.json'):
+               'model.tflite', 'model.onnx', 'labels.txt', 'export.json'):
     assert os.path.exists(os.path.join(export_dir, name)), name
   assert f'to {export_dir}:' in printed
 
@@ -176,7 +176,7 @@ def _check_predict(flags: Dict[str, Any], printed: str) -> None:
   with open(flags['predictions_file']) as f:
     rows = json.load(f)
   assert len(rows) == PHOTOS
-  assert all(len(row['top_k']) == flags['top_k'] for row in rows)
+  assert all(len(row['top_k']) == flags.get('top_k', 5) for row in rows)
   assert f'{PHOTOS} images classified, 0 unreadable' in printed
 
 
@@ -184,9 +184,12 @@ def _check_benchmark(flags: Dict[str, Any], printed: str) -> None:
   results = [json.loads(line.split(' ', 1)[1])
              for line in printed.splitlines()
              if line.startswith('benchmark ')]
-  assert [r['batch_size'] for r in results] == [
-      int(size) for size in flags['batch_sizes'].split(',')]
-  assert {r['image_size'] for r in results} == {flags['image_size']}
+  assert [(r['runtime'], r['batch_size']) for r in results] == [
+      (runtime, int(size))
+      for runtime in flags.get('runtime', 'tf').split(',')
+      for size in flags['batch_sizes'].split(',')]
+  if 'image_size' in flags:
+    assert {r['image_size'] for r in results} == {flags['image_size']}
 
 
 CHECKS = {'export': _check_export, 'predict': _check_predict,

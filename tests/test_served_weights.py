@@ -55,7 +55,7 @@ def test_exported_named_weights_serve_the_originals_probabilities(
   source = export.load_pretrained(model_name, tag,
                                   oracle_fixtures.model_config(model_name))
   export_dir = str(tmp_path / 'export')
-  export.export(source, export_dir, tflite=False)
+  export.export(source, export_dir, tflite=False, onnx_precision=None)
   serve = tf.saved_model.load(
       os.path.join(export_dir, 'saved_model')).signatures['serving_bytes']
   probabilities = serve(tf.constant(oracle_fixtures.jpegs()))['probabilities']

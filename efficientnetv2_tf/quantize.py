@@ -1,0 +1,109 @@
+"""Full-integer (int8) TFLite models, and how far they agree with float.
+
+`int8_tflite(source, calibration_images)` quantises weights and
+activations to int8 after training, calibrating each activation's range on
+up to `MAX_CALIBRATION_IMAGES` images. Every operator runs in int8
+(`TFLITE_BUILTINS_INT8`), so the model suits integer-only accelerators;
+the input and output stay float32 (`[1, size, size, 3]` in [0, 1] ->
+probabilities, as `model.tflite`): the model quantises its input and
+dequantises its output itself, so every caller of `model.tflite` runs it
+unchanged.
+
+The int8 softmax steps in 1/256, so probabilities under about 0.4% read as
+0: top-1 survives where the model is sure, but a model unsure among many
+classes (such as untrained 1,000-class weights) returns all zeros, and
+top-5 of 1,000 classes keeps only the classes above that step.
+
+`top1_agreement` measures what quantisation costs on given images:
+
+    quantized = runtimes.load('model_int8.tflite')
+    print(top1_agreement(quantized, runtimes.load(source), images, labels))
+"""
+import dataclasses
+import itertools
+from typing import Iterable, Iterator, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from efficientnetv2_tf import runtimes
+from efficientnetv2_tf.source import probabilities_function
+from efficientnetv2_tf.source import Source
+from hparams.errors import UserError
+
+MAX_CALIBRATION_IMAGES = 200
+
+
+def _calibration(images: Iterable[np.ndarray], image_size: int,
+                 max_images: int) -> List[np.ndarray]:
+  """Up to `max_images` images as float32 [1, size, size, 3], checked."""
+  batches = []
+  for image in itertools.islice(images, max_images):
+    image = np.asarray(image, np.float32)
+    if image.shape != (image_size, image_size, 3):
+      raise UserError(f'calibration images must be [{image_size}, '
+                      f'{image_size}, 3] in [0, 1]; received shape '
+                      f'{image.shape}')
+    batches.append(image[None])
+  if not batches:
+    raise UserError('calibration_images is empty; int8 quantisation needs '
+                    f'up to {max_images} images like those the model will '
+                    'see, to calibrate its activation ranges')
+  return batches
+
+
+def int8_tflite(source: Source, calibration_images: Iterable[np.ndarray],
+                max_images: int = MAX_CALIBRATION_IMAGES) -> bytes:
+  """The model as full-integer TFLite, with float32 input and output.
+
+  `calibration_images` yields float32 images [size, size, 3] in [0, 1] at
+  the eval size (an array [n, size, size, 3] will do); the first
+  `max_images` are used.
+  """
+  batches = _calibration(calibration_images, source.image_size, max_images)
+  probabilities = probabilities_function(source, batch_size=1)
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [probabilities.get_concrete_function()], source.model)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+  def representative_dataset() -> Iterator[List[np.ndarray]]:
+    return ([batch] for batch in batches)
+
+  converter.representative_dataset = representative_dataset
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  return converter.convert()
+
+
+@dataclasses.dataclass(frozen=True)
+class Agreement:
+  """How often a model's top-1 class is the reference's, and each one's
+  accuracy when labels are given (else None)."""
+  images: int
+  top1_agreement: float
+  accuracy: Optional[float]
+  reference_accuracy: Optional[float]
+
+
+def top1_agreement(model: runtimes.Runtime, reference: runtimes.Runtime,
+                   images: np.ndarray, labels: Optional[np.ndarray] = None,
+                   batch_size: int = 32) -> Agreement:
+  """Compares `model`'s top-1 classes with `reference`'s (and `labels`)
+  on float images [n, size, size, 3] in [0, 1], `batch_size` at a time."""
+  if len(images) == 0:
+    raise UserError('images is empty; pass at least one image')
+  if labels is not None and len(labels) != len(images):
+    raise UserError(f'{len(labels)} labels for {len(images)} images')
+  if batch_size < 1:
+    raise UserError(f'batch_size must be >= 1; received: {batch_size}')
+  top1 = {'model': [], 'reference': []}
+  for start in range(0, len(images), batch_size):
+    batch = images[start:start + batch_size]
+    top1['model'].append(model.run(batch).argmax(-1))
+    top1['reference'].append(reference.run(batch).argmax(-1))
+  ours, theirs = (np.concatenate(top1[key]) for key in ('model', 'reference'))
+
+  def accuracy(predicted: np.ndarray) -> Optional[float]:
+    return None if labels is None else float(np.mean(predicted == labels))
+
+  return Agreement(len(images), float(np.mean(ours == theirs)),
+                   accuracy(ours), accuracy(theirs))
