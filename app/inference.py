@@ -94,17 +94,24 @@ def split_images(dataset: datasets.Dataset, split: str,
   return np.array(images, np.float32), np.array(labels)
 
 
+# The eval images an int8 export is reported on at most: held in memory
+# as float32, an ImageNet eval split would not fit.
+REPORT_IMAGES = 2000
+
+
 def run_images(model_dir: str, data_dir: Optional[str],
                contract: InputContract
                ) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
   """For int8 quantisation of a run: up to 200 images of its training
-  split to calibrate on, and its eval split's images and labels to report
-  on, read through its dataset as training read them."""
+  split to calibrate on, and up to `REPORT_IMAGES` of its eval split with
+  their labels to report on, read through its dataset as training read
+  them."""
   data = RunDir(model_dir).load_specs().data
   dataset = datasets.from_spec(data, data_dir)
   calibration, _ = split_images(dataset, data.train_split, contract,
                                 quantize.MAX_CALIBRATION_IMAGES)
-  return calibration, split_images(dataset, data.eval_split, contract)
+  return calibration, split_images(dataset, data.eval_split, contract,
+                                   REPORT_IMAGES)
 
 
 def int8_report(export_dir: str, float_tflite: bytes,

@@ -40,9 +40,8 @@ def _file_classifier(path: str, runtime: Optional[str]
                     'how to crop, resize and normalise its images; use a '
                     'model file from an export directory')
   with open(described) as f:
-    preprocessing = json.load(f)['preprocessing']
-  contract = InputContract(**{key: preprocessing[key] for key in (
-      'normalization', 'resize', 'crop', 'image_size')})
+    contract = InputContract.from_description(
+        json.load(f).get('preprocessing', {}))
   model = runtimes.load(path, runtime)
 
   def classify(images: tf.Tensor) -> Dict[str, Any]:

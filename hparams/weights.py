@@ -31,7 +31,7 @@ Sources: V2 URLs, sizes and top-1 from google/automl `efficientnetv2/`
 NoisyStudent + RandAugment rows).
 """
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from hparams.errors import UserError
 from hparams.registry import close_matches
@@ -74,6 +74,17 @@ class InputContract:
     mean, stddev = NORMALIZATIONS[self.normalization]
     return {**dataclasses.asdict(self), 'mean': list(mean),
             'stddev': list(stddev), 'crop_padding': CROP_PADDING}
+
+  @classmethod
+  def from_description(cls, described: Mapping[str, object]
+                       ) -> 'InputContract':
+    """The contract that `describe` gave (export.json's `preprocessing`)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [name for name in names if name not in described]
+    if missing:
+      raise UserError(f'the preprocessing description lacks '
+                      f'{", ".join(missing)}; received: {dict(described)}')
+    return cls(**{name: described[name] for name in names})
 
 
 # The evaluation side of each preprocessing recipe (`Pipeline.path`).
