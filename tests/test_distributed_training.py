@@ -37,9 +37,27 @@ MIRRORED_STEPS = 10
 pytestmark = pytest.mark.slow
 
 
-def main_command(model_dir, *flags, hparams=TINY_RUN):
-  return [sys.executable, 'main.py', '--mode=train',
-          f'--model_dir={model_dir}', f'--hparam_str={hparams}', *flags]
+# Each process runs main.py's `main` as `python main.py` would, after two
+# settings that do not change what it does: graph optimisation is off (it
+# takes longer than these tiny runs it would speed up), and each process
+# computes an op on one thread, since several share the machine's cores.
+LAUNCHER = """
+import sys
+import tensorflow as tf
+from efficientnetv2_tf import distribute
+tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': True})
+tf.config.threading.set_intra_op_parallelism_threads(1)
+if %d > 1:
+  distribute.set_logical_cpus(%d)
+import main
+main.app.run(main.main)
+"""
+
+
+def main_command(model_dir, *flags, hparams=TINY_RUN, logical_cpus=1):
+  return [sys.executable, '-c', LAUNCHER % (logical_cpus, logical_cpus),
+          '--mode=train', f'--model_dir={model_dir}',
+          f'--hparam_str={hparams}', *flags]
 
 
 def start(processes, command, env=None):
@@ -108,15 +126,8 @@ def single_host(processes, model_dir):
 
 def mirrored(processes, model_dir):
   """main.py under 'gpus', with the CPU split in two first."""
-  argv = main_command(model_dir, '--strategy=gpus', hparams=MIRRORED_RUN)
-  script = (
-      'import sys\n'
-      'from efficientnetv2_tf import distribute\n'
-      'distribute.set_logical_cpus(2)\n'
-      'import main\n'
-      f'sys.argv = {argv[1:]!r}\n'
-      'main.app.run(main.main)\n')
-  result = completed(start(processes, [sys.executable, '-c', script]))
+  result = completed(start(processes, main_command(
+      model_dir, '--strategy=gpus', hparams=MIRRORED_RUN, logical_cpus=2)))
   return result, latest_step(model_dir)
 
 
@@ -271,7 +282,8 @@ def scenarios(tmp_path_factory):
   processes = []
   dirs = {name: str(tmp_path_factory.mktemp(name)) for name in (
       'single_host', 'mirrored', 'two_workers', 'chief', 'other')}
-  pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+  # Two at a time: more would only crowd the cores the other tests use.
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
   futures = {
       'single_host': pool.submit(single_host, processes,
                                  dirs['single_host']),
