@@ -10,7 +10,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 SUMMARY_KEYS = ('train_throughput_ratio', 'inference_throughput_ratio_b1',
-                'inference_throughput_ratio_b32', 'pipeline_to_model_ratio',
+                'inference_throughput_ratio_b32', 'onnxruntime_speedup_b1',
+                'onnxruntime_speedup_b32', 'pipeline_to_model_ratio',
                 'progressive_speedup', 'train_fraction_of_matmul_flops',
                 'peak_rss_mb')
 
@@ -67,12 +68,16 @@ def summary(results: Dict[str, Any]) -> Dict[str, Any]:
   out = {
       'train_throughput_ratio': _ratio(training.get('ours'),
                                        training.get('keras')),
-      'inference_throughput_ratio_b1': _ratio(
-          inference.get('batch_1', {}).get('ours'),
-          inference.get('batch_1', {}).get('keras')),
-      'inference_throughput_ratio_b32': _ratio(
-          inference.get('batch_32', {}).get('ours'),
-          inference.get('batch_32', {}).get('keras')),
+      # Ours in TensorFlow against Keras's; then each runtime of our
+      # exports against ours in TensorFlow.
+      **{f'{key}_b{batch}': _ratio(
+          inference.get(f'batch_{batch}', {}).get(numerator),
+          inference.get(f'batch_{batch}', {}).get(denominator))
+         for key, numerator, denominator in (
+             ('inference_throughput_ratio', 'ours', 'keras'),
+             ('onnxruntime_speedup', 'onnxruntime', 'ours'),
+             ('litert_speedup', 'litert', 'ours'))
+         for batch in (1, 32)},
       'pipeline_to_model_ratio': _ratio(pipeline, training.get('ours')),
       # The geometric mean over the datasets; each one's figure follows.
       'progressive_speedup': (math.exp(sum(map(math.log, reached)) /
@@ -184,16 +189,29 @@ def _training(results: Dict[str, Any]) -> List[str]:
       '![throughput](benchmarks_throughput.png)', '']
 
 
+# Columns of the inference table: key, heading.
+_INFERENCE_COLUMNS = (
+    ('ours', 'ours, TF'), ('ours_variables', 'ours, TF, variables'),
+    ('keras', 'keras, TF'), ('onnxruntime', 'ours, ONNX Runtime'),
+    ('litert', 'ours, LiteRT'))
+
+
 def _inference(results: Dict[str, Any]) -> List[str]:
   rows = []
   for batch, rates in results['inference']['images_per_second'].items():
-    rows.append([batch.replace('_', ' '), rates['ours'], rates['keras'],
+    rows.append([batch.replace('_', ' '),
+                 *[rates.get(key) for key, _ in _INFERENCE_COLUMNS],
                  _times(_ratio(rates['ours'], rates['keras']))])
   return ['## Inference throughput', '',
-          f'{results["model"]} at 224 px, `model(x, training=False)` '
-          'in a `tf.function`, one fixed batch.', '',
-          _table(['batch', 'ours, images/s', 'keras, images/s', 'ratio'],
-                 rows), '']
+          f'{results["model"]} at 224 px, one fixed batch, images/s. '
+          '"ours, TF" is the TensorFlow runtime `--mode=predict` uses: '
+          '[0, 1] images in, probabilities out, the weights constants of '
+          'the graph. "ours, TF, variables" and '
+          '"keras, TF" call the model in a `tf.function`, reading its '
+          'weights from variables. ONNX Runtime and LiteRT run our '
+          'model.onnx and model.tflite (float32).', '',
+          _table(['batch', *[heading for _, heading in _INFERENCE_COLUMNS],
+                  'ours / keras'], rows), '']
 
 
 def _pipeline(results: Dict[str, Any]) -> List[str]:

@@ -10,7 +10,8 @@ Measures, in one process and interleaved (see `common.interleaved`):
   (weights=None) trained by `Model.fit`, at the same batch, resolution,
   optimizer (RMSProp with TF1's accumulator, EMA of the weights, label
   smoothing) and precision, fed by the same `digits` input pipeline;
-- inference: our model against Keras's at 224 px, batch 1 and 32;
+- inference: our model as deployed (TensorFlow, ONNX Runtime, LiteRT)
+  against Keras's in TensorFlow, at 224 px, batch 1 and 32;
 - the input pipeline alone (JPEG decode, crop, RandAugment, batch) against
   what our training step consumes;
 - progressive learning against fixed-size training: training time to a
@@ -38,15 +39,22 @@ import mnist5k  # pylint: disable=unused-import  (registers the dataset)
 import report
 
 import keras  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 import datasets  # pylint: disable=g-import-not-at-top
 import hparams  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import distribute  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf import export  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf import onnx_export  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import optim  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf import runtimes  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf.model import EfficientNet  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf.preprocessing import Augmentation  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf.source import default_labels  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf.source import Source  # pylint: disable=g-import-not-at-top
+from hparams.weights import recipe_contract  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_bool('quick', False, 'Fewer repeats, steps and epochs: under '
                   '10 minutes on 2 cores. The figures are rougher.')
@@ -194,26 +202,53 @@ def training(plan: Dict[str, Any]) -> Dict[str, Any]:
 # Inference throughput. -------------------------------------------------------
 
 
-def inference(plan: Dict[str, Any]) -> Dict[str, Any]:
-  models = {'ours': EfficientNet.from_spec(hparams.get_specs(MODEL).model),
-            'keras': keras.applications.EfficientNetV2B0(
-                weights=None, include_preprocessing=False)}
-  results = {}
-  for batch, calls in plan['inference_calls'].items():
-    images = tf.random.uniform((batch, INFERENCE_SIZE, INFERENCE_SIZE, 3),
-                               -1, 1)
-    runs = {}
-    for name, model in models.items():
-      predict = tf.function(lambda x, m=model: m(x, training=False))
-      predict(images).numpy()
+def inference_runners(folder: str) -> Dict[str, Any]:
+  """Each way of running b0 at 224 px: a function of float32 images.
 
-      def run(predict=predict, images=images, calls=calls):
-        for _ in range(calls):
-          predict(images).numpy()
-      runs[name] = lambda run=run, n=batch * calls: common.rate(run, n)
-    figures = common.interleaved(runs, plan['repeats'])
-    results[f'batch_{batch}'] = {k: common.median(v)
-                                 for k, v in figures.items()}
+  'ours' is our TensorFlow runtime as `--mode=predict` and the exports run
+  it: [0, 1] images in, probabilities out, the weights as constants of the
+  graph. 'ours_variables' is the same model called in a `tf.function` as
+  Keras's is, its weights read from variables on every call.
+  'onnxruntime' and 'litert' run our model.onnx and model.tflite, written
+  into `folder`.
+  """
+  model = EfficientNet.from_spec(hparams.get_specs(MODEL).model)
+  source = Source(model, MODEL, recipe_contract('default', INFERENCE_SIZE),
+                  default_labels(model.num_classes))
+  peer = keras.applications.EfficientNetV2B0(weights=None,
+                                             include_preprocessing=False)
+  files = {'onnxruntime': ('model.onnx', onnx_export.onnx_model(source)),
+           'litert': ('model.tflite', export.tflite_model(source))}
+  runners = {'ours': runtimes.load(source).run}
+  for name, keras_model in (('ours_variables', model), ('keras', peer)):
+    call = tf.function(lambda x, m=keras_model: m(x, training=False))
+    runners[name] = lambda x, call=call: call(tf.constant(x)).numpy()
+  for runtime, (file_name, content) in files.items():
+    path = os.path.join(folder, file_name)
+    with open(path, 'wb') as f:
+      f.write(content)
+    runners[runtime] = runtimes.load(path).run
+  return runners
+
+
+def inference(plan: Dict[str, Any]) -> Dict[str, Any]:
+  results = {}
+  with tempfile.TemporaryDirectory() as folder:
+    runners = inference_runners(folder)
+    for batch, calls in plan['inference_calls'].items():
+      images = np.random.default_rng(0).uniform(
+          0, 1, (batch, INFERENCE_SIZE, INFERENCE_SIZE, 3)).astype(np.float32)
+      runs = {}
+      for name, run_once in runners.items():
+        run_once(images)  # traced, loaded and warmed up
+
+        def run(run_once=run_once, images=images, calls=calls):
+          for _ in range(calls):
+            run_once(images)
+        runs[name] = lambda run=run, n=batch * calls: common.rate(run, n)
+      figures = common.interleaved(runs, plan['repeats'])
+      results[f'batch_{batch}'] = {k: common.median(v)
+                                   for k, v in figures.items()}
   return {'images_per_second': results}
 
 

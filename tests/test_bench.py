@@ -29,8 +29,10 @@ def _results():
       'training': {'images_per_second': {'ours': 30.0, 'keras': 20.0},
                    'steps_per_turn': 4},
       'inference': {'images_per_second': {
-          'batch_1': {'ours': 10.0, 'keras': 20.0},
-          'batch_32': {'ours': 40.0, 'keras': 40.0}}},
+          'batch_1': {'ours': 10.0, 'ours_variables': 8.0, 'keras': 20.0,
+                      'onnxruntime': 15.0, 'litert': 12.0},
+          'batch_32': {'ours': 40.0, 'ours_variables': 38.0, 'keras': 40.0,
+                       'onnxruntime': 60.0, 'litert': 30.0}}},
       'pipeline': {'images_per_second': 90.0, 'source': '8 JPEGs'},
       'progressive': {
           'target_top1': 0.9, 'settings': {'epochs': 2, 'size': 48,
@@ -62,6 +64,10 @@ def test_summary_holds_the_headline_ratios():
   assert summary['train_throughput_ratio'] == 1.5
   assert summary['inference_throughput_ratio_b1'] == 0.5
   assert summary['inference_throughput_ratio_b32'] == 1.0
+  assert summary['onnxruntime_speedup_b1'] == 1.5
+  assert summary['onnxruntime_speedup_b32'] == 1.5
+  assert summary['litert_speedup_b1'] == 1.2
+  assert summary['litert_speedup_b32'] == 0.75
   assert summary['pipeline_to_model_ratio'] == 3.0
   assert summary['progressive_speedup'] == 2.0  # geometric mean of 4 and 1
   assert summary['train_fraction_of_matmul_flops'] == 0.25
@@ -102,6 +108,7 @@ def test_report_writes_the_page_the_charts_and_the_figures(tmp_path):
   report.write(results, str(tmp_path))
   page = (tmp_path / 'benchmarks.md').read_text()
   assert '| ours | 30.0 | 1.50 |' in page
+  assert '| batch 32 | 40.0 | 38.0 | 40.0 | 60.0 | 30.0 | 1.00 |' in page
   assert '![progressive](benchmarks_progressive.png)' in page
   for chart in ('benchmarks_throughput.png', 'benchmarks_progressive.png'):
     assert (tmp_path / chart).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
