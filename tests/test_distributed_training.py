@@ -4,8 +4,8 @@ MultiWorkerMirroredStrategy workers: sent SIGTERM, killed, or not sharing
 their model_dir.
 
 Each start of main.py spends seconds importing TensorFlow, so the runs are
-few and run side by side: the `scenarios` fixture starts them all together
-in threads, each scenario drives its processes and records what they did,
+few and run side by side: the `scenarios` fixture runs them in threads,
+two at a time, each scenario drives its processes and records what they did,
 and the tests check the records. One single-host run serves three tests:
 it is stopped by SIGTERM, resumed and killed, resumed to its end, and
 resumed once more from a truncated last checkpoint.
@@ -276,7 +276,7 @@ def unshared(processes, model_dirs):
 
 @pytest.fixture(scope='module')
 def scenarios(tmp_path_factory):
-  """Each scenario's result, a function waiting for it; all start at once.
+  """Each scenario's result, a function waiting for it; two run at a time.
   Scenarios still running at the end (a test failed, or was not selected)
   are stopped by killing their processes, which they may still start."""
   processes = []
