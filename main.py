@@ -107,7 +107,8 @@ flags.DEFINE_integer('image_size', None,
                      'benchmark: image size; default the eval size.')
 flags.DEFINE_integer('benchmark_iterations', 20,
                      'benchmark: timed calls per batch size.')
-flags.DEFINE_bool('jit_compile', False, 'benchmark: compile with XLA.')
+flags.DEFINE_bool('jit_compile', False,
+                  "benchmark: compile the 'tf' runtime with XLA.")
 
 
 # Library errors name their arguments; these are the flags that set them.

@@ -170,21 +170,20 @@ def _file_runtime(source: export_lib.Source, name: str,
 def run_benchmark(source: export_lib.Source, image_size: Optional[int],
                   batch_sizes: str, iterations: int, jit_compile: bool,
                   runtime_names: str = 'tf') -> List[benchmark_lib.Result]:
-  """Times inference at each batch size: the Keras model alone in
-  TensorFlow ('tf'), and the deployed computation (preprocessing included)
-  in each other runtime of `runtime_names` ('tf,onnxruntime,litert')."""
+  """Times the deployed computation ([0, 1] images to probabilities) at
+  each batch size in each runtime of `runtime_names`
+  ('tf,onnxruntime,litert'), at `image_size` (None: the eval size);
+  `jit_compile` compiles the 'tf' one with XLA."""
   names = parse_runtimes(runtime_names)
   sizes = benchmark_lib.parse_batch_sizes(batch_sizes)
+  source = source.at_size(image_size)
+  benchmark_lib.check_settings(source.image_size, sizes, 0, iterations)
   results = []
   with tempfile.TemporaryDirectory() as directory:
     for name in names:
-      if name == 'tf':
-        found = benchmark_lib.benchmark(
-            source.model, image_size or source.image_size, sizes,
-            iterations=iterations, jit_compile=jit_compile)
-      else:
-        found = runtimes.benchmark(_file_runtime(source, name, directory),
-                                   sizes, iterations=iterations)
+      runtime = (runtimes.TFRuntime(source, jit_compile) if name == 'tf'
+                 else _file_runtime(source, name, directory))
+      found = runtimes.benchmark(runtime, sizes, iterations=iterations)
       for result in found:
         print(benchmark_lib.format_result(result))
       results += found

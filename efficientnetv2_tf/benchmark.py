@@ -1,4 +1,7 @@
-"""Inference throughput and latency of a model, for `--mode=benchmark`.
+"""Inference throughput and latency: the timing, `Result` and printed line
+that `--mode=benchmark` uses for every runtime (see `runtimes.benchmark`),
+and `benchmark` for any Keras model, such as a backbone or a model with
+several outputs.
 
 For each batch size, `benchmark` feeds one fixed random batch in [-1, 1],
 already on the device, to `model(x, training=False)` compiled with

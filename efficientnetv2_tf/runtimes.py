@@ -60,12 +60,14 @@ class Runtime(abc.ABC):
   """A loaded classifier: `run` maps [0, 1] images to probabilities.
 
   `name` is the runtime ('tf', 'onnxruntime', 'litert'), `model_name` what
-  the model is called, `device` where it runs ('CPU' or 'GPU').
+  the model is called, `device` where it runs ('CPU' or 'GPU'),
+  `jit_compile` whether XLA compiled it.
   """
   name: str
   model_name: str
   image_size: int
   device: str = 'CPU'
+  jit_compile: bool = False
 
   def run(self, images: np.ndarray) -> np.ndarray:
     """Probabilities [n, num_classes] of float images [n, size, size, 3]."""
@@ -83,13 +85,16 @@ class Runtime(abc.ABC):
 
 
 class TFRuntime(Runtime):
-  """A `Source` run by TensorFlow, with the same function as the exports."""
+  """A `Source` run by TensorFlow, with the same function as the exports;
+  `jit_compile` compiles it with XLA."""
   name = 'tf'
 
-  def __init__(self, source: Source):
+  def __init__(self, source: Source, jit_compile: bool = False):
     self.model_name = source.model_name
     self.image_size = source.image_size
-    self._probabilities = probabilities_function(source)
+    self.jit_compile = jit_compile
+    self._probabilities = probabilities_function(source,
+                                                 jit_compile=jit_compile)
     self.device = 'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'
 
   def _run(self, images: np.ndarray) -> np.ndarray:
@@ -228,7 +233,8 @@ def _measure(runtime: Runtime, batch_size: int, warmup: int,
   latencies = benchmark_lib.time_calls(lambda: runtime.run(images), warmup,
                                        iterations)
   return benchmark_lib.result(runtime.model_name, size, batch_size,
-                              latencies, runtime.device, runtime.name)
+                              latencies, runtime.device, runtime.name,
+                              runtime.jit_compile)
 
 
 def benchmark(runtime: Runtime, batch_sizes: Sequence[int],

@@ -77,13 +77,22 @@ class Source:
   def normalization(self) -> str:
     return self.contract.normalization
 
+  def at_size(self, image_size: Optional[int]) -> 'Source':
+    """This source fed images of `image_size` (None: its own size)."""
+    if image_size is None or image_size == self.image_size:
+      return self
+    return dataclasses.replace(self, contract=dataclasses.replace(
+        self.contract, image_size=image_size))
+
 
 def probabilities_function(source: Source,
-                           batch_size: Optional[int] = None
+                           batch_size: Optional[int] = None,
+                           jit_compile: bool = False
                            ) -> tf.types.experimental.PolymorphicFunction:
   """The deployed computation: {'probabilities': [batch, num_classes]} of
   [batch, size, size, 3] images in [0, 1], normalised as the contract says;
-  `batch_size` None leaves the batch dynamic.
+  `batch_size` None leaves the batch dynamic; `jit_compile` compiles it
+  with XLA (for TensorFlow only: converters take it uncompiled).
 
   The weights go in as constants, through a stateless call: converters
   read Keras 3 variables as uninitialised resources.
@@ -97,7 +106,8 @@ def probabilities_function(source: Source,
   size = source.image_size
 
   @tf.function(input_signature=[tf.TensorSpec(
-      [batch_size, size, size, 3], tf.float32, name='images')])
+      [batch_size, size, size, 3], tf.float32, name='images')],
+               jit_compile=jit_compile or None)
   def probabilities(images):
     logits, _ = model.stateless_call(trainable, non_trainable,
                                      normalize(images * 255.0),

@@ -274,6 +274,21 @@ def test_benchmark_prints_one_line_per_runtime_and_batch_size(exported,
       ('litert', 1), ('litert', 2)]
   assert {l['image_size'] for l in lines} == {32}
   assert all(l['images_per_second'] > 0 for l in lines)
+  assert not any(l['jit_compile'] for l in lines)
+
+
+def test_benchmark_times_every_runtime_at_the_image_size_given(exported,
+                                                               capsys):
+  model_dir, _, _, _ = exported
+  source = export.load_run(model_dir)
+  results = inference.run_benchmark(source, 48, '2', 1, True,
+                                    'tf,litert')
+  assert [(r.runtime, r.image_size, r.jit_compile) for r in results] == [
+      ('tf', 48, True), ('litert', 48, False)]
+  assert len(capsys.readouterr().out.splitlines()) == 2
+  with pytest.raises(UserError, match='image size must be a positive '
+                     'integer; received: 0'):
+    inference.run_benchmark(source, 0, '2', 1, False, 'litert')
 
 
 def test_export_refuses_a_non_empty_dir_and_a_run_without_checkpoint(

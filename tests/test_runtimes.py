@@ -61,6 +61,18 @@ def test_each_runtime_gives_the_models_probabilities_at_any_batch(
                                atol=1e-5)
 
 
+def test_xla_and_another_size_give_the_same_probabilities(source):
+  images = np.random.default_rng(1).uniform(0, 1, (2, 48, 48, 3)).astype(
+      np.float32)
+  runtime = runtimes.TFRuntime(source.at_size(48), jit_compile=True)
+  assert (runtime.image_size, runtime.jit_compile) == (48, True)
+  np.testing.assert_allclose(runtime.run(images), expected(source, images),
+                             atol=1e-5)
+  result, = runtimes.benchmark(runtime, [2], warmup=1, iterations=1)
+  assert (result.image_size, result.jit_compile) == (48, True)
+  assert source.at_size(None) is source and source.image_size == SIZE
+
+
 def test_images_of_another_size_are_refused(model_files):
   runtime = runtimes.load(model_files['onnx'])
   with pytest.raises(UserError, match=r'\[n, 32, 32, 3\].*\(1, 64, 64, 3\)'):
