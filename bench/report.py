@@ -204,7 +204,8 @@ def _inference(results: Dict[str, Any]) -> List[str]:
                  _times(_ratio(rates['ours'], rates['keras']))])
   return ['## Inference throughput', '',
           f'{results["model"]} at 224 px, one fixed batch, images/s. '
-          '"ours, TF" is the TensorFlow runtime `--mode=predict` uses: '
+          '"ours, TF" is the TensorFlow runtime of `--mode=predict` and '
+          '`--mode=benchmark`: '
           '[0, 1] images in, probabilities out, the weights constants of '
           'the graph. "ours, TF, variables" and '
           '"keras, TF" call the model in a `tf.function`, reading its '

@@ -205,10 +205,11 @@ def training(plan: Dict[str, Any]) -> Dict[str, Any]:
 def inference_runners(folder: str) -> Dict[str, Any]:
   """Each way of running b0 at 224 px: a function of float32 images.
 
-  'ours' is our TensorFlow runtime as `--mode=predict` runs it: [0, 1]
+  'ours' is our 'tf' runtime, as predict and benchmark run it: [0, 1]
   images in, probabilities out (what model.onnx and model.tflite hold),
-  the weights as constants of the graph. 'ours_variables' is the same model called in a `tf.function` as
-  Keras's is, its weights read from variables on every call.
+  the weights as constants of the graph. 'ours_variables' is the same
+  model called in a `tf.function` as Keras's is, its weights read from
+  variables on every call.
   'onnxruntime' and 'litert' run our model.onnx and model.tflite, written
   into `folder`.
   """
