@@ -215,9 +215,7 @@ def export_int8(inference, source, model_dir: str, export_dir: str,
   inference.run_export(source, export_dir, FLAGS.overwrite,
                        FLAGS.tflite_quantization, onnx_precision, calibration)
   if labelled:
-    from efficientnetv2_tf import export  # pylint: disable=g-import-not-at-top
-    report = inference.int8_report(export_dir, export.tflite_model(source),
-                                   *labelled)
+    report = inference.int8_report(export_dir, source, *labelled)
     print(f'int8 model.tflite: top-1 {report.accuracy:.4f} against '
           f'{report.reference_accuracy:.4f} in float on the '
           f'{report.images} eval images (top-1 agreement '

@@ -68,11 +68,16 @@ def calibration_images(image_path: str, contract: InputContract,
                        limit: int = quantize.MAX_CALIBRATION_IMAGES
                        ) -> List[np.ndarray]:
   """Up to `limit` images of `image_path`, cropped and resized as the
-  model's contract says, in [0, 1]: what int8 quantisation calibrates on."""
+  model's contract says, in [0, 1]: what int8 quantisation calibrates on.
+  A file that is not a readable image is refused in one line."""
   images = []
   for path in image_files(image_path)[:limit]:
     with open(path, 'rb') as f:
-      pixels = eval_pixels(tf.constant(f.read()), contract)
+      try:
+        pixels = eval_pixels(tf.constant(f.read()), contract)
+      except tf.errors.InvalidArgumentError as error:
+        raise UserError(f'calibration image {path!r} cannot be read: '
+                        f'{predict_lib.reason(error)}') from None
     images.append(pixels.numpy() / 255.0)
   return images
 
@@ -114,17 +119,14 @@ def run_images(model_dir: str, data_dir: Optional[str],
                                    REPORT_IMAGES)
 
 
-def int8_report(export_dir: str, float_tflite: bytes,
+def int8_report(export_dir: str, source: export_lib.Source,
                 images: np.ndarray, labels: np.ndarray) -> quantize.Agreement:
-  """How the export's int8 model.tflite does against the float model on
-  labelled images: top-1 agreement and both accuracies."""
-  with tempfile.TemporaryDirectory() as directory:
-    path = os.path.join(directory, 'float.tflite')
-    with open(path, 'wb') as f:
-      f.write(float_tflite)
-    return quantize.top1_agreement(
-        runtimes.load(os.path.join(export_dir, 'model.tflite')),
-        runtimes.load(path), images, labels)
+  """How the export's int8 model.tflite does against the float model
+  (`source` in TensorFlow, the same computation) on labelled images: top-1
+  agreement and both accuracies."""
+  quantized = os.path.join(export_dir, runtimes.FILE_NAMES['litert'])
+  return quantize.top1_agreement(runtimes.load(quantized),
+                                 runtimes.load(source), images, labels)
 
 
 def run_export(source: export_lib.Source, export_dir: str, overwrite: bool,
@@ -157,8 +159,8 @@ def run_predict(source: Union[str, export_lib.Source], image_path: str,
   return rows
 
 
-def _file_runtime(source: export_lib.Source, name: str,
-                  directory: str) -> runtimes.Runtime:
+def file_runtime(source: export_lib.Source, name: str,
+                 directory: str) -> runtimes.Runtime:
   """`source` converted into `directory` for file runtime `name`, loaded."""
   path = os.path.join(directory, runtimes.FILE_NAMES[name])
   with open(path, 'wb') as f:
@@ -182,7 +184,7 @@ def run_benchmark(source: export_lib.Source, image_size: Optional[int],
   with tempfile.TemporaryDirectory() as directory:
     for name in names:
       runtime = (runtimes.TFRuntime(source, jit_compile) if name == 'tf'
-                 else _file_runtime(source, name, directory))
+                 else file_runtime(source, name, directory))
       found = runtimes.benchmark(runtime, sizes, iterations=iterations)
       for result in found:
         print(benchmark_lib.format_result(result))

@@ -43,10 +43,9 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 import datasets  # pylint: disable=g-import-not-at-top
+from app import inference as inference_lib  # pylint: disable=g-import-not-at-top
 import hparams  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import distribute  # pylint: disable=g-import-not-at-top
-from efficientnetv2_tf import export  # pylint: disable=g-import-not-at-top
-from efficientnetv2_tf import onnx_export  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import optim  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import runtimes  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
@@ -218,17 +217,13 @@ def inference_runners(folder: str) -> Dict[str, Any]:
                   default_labels(model.num_classes))
   peer = keras.applications.EfficientNetV2B0(weights=None,
                                              include_preprocessing=False)
-  files = {'onnxruntime': ('model.onnx', onnx_export.onnx_model(source)),
-           'litert': ('model.tflite', export.tflite_model(source))}
   runners = {'ours': runtimes.load(source).run}
   for name, keras_model in (('ours_variables', model), ('keras', peer)):
     call = tf.function(lambda x, m=keras_model: m(x, training=False))
     runners[name] = lambda x, call=call: call(tf.constant(x)).numpy()
-  for runtime, (file_name, content) in files.items():
-    path = os.path.join(folder, file_name)
-    with open(path, 'wb') as f:
-      f.write(content)
-    runners[runtime] = runtimes.load(path).run
+  for runtime in ('onnxruntime', 'litert'):
+    runners[runtime] = inference_lib.file_runtime(source, runtime,
+                                                  folder).run
   return runners
 
 

@@ -3,7 +3,8 @@ that `--mode=benchmark` uses for every runtime (see `runtimes.benchmark`),
 and `benchmark` for any Keras model, such as a backbone or a model with
 several outputs.
 
-For each batch size, `benchmark` feeds one fixed random batch in [-1, 1],
+For each batch size, `benchmark` (the Keras model itself, not the
+deployed computation that `--mode=benchmark` times) feeds one fixed random batch in [-1, 1],
 already on the device, to `model(x, training=False)` compiled with
 `tf.function` (and XLA with `jit_compile=True`). It measures the model, not
 input loading. The first `warmup` calls are not timed: they trace the

@@ -47,6 +47,7 @@ import hparams
 from efficientnetv2_tf import loading
 from efficientnetv2_tf import onnx_export
 from efficientnetv2_tf import quantize
+from efficientnetv2_tf import runtimes
 from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import Normalize
@@ -259,10 +260,12 @@ def _write_models(source: Source, staging: str, tflite: bool,
   HubModule(feature_model(source.model), source.normalization).save(
       os.path.join(staging, 'hub_feature_vector'))
   if tflite:
-    with open(os.path.join(staging, 'model.tflite'), 'wb') as f:
+    with open(os.path.join(staging, runtimes.FILE_NAMES['litert']),
+              'wb') as f:
       f.write(tflite_model(source, quantization, calibration_images))
   if onnx_precision:
-    with open(os.path.join(staging, 'model.onnx'), 'wb') as f:
+    with open(os.path.join(staging, runtimes.FILE_NAMES['onnxruntime']),
+              'wb') as f:
       f.write(onnx_export.onnx_model(source, onnx_precision))
   with open(os.path.join(staging, 'labels.txt'), 'w') as f:
     f.write('\n'.join(source.labels) + '\n')

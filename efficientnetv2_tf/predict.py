@@ -97,7 +97,7 @@ def predict(source: Union[str, export.Source], files: Sequence[str],
       with open(path, 'rb') as f:
         probabilities = classify(tf.constant([f.read()]))['probabilities']
     except (OSError, tf.errors.InvalidArgumentError) as e:
-      rows.append({'file': path, 'error': f'unreadable image: {_reason(e)}'})
+      rows.append({'file': path, 'error': f'unreadable image: {reason(e)}'})
       continue
     probabilities = np.asarray(probabilities)[0]
     best = np.argsort(-probabilities, kind='stable')[:top_k]
@@ -107,7 +107,7 @@ def predict(source: Union[str, export.Source], files: Sequence[str],
   return rows
 
 
-def _reason(error: Exception) -> str:
+def reason(error: Exception) -> str:
   """The line of a TensorFlow error that says what went wrong."""
   noise = ('Graph execution error', 'Detected at node', '<stack', '[[')
   lines = [line.strip() for line in str(error).splitlines()

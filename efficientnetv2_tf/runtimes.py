@@ -126,13 +126,15 @@ class OnnxRuntime(Runtime):
       providers = [p for p in ('CUDAExecutionProvider',
                                'CPUExecutionProvider')
                    if p in ort.get_available_providers()]
-    invalid = import_optional('onnxruntime.capi.onnxruntime_pybind11_state',
-                              "runtime='onnxruntime'").InvalidProtobuf
+    state = import_optional('onnxruntime.capi.onnxruntime_pybind11_state',
+                            "runtime='onnxruntime'")
     try:
       self._session = ort.InferenceSession(path, options,
                                            providers=list(providers))
-    except invalid:
-      raise UserError(f'{path!r} is not an ONNX model') from None
+    except (state.InvalidProtobuf, state.InvalidGraph, state.Fail) as error:
+      reason = str(error).strip().splitlines()[0][:200]
+      raise UserError(f'{path!r} is not an ONNX model that ONNX Runtime '
+                      f'can load: {reason}') from None
     inputs = self._session.get_inputs()
     self._input = inputs[0].name
     self.image_size = int(inputs[0].shape[1])

@@ -230,6 +230,10 @@ def test_int8_export_is_calibrated_on_images_and_reported_on_eval(
     (folder / f'{i}.png').write_bytes(tf.io.encode_png(image).numpy())
   from_folder = inference.calibration_images(str(folder), source.contract)
   np.testing.assert_allclose(from_folder, pixels / 255, atol=1e-6)
+  (folder / 'z.jpg').write_bytes(b'not an image')
+  with pytest.raises(UserError, match=r"calibration image '.*z\.jpg' "
+                     'cannot be read: '):
+    inference.calibration_images(str(folder), source.contract)
   # A run calibrates on its own training split, read as training read it,
   # and is reported on its eval split.
   calibration, (images, labels) = inference.run_images(model_dir, None,
@@ -241,8 +245,7 @@ def test_int8_export_is_calibrated_on_images_and_reported_on_eval(
                               calibration[:20])
   assert info['tflite_quantization'] == 'int8'
   assert 'model.onnx' not in info['files'] and info['onnx_precision'] is None
-  report = inference.int8_report(int8_dir, export.tflite_model(source),
-                                 images[:60], labels[:60])
+  report = inference.int8_report(int8_dir, source, images[:60], labels[:60])
   print(report)
   assert report.images == 60 and 0 <= report.accuracy <= 1
   # Integer weights: a quarter of the float file, plus quantisation data.
