@@ -247,17 +247,41 @@ def resolve_bn_sync(requested: Optional[bool],
   return bool(requested) and strategy.num_replicas_in_sync > 1
 
 
+def _without_static_size(images: tf.Tensor, labels: tf.Tensor):
+  shape = [images.shape[0], None, None, images.shape[-1]]
+  return tf.compat.v1.placeholder_with_default(images, shape), labels
+
+
 def distribute_input(strategy: tf.distribute.Strategy,
                      dataset_fn: Callable[[tf.distribute.InputContext],
-                                          tf.data.Dataset]):
+                                          tf.data.Dataset],
+                     any_image_size: bool = False, warm_start: bool = False):
   """The batches of `dataset_fn` for `strategy.run`, as a dataset-like.
 
   With one replica on one worker, and no TPU, this is the dataset itself.
   A distributed dataset there would add nothing but its prefetching
   iterator, which keeps one of TensorFlow's inter-op threads waiting; on a
   two-core host that halves the training step rate (`bench/training.py`).
+
+  `any_image_size` hides the images' height and width from tracing, so
+  that one traced step serves the batches of every stage, whatever their
+  size; `TPUStrategy`, whose programs have static shapes, keeps them.
+  `warm_start` starts the pipeline's background work when its iterator is
+  made rather than at its first batch, so that a stage's input is being
+  prepared while the previous stage is evaluated or its step traced.
   """
-  if strategy.num_replicas_in_sync == 1 and not isinstance(
-      strategy, tf.distribute.TPUStrategy):
-    return dataset_fn(tf.distribute.InputContext())
-  return strategy.distribute_datasets_from_function(dataset_fn)
+  tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+
+  def adapted(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    dataset = dataset_fn(context)
+    if any_image_size and not tpu:
+      dataset = dataset.map(_without_static_size)
+    if warm_start:
+      options = tf.data.Options()
+      options.experimental_warm_start = True
+      dataset = dataset.with_options(options)
+    return dataset
+
+  if not tpu and strategy.num_replicas_in_sync == 1:
+    return adapted(tf.distribute.InputContext())
+  return strategy.distribute_datasets_from_function(adapted)

@@ -19,6 +19,7 @@ from efficientnetv2_tf import cluster
 from efficientnetv2_tf import distribute
 from efficientnetv2_tf import ema as ema_lib
 from efficientnetv2_tf import optim
+from efficientnetv2_tf import progressive
 from efficientnetv2_tf import reporting
 from efficientnetv2_tf.dataset_protocol import DatasetSource
 from efficientnetv2_tf.preprocessing import Augmentation
@@ -45,7 +46,9 @@ def _eval_fn(model: keras.Model, strategy: tf.distribute.Strategy,
     return (tf.reduce_sum(per_example), tf.reduce_sum(top1),
             tf.reduce_sum(top5), count)
 
-  @tf.function
+  # Traced again only for a dimension that has changed (a short last
+  # batch, another stage's size), then for any value of it.
+  @tf.function(reduce_retracing=True)
   def step(batch):
     sums = strategy.run(replica_step, args=batch)
     return [strategy.reduce('SUM', s, axis=None) for s in sums]
@@ -65,6 +68,7 @@ class Evaluator:
                augmentation: Optional[Augmentation] = None):
     """`augmentation` is the run's recipe when the caller has built it
     already; its evaluation path and normalisation are what count."""
+    self.specs = specs
     self.dataset = dataset
     self.model = model
     self.ema = ema
@@ -80,12 +84,12 @@ class Evaluator:
     self.seconds = 0.0  # spent evaluating, for training-time figures
     self._step_fn = None
 
-  def _totals(self) -> np.ndarray:
+  def _totals(self, image_size: int) -> np.ndarray:
     if self._step_fn is None:
       self._step_fn = _eval_fn(self.model, self.strategy, self.loss_type)
     dataset_fn = self.dataset.distribute_fn(
         self.split, self.batch_size, training=False,
-        image_size=self.image_size, augmentation=self.augmentation,
+        image_size=image_size, augmentation=self.augmentation,
         dtype=self.image_dtype)
     batches = distribute.distribute_input(self.strategy, dataset_fn)
     totals = np.zeros(4)
@@ -94,13 +98,17 @@ class Evaluator:
         totals += np.array([float(s) for s in self._step_fn(batch)])
     return totals
 
-  def evaluate(self, step: int) -> Dict[str, Any]:
-    """Evaluates the model as it is at training step `step`."""
+  def evaluate(self, step: int,
+               image_size: Optional[int] = None) -> Dict[str, Any]:
+    """Evaluates the model as it is at training step `step`, at
+    `image_size` (default: the eval size)."""
     started = time.time()
-    loss, top1, top5, count = self._totals()
+    image_size = image_size or self.image_size
+    loss, top1, top5, count = self._totals(image_size)
     metrics = {'step': step, 'eval_loss': float(loss / count),
                'eval_top1': float(top1 / count),
-               'eval_top5': float(top5 / count), 'eval_images': int(count)}
+               'eval_top5': float(top5 / count), 'eval_images': int(count),
+               'eval_image_size': image_size}
     if self.chief:
       print(f'eval at step {step}: top-1 {metrics["eval_top1"]:.4f}, '
             f'top-5 {metrics["eval_top5"]:.4f}, loss '
@@ -131,7 +139,10 @@ class Evaluator:
     for path in tf.train.checkpoints_iterator(directory, timeout=timeout,
                                               min_interval_secs=1):
       state.load(path)
-      metrics = self.evaluate(state.step)
+      # The stage that trained the checkpoint's last step.
+      stage = progressive.stage_at(plan.stages, max(state.step - 1, 0))
+      metrics = self.evaluate(
+          state.step, progressive.eval_image_size(self.specs, stage))
       if self.reporter:
         self.reporter.row({'epoch': plan.epoch_of(state.step),
                            'step': state.step, **metrics})

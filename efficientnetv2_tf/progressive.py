@@ -50,6 +50,9 @@ the global step with `stage_at`:
     >>> print(stage_at(stages, 600).describe())
     stage 3/4: steps 500-749, 242 px, magnitude 11.67, mixup 0.0, ...
 
+Evaluations during training are at the eval size, or, with
+`progressive.eval_size=stage`, at each stage's own size (`eval_image_size`).
+
 `make_plan` plans a whole run (`RunPlan`) from its specs, the training
 split's size and the number of replicas: the global batch, steps per epoch,
 epochs (`train.epochs`, stretched until there are `train.min_steps` steps,
@@ -277,6 +280,24 @@ def stage_at(stages: Sequence[Stage], step: int) -> Stage:
     raise ValueError(f'step must be >= 0; received: step={step}')
   index = bisect.bisect_right([s.end_step for s in stages], step)
   return stages[min(index, len(stages) - 1)]
+
+
+def eval_image_size(specs: Specs, stage: Stage) -> int:
+  """The image size that evaluations during `stage` use.
+
+  `progressive.eval_size='final'` evaluates at the eval size throughout, as
+  the original did (its eval job read every checkpoint at `eval.isize`).
+  'stage' evaluates at the stage's training size, scaled as the eval size
+  is to the final training size, so the last stage gives the eval size
+  itself and earlier figures show what the stage has learnt at its own
+  size.
+  """
+  data = specs.data
+  if specs.progressive.eval_size == 'final':
+    return data.eval_image_size
+  scaled = Fraction(stage.image_size * data.eval_image_size,
+                    data.train_image_size)
+  return max(MIN_IMAGE_SIZE, round(scaled))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,8 @@ from efficientnetv2_tf.run_dir import RunDir
 
 CSV_FIELDS = ('epoch', 'step', 'stage', 'image_size', 'learning_rate',
               'train_loss', 'train_top1', 'eval_loss', 'eval_top1',
-              'eval_top5', 'images_per_second', 'wall_seconds')
+              'eval_top5', 'images_per_second', 'wall_seconds',
+              'eval_image_size')
 
 
 class Reporter:

@@ -129,8 +129,9 @@ def build_train_loop(model: keras.Model,
   `iterator`, returning the summed loss and correct predictions.
 
   Trains the variables that are trainable now. Built under `strategy`
-  from objects created in its scope; traced again only for a new input
-  signature, so one loop serves stages that differ only in image size.
+  from objects created in its scope; traced once per input signature, so
+  batches without a static image size (`distribute_input(...,
+  any_image_size=True)`) share one trace whatever their size.
   """
   variables = list(model.trainable_variables)
   gradients = _gradients_fn(model, optimizer, variables, settings,
@@ -139,7 +140,7 @@ def build_train_loop(model: keras.Model,
                                   settings)
   accum = settings.grad_accum_steps
 
-  @tf.function(reduce_retracing=True)
+  @tf.function
   def loop(iterator, steps):
     loss_total = tf.constant(0.0)
     correct_total = tf.constant(0.0)

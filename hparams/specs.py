@@ -284,6 +284,11 @@ class ProgressiveSpec(_Spec):
   stage_epochs: Tuple[float, ...] = _option(
       (), 'progressive.stage_epochs', 'epochs per stage; empty: equal '
       'stages', (lambda v: all(e > 0 for e in v), 'numbers > 0'))
+  eval_size: str = _option(
+      'final', 'progressive.eval_size', "evaluations during training: "
+      "final (all at the eval size, as the original's eval job) or stage "
+      '(at the stage\'s size, scaled as the eval size is to the training '
+      'size)', (lambda v: v in ('final', 'stage'), "'final' or 'stage'"))
   first_image_size: int = _option(
       128, 'data.ibase', 'first-stage image size; 0: half the training size',
       (_non_negative, '>= 0 (0: half the training size)'))

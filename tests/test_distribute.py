@@ -339,3 +339,39 @@ def test_module_docstring_example_runs():
   result = doctest.testmod(distribute, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0
   assert result.failed == 0
+
+
+def _batches(context):
+  del context
+  images = tf.zeros([4, 24, 24, 3])
+  labels = tf.one_hot([0, 1, 2, 3], 4)
+  return tf.data.Dataset.from_tensors((images, labels)).repeat(2)
+
+
+def test_distribute_input_can_hide_the_image_size_from_tracing():
+  strategy = distribute.get_strategy('cpu')
+  plain = distribute.distribute_input(strategy, _batches)
+  relaxed = distribute.distribute_input(strategy, _batches,
+                                        any_image_size=True)
+  assert plain.element_spec[0].shape.as_list() == [4, 24, 24, 3]
+  assert relaxed.element_spec[0].shape.as_list() == [4, None, None, 3]
+  images, labels = next(iter(relaxed))
+  assert images.shape == (4, 24, 24, 3) and labels.shape == (4, 4)
+
+
+def test_distribute_input_warm_starts_only_when_asked():
+  strategy = distribute.get_strategy('cpu')
+  assert distribute.distribute_input(
+      strategy, _batches, warm_start=True).options().experimental_warm_start
+  assert not distribute.distribute_input(
+      strategy, _batches).options().experimental_warm_start
+
+
+def test_a_tpu_keeps_static_image_sizes(monkeypatch):
+  tpu = fake_tpu_strategy()
+  made = []
+  monkeypatch.setattr(tpu, 'distribute_datasets_from_function',
+                      lambda fn: made.append(fn(None)) or made[-1],
+                      raising=False)
+  dataset = distribute.distribute_input(tpu, _batches, any_image_size=True)
+  assert dataset.element_spec[0].shape.as_list() == [4, 24, 24, 3]

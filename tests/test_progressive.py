@@ -249,3 +249,19 @@ def test_plan_to_dict_gives_each_stage_its_epochs():
   assert (saved['epochs'], saved['total_steps']) == (4, 40)
   assert [s['epochs'] for s in saved['stages']] == [2, 2]
   assert saved['stages'][1]['image_size'] == plan.stages[1].image_size
+
+
+@pytest.mark.parametrize('eval_size, sizes', [
+    ('final', [384, 384, 384, 384]),
+    # 128, 185, 242, 300 px scaled by 384 / 300; the last is the eval size.
+    ('stage', [164, 237, 310, 384]),
+])
+def test_eval_image_size_follows_progressive_eval_size(eval_size, sizes):
+  specs = hparams.get_specs(
+      'efficientnetv2-s', None, 'train.epochs=4,train.stages=4,'
+      f'progressive.schedule=paper,progressive.eval_size={eval_size}')
+  assert specs.data.eval_image_size == 384
+  assert specs.data.train_image_size == 300
+  stages = progressive.plan(specs, steps_per_epoch=10)
+  assert [s.image_size for s in stages] == [128, 185, 242, 300]
+  assert [progressive.eval_image_size(specs, s) for s in stages] == sizes

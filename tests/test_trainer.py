@@ -69,9 +69,9 @@ def test_stages_that_differ_only_in_image_size_share_one_traced_step(
   sizes = [s.image_size for s in trainer.plan.stages]
   assert len(set(sizes)) == 3
   loop = trainer._loop  # pylint: disable=protected-access
-  # The first size, then one trace for any size.
-  assert loop.experimental_get_tracing_count() == 2
-  assert trainer.train_images == trainer.plan.total_steps * 32 - 2 * 32
+  assert loop.experimental_get_tracing_count() == 1
+  # Only the tracing call is left out of the training-speed figures.
+  assert trainer.train_images == trainer.plan.total_steps * 32 - 32
 
 
 def test_a_finished_run_resumes_to_nothing_more(finished_run):
@@ -151,3 +151,20 @@ def test_xla_compiles_the_training_step(tmp_path):
   assert results['step'] == 5 and np.isfinite(results['train_loss'])
   assert not np.allclose(before,
                          trainer.model.get_layer('stem').weights[0].numpy())
+
+
+def test_stage_eval_size_evaluates_each_stage_at_its_own_size(tmp_path):
+  specs, dataset = tiny_run(
+      'train.epochs=2,train.stages=2,progressive.schedule=paper,'
+      'progressive.eval_size=stage,data.per_class=4')
+  trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
+                                distribute.get_strategy('cpu'))
+  trainer.train(evaluate=True)
+  rows = list(csv.DictReader(open(os.path.join(tmp_path, 'metrics.csv'))))
+  # Stages of 16 and 32 px; the eval size is the training size here.
+  assert [int(r['image_size']) for r in rows] == [16, 32]
+  assert [int(r['eval_image_size']) for r in rows] == [16, 32]
+  # Traces for the first batch, the short last batch (any batch size) and
+  # the second size (any size), not one per shape and evaluation.
+  step_fn = trainer.evaluator._step_fn  # pylint: disable=protected-access
+  assert step_fn.experimental_get_tracing_count() == 3
