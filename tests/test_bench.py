@@ -22,7 +22,8 @@ def _results():
   curve = lambda *points: [list(p) for p in points]
   run = lambda seconds, top1: {
       'curve': curve((seconds / 2, top1 / 2), (seconds, top1)),
-      'final_top1': top1, 'train_seconds': seconds, 'stages': []}
+      'final_top1': top1, 'train_seconds': seconds, 'stages': [],
+      'stage_ends': [seconds / 2], 'train_images_per_second': 5.0}
   return {
       'machine': {'cpu': 'test', 'cores': '2'}, 'quick': True,
       'model': 'efficientnetv2-b0', 'seconds': 60.0,
@@ -69,7 +70,13 @@ def test_summary_holds_the_headline_ratios():
   assert summary['litert_speedup_b1'] == 1.2
   assert summary['litert_speedup_b32'] == 0.75
   assert summary['pipeline_to_model_ratio'] == 3.0
-  assert summary['progressive_speedup'] == 2.0  # geometric mean of 4 and 1
+  # Equal epochs: 40 / 10 and 30 / 30, a geometric mean of 2.
+  assert summary['progressive_speedup'] == 2.0
+  assert summary['progressive_speedup_digits'] == 4.0
+  assert summary['progressive_top1_delta'] == 1.0  # points, a mean
+  assert summary['progressive_top1_delta_mnist5k'] == 1.0
+  # Time to 0.9: digits 40 / 10; mnist5k reaches it only at its end.
+  assert summary['progressive_target_speedup'] == 2.0
   assert summary['train_fraction_of_matmul_flops'] == 0.25
   assert summary['peak_rss_mb'] == 900.0
 
@@ -85,17 +92,23 @@ def test_summary_leaves_out_what_did_not_run():
 
 
 def test_time_to_target_compares_first_evaluations_at_the_target():
-  fixed = {'curve': [[10.0, 0.5], [20.0, 0.92], [30.0, 0.95]]}
-  staged = {'curve': [[5.0, 0.3], [10.0, 0.91], [15.0, 0.96]]}
+  fixed = {'curve': [[10.0, 0.5], [20.0, 0.92], [30.0, 0.95]],
+           'train_seconds': 30.0, 'final_top1': 0.95}
+  staged = {'curve': [[5.0, 0.3], [10.0, 0.91], [15.0, 0.96]],
+            'train_seconds': 15.0, 'final_top1': 0.96}
   compared = report.compare(fixed, staged, target=0.9)
   assert compared['seconds_to_target'] == {'fixed': 20.0,
                                            'progressive': 10.0}
-  assert compared['speedup'] == 2.0
+  assert compared['target_speedup'] == 2.0
+  assert compared['speedup'] == 2.0  # 30 s against 15 s for all epochs
+  assert compared['top1_delta'] == pytest.approx(1.0)
 
 
 def test_a_target_one_run_misses_becomes_the_best_both_reached():
-  fixed = {'curve': [[10.0, 0.97], [20.0, 0.96]]}
-  staged = {'curve': [[10.0, 0.5], [30.0, 0.94]]}
+  fixed = {'curve': [[10.0, 0.97], [20.0, 0.96]], 'train_seconds': 20.0,
+           'final_top1': 0.96}
+  staged = {'curve': [[10.0, 0.5], [30.0, 0.94]], 'train_seconds': 30.0,
+            'final_top1': 0.94}
   compared = report.compare(fixed, staged, target=0.95)
   assert compared['target_top1'] == 0.94
   assert compared['seconds_to_target'] == {'fixed': 10.0,
@@ -110,6 +123,7 @@ def test_report_writes_the_page_the_charts_and_the_figures(tmp_path):
   assert '| ours | 30.0 | 1.50 |' in page
   assert '| batch 32 | 40.0 | 38.0 | 40.0 | 60.0 | 30.0 | 1.00 |' in page
   assert '![progressive](benchmarks_progressive.png)' in page
+  assert '| digits | progressive | 10.0 | 5.0 | 0.960 | 0.900 | 10.0 |' in page
   for chart in ('benchmarks_throughput.png', 'benchmarks_progressive.png'):
     assert (tmp_path / chart).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   saved = json.loads((tmp_path / 'benchmarks.json').read_text())
