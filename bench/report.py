@@ -78,6 +78,14 @@ def summary(results: Dict[str, Any]) -> Dict[str, Any]:
   out = {
       'train_throughput_ratio': _ratio(training.get('ours'),
                                        training.get('keras')),
+      # Mixed bfloat16: ours against Keras's in it, against Keras's in
+      # float32, and against ours in float32.
+      'train_throughput_ratio_bf16': _ratio(training.get('ours, bfloat16'),
+                                            training.get('keras, bfloat16')),
+      'train_bf16_over_keras_fp32': _ratio(training.get('ours, bfloat16'),
+                                           training.get('keras')),
+      'train_bf16_speedup': _ratio(training.get('ours, bfloat16'),
+                                   training.get('ours')),
       # Ours in TensorFlow against Keras's; then each runtime of our
       # exports against ours in TensorFlow.
       **{f'{key}_b{batch}': _ratio(
@@ -198,7 +206,8 @@ def _training(results: Dict[str, Any]) -> List[str]:
   rates = training['images_per_second']
   return [
       '## Training throughput', '',
-      f'{results["model"]} at 128 px, batch 32, float32, on the digits '
+      f'{results["model"]} at 128 px, batch 32, float32 unless said '
+      '(bfloat16: mixed, float32 variables), on the digits '
       'input pipeline: our `Trainer` against `keras.applications.'
       'EfficientNetV2B0(weights=None)` trained by `Model.fit`, both with '
       'RMSProp (TF1 accumulator), an EMA of the weights and label '
@@ -271,7 +280,8 @@ def _progressive(results: Dict[str, Any]) -> List[str]:
   return [
       '## Progressive learning', '',
       f'{results["model"]} trained from scratch for {settings["epochs"]} '
-      f'epochs at {settings["size"]} px (fixed), or for as many epochs in '
+      f'epochs of batch {settings.get("batch_size", 64)} at '
+      f'{settings["size"]} px (fixed), or for as many epochs in '
       f'4 equal stages growing from {settings["ibase"]} to '
       f'{settings["size"]} px (the paper\'s schedule, image size only), '
       f'both evaluated at {settings["size"]} px after every epoch. '

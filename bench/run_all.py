@@ -81,13 +81,13 @@ def settings() -> Dict[str, Any]:
     return dict(repeats=3, train_steps=3, train_variants=False,
                 inference_calls={1: 10, 32: 1}, pipeline_images=192,
                 pipeline_batches=8, memory_steps=3,
-                progressive=dict(epochs=10, size=128, ibase=64, per_class=50,
-                                 target=0.8))
+                progressive=dict(epochs=8, size=128, ibase=64, per_class=75,
+                                 batch_size=32, target=0.8))
   return dict(repeats=5, train_steps=10, train_variants=True,
               inference_calls={1: 30, 32: 3}, pipeline_images=512,
               pipeline_batches=30, memory_steps=10,
-              progressive=dict(epochs=12, size=128, ibase=64,
-                               per_class=150, target=0.9))
+              progressive=dict(epochs=8, size=128, ibase=64,
+                               per_class=120, batch_size=32, target=0.9))
 
 
 # Training throughput. --------------------------------------------------------
@@ -117,15 +117,18 @@ def our_trainer(cfg) -> trainer_lib.Trainer:
                              distribute.get_strategy('cpu'))
 
 
-def keras_peer(cfg, steps_per_execution: int = 1) -> keras.Model:
-  """Keras's EfficientNetV2-B0 compiled with our optimizer, EMA and loss.
+def keras_peer(cfg, steps_per_execution: int = 1,
+               policy: str = 'float32') -> keras.Model:
+  """Keras's EfficientNetV2-B0 compiled with our optimizer, EMA and loss,
+  its layers built with the dtype `policy`.
 
   The learning rate is our schedule's peak, held constant: a schedule
   costs nothing next to a step.
   """
-  model = keras.applications.EfficientNetV2B0(
-      weights=None, classes=NUM_CLASSES, include_preprocessing=False,
-      classifier_activation=None, input_shape=(TRAIN_SIZE, TRAIN_SIZE, 3))
+  with distribute.precision_scope(policy):
+    model = keras.applications.EfficientNetV2B0(
+        weights=None, classes=NUM_CLASSES, include_preprocessing=False,
+        classifier_activation=None, input_shape=(TRAIN_SIZE, TRAIN_SIZE, 3))
   train = hparams.build_specs(cfg).optim
   optimizer = optim.build_optimizer(
       train.optimizer, optim.scaled_learning_rate(train.lr_base, TRAIN_BATCH))
@@ -180,8 +183,12 @@ def training(plan: Dict[str, Any]) -> Dict[str, Any]:
   trainer = our_trainer(cfg)
   peer = keras_peer(cfg)
   data = train_input(cfg)
+  ours_bf16 = our_trainer(train_config(mixed_precision=True))
+  peer_bf16 = keras_peer(cfg, policy='mixed_bfloat16')
   runs = {'ours': lambda: loop_rate(trainer, steps),
-          'keras': lambda: fit_rate(peer, data, steps)}
+          'keras': lambda: fit_rate(peer, data, steps),
+          'ours, bfloat16': lambda: loop_rate(ours_bf16, steps),
+          'keras, bfloat16': lambda: fit_rate(peer_bf16, data, steps)}
   if plan['train_variants']:
     # What might speed ours up; kept as defaults only where it does.
     looped = our_trainer(train_config(steps_per_loop=steps))
@@ -290,6 +297,7 @@ def progressive_run(dataset: str, progressive: bool,
       'data': {'dataset': dataset, 'seed': 0, 'ibase': settings_['ibase'],
                'per_class': settings_['per_class']},
       'train': {'epochs': settings_['epochs'],
+                'batch_size': settings_['batch_size'],
                 'image_size': settings_['size'],
                 'stages': 4 if progressive else 0, 'sched': False},
       'progressive': {'schedule': 'paper'},

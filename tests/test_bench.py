@@ -27,7 +27,9 @@ def _results():
   return {
       'machine': {'cpu': 'test', 'cores': '2'}, 'quick': True,
       'model': 'efficientnetv2-b0', 'seconds': 60.0,
-      'training': {'images_per_second': {'ours': 30.0, 'keras': 20.0},
+      'training': {'images_per_second': {'ours': 30.0, 'keras': 20.0,
+                                         'ours, bfloat16': 24.0,
+                                         'keras, bfloat16': 16.0},
                    'steps_per_turn': 4},
       'inference': {'images_per_second': {
           'batch_1': {'ours': 10.0, 'ours_variables': 8.0, 'keras': 20.0,
@@ -63,6 +65,9 @@ def test_summary_holds_the_headline_ratios():
   summary = report.summary(_results())
   assert set(report.SUMMARY_KEYS) <= set(summary)
   assert summary['train_throughput_ratio'] == 1.5
+  assert summary['train_throughput_ratio_bf16'] == 1.5
+  assert summary['train_bf16_over_keras_fp32'] == 1.2
+  assert summary['train_bf16_speedup'] == 0.8
   assert summary['inference_throughput_ratio_b1'] == 0.5
   assert summary['inference_throughput_ratio_b32'] == 1.0
   assert summary['onnxruntime_speedup_b1'] == 1.5
