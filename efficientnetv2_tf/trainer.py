@@ -76,8 +76,9 @@ class Trainer:
         else specs.optim.weight_decay)
     self._loop_key, self._loop = None, None
     # Several image sizes share one traced step when it sees no static
-    # size (measured on b0 at 128 px on a 2-core CPU: a trace costs 15 s of
-    # Python and 8 s of graph optimisation; the step runs 6% slower).
+    # size. On b0 at 128 px on a 2-core CPU a trace took 15 s of Python
+    # and 8 s of graph optimisation; the shape-generic step was 0-6%
+    # slower than a step traced for one size.
     self._any_image_size = len({s.image_size for s in self.plan.stages}) > 1
     self._stop_requested = False
     self.train_seconds = 0.0
