@@ -2,7 +2,7 @@
 
     pip install -r requirements.txt -r bench/requirements.txt
     python bench/run_all.py            # the full run, writes docs/
-    python bench/run_all.py --quick    # about 25 minutes on 2 cores
+    python bench/run_all.py --quick    # fewer steps, images, turns
 
 Measures, in one process and interleaved (see `common.interleaved`):
 
@@ -57,8 +57,8 @@ from efficientnetv2_tf.source import Source  # pylint: disable=g-import-not-at-t
 from hparams.weights import recipe_contract  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_bool('quick', False, 'Fewer repeats, steps, images and '
-                  'epochs: about 25 minutes on 2 cores, 15 of them for the '
-                  'progressive section. The figures are rougher.')
+                  'epochs: on 2 cores the progressive section took 21 '
+                  'minutes and training 9. The figures are rougher.')
 flags.DEFINE_string('output_dir', 'docs', 'Where benchmarks.md, '
                     'benchmarks.json and the charts go.')
 flags.DEFINE_list('sections', ['training', 'inference', 'pipeline',

@@ -168,3 +168,40 @@ def test_stage_eval_size_evaluates_each_stage_at_its_own_size(tmp_path):
   # the second size (any size), not one per shape and evaluation.
   step_fn = trainer.evaluator._step_fn  # pylint: disable=protected-access
   assert step_fn.experimental_get_tracing_count() == 3
+
+
+def test_a_run_resumed_at_a_stage_boundary_feeds_that_stage_as_before(
+    tmp_path):
+  specs, dataset = tiny_run('train.epochs=2,train.stages=2,data.per_class=4')
+  training_calls = []
+  distribute_fn = dataset.distribute_fn
+
+  def recorded(split, batch_size, **kwargs):
+    if kwargs.get('training'):
+      training_calls.append((kwargs['image_size'], kwargs['seed']))
+    return distribute_fn(split, batch_size, **kwargs)
+
+  dataset.distribute_fn = recorded
+  first = str(tmp_path / 'first')
+  trainer = trainer_lib.Trainer(specs, dataset, first,
+                                distribute.get_strategy('cpu'))
+  trainer.train()
+  uninterrupted = list(training_calls)
+  assert len(uninterrupted) == 2  # the second made before evaluation
+  # The same run, stopped at the boundary: its checkpoint of that step.
+  boundary = trainer.plan.stages[0].end_step
+  resumed_dir = str(tmp_path / 'resumed')
+  checkpoints = os.path.join(resumed_dir, 'checkpoints')
+  os.makedirs(checkpoints)
+  source = os.path.join(first, 'checkpoints', f'ckpt-{boundary}')
+  for path in tf.io.gfile.glob(source + '.*'):
+    tf.io.gfile.copy(path, os.path.join(checkpoints,
+                                        os.path.basename(path)))
+  with open(os.path.join(checkpoints, 'checkpoint'), 'w') as f:
+    f.write(f'model_checkpoint_path: "ckpt-{boundary}"\n')
+  training_calls.clear()
+  again = trainer_lib.Trainer(specs, dataset, resumed_dir,
+                              distribute.get_strategy('cpu'))
+  again.train()
+  assert again.step == trainer.plan.total_steps
+  assert training_calls == uninterrupted[1:]
