@@ -23,7 +23,17 @@ def finished_run(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('run'))
   specs, dataset = tiny_run(
       'train.epochs=2,train.stages=2,progressive.schedule=paper,'
-      'model.dropout_rate=0.4,progressive.dropout_min=0.1')
+      'model.dropout_rate=0.4,progressive.dropout_min=0.1,'
+      'progressive.eval_size=stage')
+  dataset.training_inputs = []  # (image size, seed) of each pipeline made
+  distribute_fn = dataset.distribute_fn
+
+  def recorded(split, batch_size, **kwargs):
+    if kwargs.get('training'):
+      dataset.training_inputs.append((kwargs['image_size'], kwargs['seed']))
+    return distribute_fn(split, batch_size, **kwargs)
+
+  dataset.distribute_fn = recorded
   strategy = distribute.get_strategy('cpu')
   trainer = trainer_lib.Trainer(specs, dataset, model_dir, strategy)
   RunDir(model_dir).save(specs, trainer.plan, dataset.class_names)
@@ -49,6 +59,8 @@ def test_each_epoch_trains_with_its_stage_settings(finished_run):
   rows = list(csv.DictReader(open(os.path.join(model_dir, 'metrics.csv'))))
   assert [int(r['stage']) for r in rows] == [0, 1]
   assert [int(r['image_size']) for r in rows] == [16, 32]  # paper: ibase..
+  # progressive.eval_size=stage; the eval size is the training size here.
+  assert [int(r['eval_image_size']) for r in rows] == [16, 32]
   stages = progressive.plan(specs, trainer.plan.steps_per_epoch)
   assert [s.dropout_rate for s in stages] == pytest.approx([0.1, 0.4])
   # Dropout changed in place, without rebuilding the model.
@@ -153,55 +165,28 @@ def test_xla_compiles_the_training_step(tmp_path):
                          trainer.model.get_layer('stem').weights[0].numpy())
 
 
-def test_stage_eval_size_evaluates_each_stage_at_its_own_size(tmp_path):
-  specs, dataset = tiny_run(
-      'train.epochs=2,train.stages=2,progressive.schedule=paper,'
-      'progressive.eval_size=stage,data.per_class=4')
-  trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
-                                distribute.get_strategy('cpu'))
-  trainer.train(evaluate=True)
-  rows = list(csv.DictReader(open(os.path.join(tmp_path, 'metrics.csv'))))
-  # Stages of 16 and 32 px; the eval size is the training size here.
-  assert [int(r['image_size']) for r in rows] == [16, 32]
-  assert [int(r['eval_image_size']) for r in rows] == [16, 32]
-  # Traces for the first batch, the short last batch (any batch size) and
-  # the second size (any size), not one per shape and evaluation.
+def test_a_run_resumed_at_a_stage_boundary_feeds_that_stage_as_before(
+    finished_run, tmp_path):
+  model_dir, specs, trainer, _ = finished_run
+  uninterrupted = list(trainer.dataset.training_inputs)
+  assert len(uninterrupted) == 2  # the second made before evaluation
+  # Evaluations at 16 and 32 px: traces for the first batch, the short
+  # last batch (any batch size) and the second size (any size).
   step_fn = trainer.evaluator._step_fn  # pylint: disable=protected-access
   assert step_fn.experimental_get_tracing_count() == 3
-
-
-def test_a_run_resumed_at_a_stage_boundary_feeds_that_stage_as_before(
-    tmp_path):
-  specs, dataset = tiny_run('train.epochs=2,train.stages=2,data.per_class=4')
-  training_calls = []
-  distribute_fn = dataset.distribute_fn
-
-  def recorded(split, batch_size, **kwargs):
-    if kwargs.get('training'):
-      training_calls.append((kwargs['image_size'], kwargs['seed']))
-    return distribute_fn(split, batch_size, **kwargs)
-
-  dataset.distribute_fn = recorded
-  first = str(tmp_path / 'first')
-  trainer = trainer_lib.Trainer(specs, dataset, first,
-                                distribute.get_strategy('cpu'))
-  trainer.train()
-  uninterrupted = list(training_calls)
-  assert len(uninterrupted) == 2  # the second made before evaluation
   # The same run, stopped at the boundary: its checkpoint of that step.
   boundary = trainer.plan.stages[0].end_step
-  resumed_dir = str(tmp_path / 'resumed')
-  checkpoints = os.path.join(resumed_dir, 'checkpoints')
+  checkpoints = os.path.join(str(tmp_path), 'checkpoints')
   os.makedirs(checkpoints)
-  source = os.path.join(first, 'checkpoints', f'ckpt-{boundary}')
+  source = os.path.join(model_dir, 'checkpoints', f'ckpt-{boundary}')
   for path in tf.io.gfile.glob(source + '.*'):
     tf.io.gfile.copy(path, os.path.join(checkpoints,
                                         os.path.basename(path)))
   with open(os.path.join(checkpoints, 'checkpoint'), 'w') as f:
     f.write(f'model_checkpoint_path: "ckpt-{boundary}"\n')
-  training_calls.clear()
-  again = trainer_lib.Trainer(specs, dataset, resumed_dir,
+  trainer.dataset.training_inputs.clear()
+  again = trainer_lib.Trainer(specs, trainer.dataset, str(tmp_path),
                               distribute.get_strategy('cpu'))
   again.train()
   assert again.step == trainer.plan.total_steps
-  assert training_calls == uninterrupted[1:]
+  assert trainer.dataset.training_inputs == uninterrupted[1:]
