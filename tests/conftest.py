@@ -40,11 +40,18 @@ def tiny_run(*overrides):
 
 # The modules that take longest, first: with `pytest -n 2 --dist loadfile`
 # each worker takes whole modules in collection order, and the two finish
-# together only if the long ones do not come last.
+# together only if the long ones do not come last. (pytest-xdist would
+# otherwise order modules by their number of tests; `pytest_configure`
+# keeps this order.)
 LONGEST_FIRST = ('test_distributed_training', 'test_recipes', 'test_readme',
                  'test_main', 'test_trainer', 'test_model', 'test_export',
                  'test_distribute', 'test_runs', 'test_served_weights',
                  'test_contract_agreement')
+
+
+def pytest_configure(config):
+  if hasattr(config.option, 'loadscopereorder'):
+    config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items):
