@@ -28,6 +28,64 @@ def test_stochastic_depth_rejects_bad_survival_prob(survival_prob):
     blocks.StochasticDepth(survival_prob)
 
 
+def _batch_norm_pair(x, **kwargs):
+  """Our BatchNorm and Keras's, built alike with non-trivial weights."""
+  layers = [blocks.BatchNorm(momentum=0.9, epsilon=1e-3, **kwargs),
+            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3,
+                                            **kwargs)]
+  rng = np.random.default_rng(0)
+  values = [rng.uniform(0.5, 2, 3), rng.normal(size=3), rng.normal(size=3),
+            rng.uniform(0.5, 2, 3)]
+  for layer in layers:
+    layer.build(x.shape)
+    layer.set_weights([v.astype('float32') for v in values])
+  return layers
+
+
+def test_batch_norm_matches_keras_at_inference():
+  x = np.random.default_rng(1).normal(2, 3, (4, 5, 5, 3)).astype('float32')
+  ours, theirs = _batch_norm_pair(x)
+  np.testing.assert_allclose(ours(x, training=False),
+                             theirs(x, training=False), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_trains_on_batch_statistics_with_bessels_correction():
+  x = np.random.default_rng(1).normal(2, 3, (4, 5, 5, 3)).astype('float32')
+  ours, theirs = _batch_norm_pair(x)
+  old_mean, old_variance = ours.moving_mean.numpy(), ours.moving_variance.numpy()
+  np.testing.assert_allclose(ours(x, training=True), theirs(x, training=True),
+                             rtol=1e-4, atol=1e-4)
+  pixels = x.reshape(-1, 3)
+  np.testing.assert_allclose(ours.moving_mean.numpy(),
+                             0.9 * old_mean + 0.1 * pixels.mean(0), rtol=1e-5)
+  # The moving variance takes the unbiased batch variance (n - 1), as TF1's
+  # fused BatchNorm did; Keras's takes the biased one.
+  np.testing.assert_allclose(ours.moving_variance.numpy(),
+                             0.9 * old_variance + 0.1 * pixels.var(0, ddof=1),
+                             rtol=1e-5)
+
+
+def test_frozen_batch_norm_keeps_its_statistics_in_training():
+  x = np.random.default_rng(1).normal(2, 3, (4, 5, 5, 3)).astype('float32')
+  ours, theirs = _batch_norm_pair(x)
+  ours.trainable = theirs.trainable = False
+  before = ours.moving_mean.numpy()
+  np.testing.assert_allclose(ours(x, training=True), theirs(x, training=True),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(ours.moving_mean.numpy(), before)
+
+
+def test_batch_norm_in_bfloat16_returns_bfloat16_close_to_float32():
+  x = np.random.default_rng(1).normal(2, 3, (4, 5, 5, 3)).astype('float32')
+  ours, _ = _batch_norm_pair(x)
+  mixed, _ = _batch_norm_pair(x, dtype='mixed_bfloat16')
+  for training in (False, True):
+    out = mixed(keras.ops.cast(x, 'bfloat16'), training=training)
+    assert keras.backend.standardize_dtype(out.dtype) == 'bfloat16'
+    np.testing.assert_allclose(keras.ops.cast(out, 'float32'),
+                               ours(x, training=training), atol=0.1)
+
+
 def test_squeeze_excite_scales_each_channel_by_one_gate_in_0_1():
   layer = blocks.SqueezeExcite(6, 2)
   x = np.random.rand(2, 5, 5, 6).astype('float32') + 0.1
