@@ -7,8 +7,8 @@ Each start of main.py spends seconds importing TensorFlow, so the runs are
 few and run side by side: the `scenarios` fixture runs them in threads,
 two at a time, each scenario drives its processes and records what they did,
 and the tests check the records. One single-host run serves three tests:
-it is stopped by SIGTERM, resumed and killed, resumed to its end, and
-resumed once more from a truncated last checkpoint.
+it is stopped by SIGTERM, resumed and killed, and resumed to its end from
+the checkpoint before its newest, which is cut short first.
 """
 import concurrent.futures
 import json
@@ -92,8 +92,9 @@ def sigterm_step(message):
 
 
 def single_host(processes, model_dir):
-  """SIGTERM, then kill -9, then the same command to the end, then a
-  truncated last checkpoint and the same command again."""
+  """SIGTERM, then kill -9; the newest checkpoint is then cut short, as if
+  the kill had come while it was written, and the same command runs to
+  the end from the one before."""
   run = types.SimpleNamespace(model_dir=model_dir)
   process = start(processes, main_command(model_dir))
   wait_for_step(model_dir, 2, process)
@@ -108,19 +109,15 @@ def single_host(processes, model_dir):
   process.communicate()
   run.killed_at = latest_step(model_dir)
 
+  *_, run.before, run.truncated = tf.train.get_checkpoint_state(
+      os.path.join(model_dir, 'checkpoints')).all_model_checkpoint_paths
+  data, = tf.io.gfile.glob(run.truncated + '.data-*')
+  with open(data, 'r+b') as f:
+    f.truncate(os.path.getsize(data) // 2)
   run.resumed = completed(start(processes, main_command(model_dir)))
   with open(os.path.join(model_dir, 'results.json')) as f:
     run.results = json.load(f)
   run.resumed_end = latest_step(model_dir)
-
-  run.truncated = tf.train.latest_checkpoint(
-      os.path.join(model_dir, 'checkpoints'))
-  data, = tf.io.gfile.glob(run.truncated + '.data-*')
-  with open(data, 'r+b') as f:
-    f.truncate(os.path.getsize(data) // 2)
-  run.after_truncation = completed(start(processes,
-                                         main_command(model_dir)))
-  run.truncation_end = latest_step(model_dir)
   return run
 
 
@@ -314,33 +311,26 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_end(scenarios):
   run = scenarios['single_host']()
   assert run.sigterm_saved < run.killed_at < TOTAL_STEPS
   assert run.killed_at >= 4
+  assert run.truncated.endswith(f'ckpt-{run.killed_at}')
   assert run.resumed.returncode == 0, run.resumed.stderr[-2000:]
-  assert (f'resumed from {run.model_dir}/checkpoints/ckpt-{run.killed_at} '
-          in run.resumed.stderr)
   assert run.results['step'] == run.results['total_steps'] == TOTAL_STEPS
   assert run.results['stages'] == [
       'stage 1/2: steps 0-9, 28 px, magnitude 5.0, mixup 0.0, cutmix 0.0, '
       'dropout 0.2',
       'stage 2/2: steps 10-19, 32 px, magnitude 5.0, mixup 0.0, cutmix 0.0, '
       'dropout 0.2']
-  # It picked up in the stage of the step it was killed at.
-  first_stage = 'stage 1/2' if run.killed_at < 10 else 'stage 2/2'
+  # It picked up in the stage of the step it resumed from.
+  resumed_at = int(run.before.rsplit('-', 1)[1])
+  first_stage = 'stage 1/2' if resumed_at < 10 else 'stage 2/2'
   assert run.resumed.stdout.split('\n')[1].startswith(first_stage)
   assert run.resumed_end == TOTAL_STEPS
 
 
 def test_a_truncated_checkpoint_falls_back_to_the_one_before(scenarios):
   run = scenarios['single_host']()
-  assert run.truncated.endswith(f'ckpt-{TOTAL_STEPS}')
-  result = run.after_truncation
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert f'checkpoint {run.truncated} cannot be read' in result.stderr
-  before = os.path.join(os.path.dirname(run.truncated),
-                        f'ckpt-{TOTAL_STEPS - 2}')
-  assert f'resumed from {before} ' in result.stderr
-  assert run.truncation_end == TOTAL_STEPS
-  # The checkpoint written again at the last step reads.
-  tf.train.load_checkpoint(run.truncated).get_variable_to_shape_map()
+  stderr = run.resumed.stderr
+  assert f'checkpoint {run.truncated} cannot be read' in stderr
+  assert f'resumed from {run.before} ' in stderr
 
 
 def test_mirrored_strategy_over_two_logical_cpus(scenarios):

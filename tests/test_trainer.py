@@ -153,9 +153,11 @@ def test_bfloat16_accumulation_loops_and_plateau_run_together(tmp_path):
 
 @pytest.mark.slow
 def test_xla_compiles_the_training_step(tmp_path):
+  # Two blocks, one of each kind: XLA's compile time grows with the ops.
   specs, dataset = tiny_run(
       'train.epochs=1,train.stages=1,train.jit_compile=true,'
-      'train.grad_accum_steps=2')
+      'train.grad_accum_steps=2,model.blocks_args='
+      'r1_k3_s1_e1_i32_o16_c1|r1_k3_s2_e4_i16_o24_se0.25')
   trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
   before = trainer.model.get_layer('stem').weights[0].numpy()
