@@ -57,7 +57,7 @@ from efficientnetv2_tf.source import Source  # pylint: disable=g-import-not-at-t
 from hparams.weights import recipe_contract  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_bool('quick', False, 'Fewer repeats, steps, images and '
-                  'epochs: on 2 cores the progressive section took 21 '
+                  'epochs: on 2 cores the progressive section took 19 '
                   'minutes and training 9. The figures are rougher.')
 flags.DEFINE_string('output_dir', 'docs', 'Where benchmarks.md, '
                     'benchmarks.json and the charts go.')
@@ -81,7 +81,7 @@ def settings() -> Dict[str, Any]:
     return dict(repeats=3, train_steps=3, train_variants=False,
                 inference_calls={1: 10, 32: 1}, pipeline_images=192,
                 pipeline_batches=8, memory_steps=3,
-                progressive=dict(epochs=8, size=128, ibase=64, per_class=75,
+                progressive=dict(epochs=8, size=128, ibase=64, per_class=65,
                                  batch_size=32, target=0.8))
   return dict(repeats=5, train_steps=10, train_variants=True,
               inference_calls={1: 30, 32: 3}, pipeline_images=512,
