@@ -109,18 +109,19 @@ class BatchNorm(keras.layers.BatchNormalization):
   is quicker. The moving variance takes the batch variance with Bessel's
   correction, as the original's BatchNorm did off TPU (Keras's fused
   kernel in TF1). Cross-replica statistics (`synchronized=True`) and masks
-  take Keras's own path, without it, as the original's TPU BatchNorm did.
-  The variables are Keras's, so checkpoints are unchanged.
+  take Keras's own path, whose moving variance has no correction, as the
+  original's TPU BatchNorm had none. The variables are Keras's, so
+  checkpoints are unchanged.
   """
 
   def call(self, inputs, training=None, mask=None):
     if (self.synchronized or mask is not None or len(inputs.shape) != 4
         or self.axis not in (-1, 3)):
       return super().call(inputs, training=training, mask=mask)
-    ones = tf.ones_like(self.moving_mean)
     fused = dict(
-        x=inputs, scale=self.gamma if self.scale else ones,
-        offset=self.beta if self.center else ones * 0.0,
+        x=inputs,
+        scale=self.gamma if self.scale else tf.ones_like(self.moving_mean),
+        offset=self.beta if self.center else tf.zeros_like(self.moving_mean),
         mean=self.moving_mean, variance=self.moving_variance,
         epsilon=self.epsilon)
     if training and self.trainable:

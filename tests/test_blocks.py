@@ -75,6 +75,16 @@ def test_frozen_batch_norm_keeps_its_statistics_in_training():
   np.testing.assert_array_equal(ours.moving_mean.numpy(), before)
 
 
+def test_batch_norm_without_scale_or_offset_matches_keras():
+  x = np.random.default_rng(1).normal(2, 3, (4, 5, 5, 3)).astype('float32')
+  ours = blocks.BatchNorm(center=False, scale=False)
+  theirs = keras.layers.BatchNormalization(center=False, scale=False)
+  for training in (False, True):
+    np.testing.assert_allclose(ours(x, training=training),
+                               theirs(x, training=training),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_batch_norm_in_bfloat16_returns_bfloat16_close_to_float32():
   x = np.random.default_rng(1).normal(2, 3, (4, 5, 5, 3)).astype('float32')
   ours, _ = _batch_norm_pair(x)
