@@ -52,6 +52,11 @@ LONGEST_FIRST = ('test_distributed_training', 'test_recipes', 'test_readme',
 def pytest_configure(config):
   if hasattr(config.option, 'loadscopereorder'):
     config.option.loadscopereorder = False
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    # Workers share the cores: an op on one thread each, so that neither
+    # spins waiting for a core the other holds.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.threading.set_intra_op_parallelism_threads(1)
 
 
 def pytest_collection_modifyitems(items):
