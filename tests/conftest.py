@@ -53,8 +53,8 @@ def pytest_configure(config):
   if hasattr(config.option, 'loadscopereorder'):
     config.option.loadscopereorder = False
   if os.environ.get('PYTEST_XDIST_WORKER'):
-    # Workers share the cores: an op on one thread each, so that neither
-    # spins waiting for a core the other holds.
+    # Workers share the cores: one thread per op each, so that their
+    # threads do not outnumber the cores.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.threading.set_intra_op_parallelism_threads(1)
 
