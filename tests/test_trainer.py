@@ -184,8 +184,7 @@ def test_a_run_resumed_at_a_stage_boundary_feeds_that_stage_as_before(
   for path in tf.io.gfile.glob(source + '.*'):
     tf.io.gfile.copy(path, os.path.join(checkpoints,
                                         os.path.basename(path)))
-  with open(os.path.join(checkpoints, 'checkpoint'), 'w') as f:
-    f.write(f'model_checkpoint_path: "ckpt-{boundary}"\n')
+  tf.compat.v1.train.update_checkpoint_state(checkpoints, f'ckpt-{boundary}')
   trainer.dataset.training_inputs.clear()
   again = trainer_lib.Trainer(specs, trainer.dataset, str(tmp_path),
                               distribute.get_strategy('cpu'))
