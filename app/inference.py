@@ -7,6 +7,7 @@ what they print and the image files predict reads.
 import glob
 import json
 import os
+import random
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -64,14 +65,28 @@ def load_source(model_dir: str, model_name: str,
   return export_lib.load_run(model_dir, checkpoint)
 
 
+# The eval images an int8 export is reported on at most: held in memory
+# as float32, an ImageNet eval split would not fit.
+REPORT_IMAGES = 2000
+# int8 calibration images are a seeded random sample: a folder's or a
+# split's first images can be one class, or all alike, and the activation
+# ranges follow what calibration saw. The training split is sampled from
+# its first `CALIBRATION_POOL` examples, read but not decoded.
+CALIBRATION_SEED = 0
+CALIBRATION_POOL = 5000
+
+
 def calibration_images(image_path: str, contract: InputContract,
                        limit: int = quantize.MAX_CALIBRATION_IMAGES
                        ) -> List[np.ndarray]:
-  """Up to `limit` images of `image_path`, cropped and resized as the
-  model's contract says, in [0, 1]: what int8 quantisation calibrates on.
-  A file that is not a readable image is refused in one line."""
+  """Up to `limit` images of `image_path` drawn at random (seeded, so an
+  export repeats), cropped and resized as the model's contract says, in
+  [0, 1]: what int8 quantisation calibrates on. A file that is not a
+  readable image is refused in one line."""
+  files = image_files(image_path)
   images = []
-  for path in image_files(image_path)[:limit]:
+  for path in random.Random(CALIBRATION_SEED).sample(files, min(limit,
+                                                                len(files))):
     with open(path, 'rb') as f:
       try:
         pixels = eval_pixels(tf.constant(f.read()), contract)
@@ -84,12 +99,15 @@ def calibration_images(image_path: str, contract: InputContract,
 
 def split_images(dataset: datasets.Dataset, split: str,
                  contract: InputContract,
-                 limit: Optional[int] = None
+                 limit: Optional[int] = None, shuffled: bool = False
                  ) -> Tuple[np.ndarray, np.ndarray]:
   """Images of a dataset split as a model file takes them ([0, 1], cropped
   and resized as `contract` says) and their class ids, in the split's fixed
-  order; the first `limit` when given."""
+  order, or `shuffled` (seeded) within its first `CALIBRATION_POOL`; the
+  first `limit` when given."""
   examples = dataset.examples(split)
+  if shuffled:
+    examples = examples.shuffle(CALIBRATION_POOL, seed=CALIBRATION_SEED)
   if limit is not None:
     examples = examples.take(limit)
   images, labels = [], []
@@ -97,11 +115,6 @@ def split_images(dataset: datasets.Dataset, split: str,
     images.append(eval_pixels(image, contract).numpy() / 255.0)
     labels.append(int(np.argmax(label)) if label.shape.rank else int(label))
   return np.array(images, np.float32), np.array(labels)
-
-
-# The eval images an int8 export is reported on at most: held in memory
-# as float32, an ImageNet eval split would not fit.
-REPORT_IMAGES = 2000
 
 
 def run_images(model_dir: str, data_dir: Optional[str],
@@ -114,7 +127,7 @@ def run_images(model_dir: str, data_dir: Optional[str],
   data = RunDir(model_dir).load_specs().data
   dataset = datasets.from_spec(data, data_dir)
   calibration, _ = split_images(dataset, data.train_split, contract,
-                                quantize.MAX_CALIBRATION_IMAGES)
+                                quantize.MAX_CALIBRATION_IMAGES, shuffled=True)
   return calibration, split_images(dataset, data.eval_split, contract,
                                    REPORT_IMAGES)
 

@@ -21,10 +21,16 @@ top-5 of 1,000 classes keeps only the classes above that step.
 """
 import dataclasses
 import itertools
-from typing import Iterable, Iterator, List, Optional
+from typing import Iterable, List, Optional
 
+import flatbuffers
 import numpy as np
 import tensorflow as tf
+# TFLiteConverter's own calibrator, quantiser and model schema: its public
+# API calibrates on the range over all images only.
+from tensorflow.lite.python import convert as lite_convert
+from tensorflow.lite.python import schema_py_generated as schema
+from tensorflow.lite.python.optimize import calibrator as lite_calibrator
 
 from efficientnetv2_tf import runtimes
 from efficientnetv2_tf.source import probabilities_function
@@ -32,6 +38,7 @@ from efficientnetv2_tf.source import Source
 from hparams.errors import UserError
 
 MAX_CALIBRATION_IMAGES = 200
+RANGE_GROUP = 5  # images whose activation ranges are taken together
 
 
 def _calibration(images: Iterable[np.ndarray], image_size: int,
@@ -59,19 +66,52 @@ def int8_tflite(source: Source, calibration_images: Iterable[np.ndarray],
   `calibration_images` yields float32 images [size, size, 3] in [0, 1] at
   the eval size (an array [n, size, size, 3] will do); the first
   `max_images` are used.
+
+  Each activation's range is the mean of its ranges on groups of
+  `RANGE_GROUP` images. TFLite's converter takes the range over all images
+  at once, so the most unusual image sets it and the sample decides much
+  of the result; the range on one image alone is too narrow for others.
+  On the quick start's digits run (359 eval images, float top-1 0.9749),
+  calibrated on three samples of 200 training images: int8 top-1 0.9610,
+  0.9721, 0.9638 with ranges over all, 0.9749, 0.9749, 0.9694 over single
+  images, 0.9721, 0.9749, 0.9749 over groups of 5 (agreement with float
+  0.997, 1.0, 1.0). On the tiny model of tests/test_quantize.py single
+  images lost 3-5 points of agreement; groups of 5 matched ranges over all.
   """
   batches = _calibration(calibration_images, source.image_size, max_images)
   probabilities = probabilities_function(source, batch_size=1)
-  converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [probabilities.get_concrete_function()], source.model)
-  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  float_model = lite_calibrator.add_intermediate_tensors(
+      tf.lite.TFLiteConverter.from_concrete_functions(
+          [probabilities.get_concrete_function()], source.model).convert())
+  ranges = []
+  for start in range(0, len(batches), RANGE_GROUP):
+    group = batches[start:start + RANGE_GROUP]
+    calibrated = lite_calibrator.Calibrator(float_model).calibrate(
+        lambda group=group: ([batch] for batch in group))
+    ranges.append(_ranges(calibrated))
+  mean = np.mean(ranges, axis=0)  # NaN where nothing recorded a range
+  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(calibrated, 0))
+  for tensor, (low, high) in zip(model.subgraphs[0].tensors, mean):
+    if not np.isnan(low):
+      tensor.quantization.min, tensor.quantization.max = [low], [high]
+  builder = flatbuffers.Builder(len(float_model))
+  builder.Finish(model.Pack(builder), file_identifier=b'TFL3')
+  # What TFLiteConverter runs after its own calibration.
+  return lite_convert.mlir_quantize(
+      bytes(builder.Output()), input_data_type=tf.float32,
+      output_data_type=tf.float32)
 
-  def representative_dataset() -> Iterator[List[np.ndarray]]:
-    return ([batch] for batch in batches)
 
-  converter.representative_dataset = representative_dataset
-  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-  return converter.convert()
+def _ranges(calibrated: bytes) -> np.ndarray:
+  """[tensors, 2]: the (min, max) a calibrated model recorded for each
+  tensor of its graph; NaN where it recorded none."""
+  graph = schema.Model.GetRootAsModel(calibrated, 0).Subgraphs(0)
+  ranges = np.full([graph.TensorsLength(), 2], np.nan)
+  for index in range(graph.TensorsLength()):
+    recorded = graph.Tensors(index).Quantization()
+    if recorded is not None and recorded.MinLength() == 1:
+      ranges[index] = recorded.Min(0), recorded.Max(0)
+  return ranges
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from efficientnetv2_tf import distribute
 from efficientnetv2_tf import export
 from efficientnetv2_tf import predict
 from efficientnetv2_tf import trainer as trainer_lib
+from efficientnetv2_tf.run_dir import RunDir
 from hparams import models
 from hparams.errors import UserError
 from tests import conftest
@@ -229,7 +230,13 @@ def test_int8_export_is_calibrated_on_images_and_reported_on_eval(
   for i, image in enumerate(pixels):
     (folder / f'{i}.png').write_bytes(tf.io.encode_png(image).numpy())
   from_folder = inference.calibration_images(str(folder), source.contract)
-  np.testing.assert_allclose(from_folder, pixels / 255, atol=1e-6)
+  # All four files, in a seeded random order.
+  order = [int(np.argmin(np.abs(pixels / 255 - image).max((1, 2, 3))))
+           for image in from_folder]
+  assert sorted(order) == [0, 1, 2, 3]
+  np.testing.assert_allclose(from_folder, pixels[order] / 255, atol=1e-6)
+  assert inference.calibration_images(str(folder), source.contract, limit=2
+                                      )[0].shape == (32, 32, 3)
   (folder / 'z.jpg').write_bytes(b'not an image')
   with pytest.raises(UserError, match=r"calibration image '.*z\.jpg' "
                      'cannot be read: '):
@@ -239,6 +246,13 @@ def test_int8_export_is_calibrated_on_images_and_reported_on_eval(
   calibration, (images, labels) = inference.run_images(model_dir, None,
                                                        source.contract)
   assert calibration.shape == (160, 32, 32, 3)  # 16 digits per class
+  # The same images as the split's, drawn in another order.
+  data = RunDir(model_dir).load_specs().data
+  in_order, _ = inference.split_images(datasets.from_spec(data, None),
+                                       data.train_split, source.contract)
+  np.testing.assert_allclose(np.sort(calibration.reshape(160, -1), 0),
+                             np.sort(in_order.reshape(160, -1), 0))
+  assert not np.allclose(calibration, in_order)
   assert images.shape == (359, 32, 32, 3) and labels.max() == 9
   int8_dir = str(tmp_path / 'int8')
   info = inference.run_export(source, int8_dir, False, 'int8', None,

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import OpResolverType
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
@@ -84,15 +85,44 @@ def test_int8_keeps_the_top1_class_of_most_digits(trained, int8_file,
   assert agreement >= 0.8
 
 
+def operators(path_or_content):
+  """The LiteRT interpreter (no delegate) and its operators in order."""
+  key = 'model_path' if isinstance(path_or_content, str) else 'model_content'
+  no_delegate = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+  interpreter = Interpreter(**{key: path_or_content},
+                            experimental_op_resolver_type=no_delegate)
+  interpreter.allocate_tensors()
+  ops = interpreter._get_ops_details()  # pylint: disable=protected-access
+  return interpreter, ops
+
+
 @pytest.mark.slow
 def test_int8_computes_in_integers_behind_float_input_and_output(int8_file):
-  interpreter = Interpreter(model_path=int8_file[0])
+  interpreter, ops = operators(int8_file[0])
   (images,), (output,) = (interpreter.get_input_details(),
                           interpreter.get_output_details())
   assert images['dtype'] == output['dtype'] == np.float32
   assert list(images['shape']) == [1, SIZE, SIZE, 3]
-  dtypes = {detail['dtype'] for detail in interpreter.get_tensor_details()}
-  assert np.int8 in dtypes and np.int32 in dtypes  # activations, biases
+  dtypes = {t['index']: t['dtype'] for t in interpreter.get_tensor_details()}
+  assert ops[0]['op_name'] == 'QUANTIZE' and ops[-1]['op_name'] == 'DEQUANTIZE'
+  for op in ops[1:-1]:
+    used = {dtypes[i] for i in [*op['inputs'], *op['outputs']] if i >= 0}
+    assert used <= {np.int8, np.int32}, (op['op_name'], used)
+
+
+@pytest.mark.slow
+def test_int8_ranges_are_the_mean_of_the_ranges_of_groups_of_images(trained):
+  """The input's range: [0, mean of each group's maximum], not [0, max]."""
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0, 1, (7, SIZE, SIZE, 3)).astype(np.float32)
+  images *= np.linspace(0.3, 0.9, 7, dtype=np.float32)[:, None, None, None]
+  assert quantize.RANGE_GROUP == 5  # groups of 5 and 2 images
+  interpreter, ops = operators(quantize.int8_tflite(trained, images))
+  quantized_input = interpreter.get_tensor_details()[ops[0]['outputs'][0]]
+  scale, zero_point = quantized_input['quantization']
+  assert zero_point == -128  # the range starts at 0
+  expected = (images[:5].max() + images[5:].max()) / 2
+  np.testing.assert_allclose(scale, expected / 255, rtol=1e-5)
 
 
 @pytest.mark.slow
