@@ -120,11 +120,21 @@ def _pixel_count_gray(image: tf.Tensor) -> tf.Tensor:
 
 
 def _smooth(image: tf.Tensor) -> tf.Tensor:
-  """PIL's SMOOTH filter; the one-pixel border keeps its original values."""
-  kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
-  kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-  blurred = tf.nn.depthwise_conv2d(tf.cast(image, tf.float32)[None], kernel,
-                                   [1, 1, 1, 1], 'VALID')[0]
+  """PIL's SMOOTH filter; the one-pixel border keeps its original values.
+
+  The nine products are added one by one, row by row, in float32: what the
+  original's convolution gave to the last bit, so the truncation to uint8
+  matches it everywhere, whichever convolution kernels TensorFlow runs
+  (oneDNN's, summing in another order, put one pixel 2 levels off).
+  """
+  weights = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
+  pixels = tf.cast(image, tf.float32)
+  height, width = tf.shape(image)[0] - 2, tf.shape(image)[1] - 2
+  blurred = tf.zeros_like(pixels[1:-1, 1:-1])
+  for row in range(3):
+    for column in range(3):
+      window = pixels[row:row + height, column:column + width]
+      blurred += window * weights[row, column]
   blurred = tf.cast(tf.clip_by_value(blurred, 0.0, 255.0), tf.uint8)
   border = [[1, 1], [1, 1], [0, 0]]
   interior = tf.pad(tf.ones_like(blurred, tf.bool), border)
