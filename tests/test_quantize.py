@@ -110,6 +110,12 @@ def test_int8_computes_in_integers_behind_float_input_and_output(int8_file):
     assert used <= {np.int8, np.int32}, (op['op_name'], used)
 
 
+def test_a_model_left_in_float_is_refused(trained):
+  with pytest.raises(ValueError, match='int8 quantisation left .* float32 '
+                     'tensors, such as '):
+    quantize.check_integer(export.tflite_model(trained))
+
+
 @pytest.mark.slow
 def test_int8_ranges_are_the_mean_of_the_ranges_of_groups_of_images(trained):
   """The input's range: [0, mean of each group's maximum], not [0, max]."""
