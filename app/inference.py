@@ -71,9 +71,9 @@ REPORT_IMAGES = 2000
 # int8 calibration images are a seeded random sample: a folder's or a
 # split's first images can be one class, or all alike, and the activation
 # ranges follow what calibration saw. The training split is sampled from
-# its first `CALIBRATION_POOL` examples, read but not decoded.
+# its first `CALIBRATION_POOL` examples, read (held encoded) but not decoded.
 CALIBRATION_SEED = 0
-CALIBRATION_POOL = 5000
+CALIBRATION_POOL = 2000
 
 
 def calibration_images(image_path: str, contract: InputContract,
@@ -120,10 +120,10 @@ def split_images(dataset: datasets.Dataset, split: str,
 def run_images(model_dir: str, data_dir: Optional[str],
                contract: InputContract
                ) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
-  """For int8 quantisation of a run: up to 200 images of its training
-  split to calibrate on, and up to `REPORT_IMAGES` of its eval split with
-  their labels to report on, read through its dataset as training read
-  them."""
+  """For int8 quantisation of a run: up to 200 images drawn at random from
+  its training split to calibrate on, and up to `REPORT_IMAGES` of its
+  eval split with their labels to report on, read through its dataset as
+  training read them."""
   data = RunDir(model_dir).load_specs().data
   dataset = datasets.from_spec(data, data_dir)
   calibration, _ = split_images(dataset, data.train_split, contract,
