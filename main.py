@@ -193,17 +193,18 @@ def run_inference(model_dir: str) -> None:
   source = inference.load_source(model_dir, FLAGS.model_name, FLAGS.weights,
                                  FLAGS.checkpoint, _model_keys())
   if FLAGS.mode == 'export':
-    export_int8(inference, source, model_dir, export_dir, onnx_precision)
+    export_mode(inference, source, model_dir, export_dir, onnx_precision)
   else:
     inference.run_benchmark(source, FLAGS.image_size, FLAGS.batch_sizes,
                             FLAGS.benchmark_iterations, FLAGS.jit_compile,
                             FLAGS.runtime or 'tf')
 
 
-def export_int8(inference, source, model_dir: str, export_dir: str,
+def export_mode(inference, source, model_dir: str, export_dir: str,
                 onnx_precision: Optional[str]) -> None:
-  """Exports; an int8 model.tflite of a run is calibrated on its training
-  split and reported on its eval split, unless --calibration_dir is given."""
+  """--mode=export. An int8 model.tflite of a run is calibrated on its
+  training split and reported on its eval split, unless --calibration_dir
+  is given."""
   calibration, labelled = None, None
   if FLAGS.tflite_quantization == 'int8':
     if FLAGS.calibration_dir:

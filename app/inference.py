@@ -21,7 +21,7 @@ from efficientnetv2_tf import onnx_export
 from efficientnetv2_tf import predict as predict_lib
 from efficientnetv2_tf import quantize
 from efficientnetv2_tf import runtimes
-from efficientnetv2_tf.preprocessing import eval_pixels
+from efficientnetv2_tf.preprocessing import model_file_pixels
 from efficientnetv2_tf.preprocessing import IMAGE_EXTENSIONS
 from efficientnetv2_tf.run_dir import RunDir
 from hparams.errors import UserError
@@ -89,11 +89,11 @@ def calibration_images(image_path: str, contract: InputContract,
                                                                 len(files))):
     with open(path, 'rb') as f:
       try:
-        pixels = eval_pixels(tf.constant(f.read()), contract)
+        pixels = model_file_pixels(tf.constant(f.read()), contract)
       except tf.errors.InvalidArgumentError as error:
         raise UserError(f'calibration image {path!r} cannot be read: '
                         f'{predict_lib.reason(error)}') from None
-    images.append(pixels.numpy() / 255.0)
+    images.append(pixels.numpy())
   return images
 
 
@@ -112,7 +112,7 @@ def split_images(dataset: datasets.Dataset, split: str,
     examples = examples.take(limit)
   images, labels = [], []
   for image, label in examples:
-    images.append(eval_pixels(image, contract).numpy() / 255.0)
+    images.append(model_file_pixels(image, contract).numpy())
     labels.append(int(np.argmax(label)) if label.shape.rank else int(label))
   return np.array(images, np.float32), np.array(labels)
 

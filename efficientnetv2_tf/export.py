@@ -60,6 +60,7 @@ from efficientnetv2_tf.source import imagenet_labels
 from efficientnetv2_tf.source import probabilities_function
 from efficientnetv2_tf.source import readable_labels
 from efficientnetv2_tf.source import Source
+from efficientnetv2_tf.source import tflite_converter
 from hparams.errors import UserError
 from hparams.weights import recipe_contract
 from hparams.weights import TAGS
@@ -212,9 +213,7 @@ def tflite_model(source: Source, quantization: str = 'none',
   if quantization == 'int8':
     return quantize.int8_tflite(
         source, [] if calibration_images is None else calibration_images)
-  probabilities = probabilities_function(source, batch_size=1)
-  converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [probabilities.get_concrete_function()], source.model)
+  converter = tflite_converter(source)
   if quantization != 'none':
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if quantization == 'float16':

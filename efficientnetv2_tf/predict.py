@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from efficientnetv2_tf import export
 from efficientnetv2_tf import runtimes
-from efficientnetv2_tf.preprocessing import eval_pixels
+from efficientnetv2_tf.preprocessing import model_file_pixels
 from efficientnetv2_tf.run_dir import RunDir
 from hparams.errors import UserError
 from hparams.weights import InputContract
@@ -45,7 +45,7 @@ def _file_classifier(path: str, runtime: Optional[str]
   model = runtimes.load(path, runtime)
 
   def classify(images: tf.Tensor) -> Dict[str, Any]:
-    pixels = eval_pixels(images[0], contract) / 255.0
+    pixels = model_file_pixels(images[0], contract)
     return {'probabilities': model.run(pixels.numpy()[None])}
   return classify, _read_labels(directory)
 

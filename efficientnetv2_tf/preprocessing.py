@@ -261,6 +261,13 @@ def eval_pixels(image: tf.Tensor, contract: InputContract) -> tf.Tensor:
   return _resize(tf.cast(image, tf.float32), size, contract.resize)
 
 
+def model_file_pixels(image: tf.Tensor, contract: InputContract
+                      ) -> tf.Tensor:
+  """`eval_pixels` in [0, 1]: what a deployed model file (model.onnx,
+  model.tflite, serving_default) takes."""
+  return eval_pixels(image, contract) / 255.0
+
+
 def eval_image(image: tf.Tensor, contract: InputContract) -> tf.Tensor:
   """Encoded bytes or pixels -> a float32 model input, as `contract` says."""
   return normalize(eval_pixels(image, contract), contract.normalization)

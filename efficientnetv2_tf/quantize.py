@@ -33,8 +33,8 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.python.optimize import calibrator as lite_calibrator
 
 from efficientnetv2_tf import runtimes
-from efficientnetv2_tf.source import probabilities_function
 from efficientnetv2_tf.source import Source
+from efficientnetv2_tf.source import tflite_converter
 from hparams.errors import UserError
 
 MAX_CALIBRATION_IMAGES = 200
@@ -81,10 +81,8 @@ def int8_tflite(source: Source, calibration_images: Iterable[np.ndarray],
   over all.
   """
   batches = _calibration(calibration_images, source.image_size, max_images)
-  probabilities = probabilities_function(source, batch_size=1)
   float_model = lite_calibrator.add_intermediate_tensors(
-      tf.lite.TFLiteConverter.from_concrete_functions(
-          [probabilities.get_concrete_function()], source.model).convert())
+      tflite_converter(source).convert())
   ranges = []
   for start in range(0, len(batches), RANGE_GROUP):
     group = batches[start:start + RANGE_GROUP]

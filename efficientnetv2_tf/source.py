@@ -115,3 +115,11 @@ def probabilities_function(source: Source,
     return {'probabilities': tf.nn.softmax(logits)}
 
   return probabilities
+
+
+def tflite_converter(source: Source) -> tf.lite.TFLiteConverter:
+  """A converter of what model.tflite holds: `probabilities_function` at
+  batch 1, [1, size, size, 3] in [0, 1] -> probabilities."""
+  probabilities = probabilities_function(source, batch_size=1)
+  return tf.lite.TFLiteConverter.from_concrete_functions(
+      [probabilities.get_concrete_function()], source.model)
