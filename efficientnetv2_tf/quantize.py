@@ -104,16 +104,17 @@ def int8_tflite(source: Source, calibration_images: Iterable[np.ndarray],
 
 def check_integer(model: bytes) -> bytes:
   """`model`, once no tensor but its graph's input and output is float:
-  the quantiser leaves an operator it cannot quantise in float32, which
-  would put it off integer-only accelerators."""
+  the quantiser leaves an operator without an int8 kernel in float32, which
+  would put the model off integer-only accelerators."""
   graph = schema.Model.GetRootAsModel(model, 0).Subgraphs(0)
   ends = {*graph.InputsAsNumpy(), *graph.OutputsAsNumpy()}
   left = [graph.Tensors(i).Name().decode() for i in range(graph.TensorsLength())
           if graph.Tensors(i).Type() == schema.TensorType.FLOAT32
           and i not in ends]
   if left:
-    raise ValueError(f'int8 quantisation left {len(left)} float32 tensors, '
-                     f'such as {left[0]!r}')
+    raise UserError(f'int8 quantisation left {len(left)} float32 tensors, '
+                    f'such as {left[0]!r}: an operator of this model has no '
+                    'int8 kernel; quantise it as dynamic or float16 instead')
   return model
 
 

@@ -111,8 +111,10 @@ def test_int8_computes_in_integers_behind_float_input_and_output(int8_file):
 
 
 def test_a_model_left_in_float_is_refused(trained):
-  with pytest.raises(ValueError, match='int8 quantisation left .* float32 '
-                     'tensors, such as '):
+  with pytest.raises(UserError, match="int8 quantisation left .* float32 "
+                     "tensors, such as '.*': an operator of this model has "
+                     'no int8 kernel; quantise it as dynamic or float16 '
+                     'instead'):
     quantize.check_integer(export.tflite_model(trained))
 
 
