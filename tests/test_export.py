@@ -235,8 +235,18 @@ def test_int8_export_is_calibrated_on_images_and_reported_on_eval(
            for image in from_folder]
   assert sorted(order) == [0, 1, 2, 3]
   np.testing.assert_allclose(from_folder, pixels[order] / 255, atol=1e-6)
-  assert inference.calibration_images(str(folder), source.contract, limit=2
-                                      )[0].shape == (32, 32, 3)
+  # A folder of class folders: a sample of 4 of its 8 files holds both
+  # classes, where its first 4 files are all of class 'a'.
+  for name, images in (('a', pixels), ('b', 255 - pixels)):
+    (tmp_path / 'classes' / name).mkdir(parents=True)
+    for i, image in enumerate(images):
+      (tmp_path / 'classes' / name / f'{i}.png').write_bytes(
+          tf.io.encode_png(image).numpy())
+  sample = inference.calibration_images(str(tmp_path / 'classes'),
+                                        source.contract, limit=4)
+  of_a = [np.abs(pixels / 255 - image).max((1, 2, 3)).min() < 1e-6
+          for image in sample]
+  assert len(sample) == 4 and 0 < sum(of_a) < 4
   (folder / 'z.jpg').write_bytes(b'not an image')
   with pytest.raises(UserError, match=r"calibration image '.*z\.jpg' "
                      'cannot be read: '):
