@@ -57,7 +57,6 @@ from efficientnetv2_tf.run_dir import RunDir
 # from here.
 from efficientnetv2_tf.source import default_labels
 from efficientnetv2_tf.source import imagenet_labels
-from efficientnetv2_tf.source import probabilities_function
 from efficientnetv2_tf.source import readable_labels
 from efficientnetv2_tf.source import Source
 from efficientnetv2_tf.source import tflite_converter
