@@ -288,7 +288,11 @@ def _progressive(results: Dict[str, Any]) -> List[str]:
       + ('At most ' + str(settings['per_class']) + ' training images per '
          'class. ' if settings.get('per_class') else '') +
       'Times are training seconds, tracing and input included, '
-      'evaluations left out. The target is eval top-1 '
+      'evaluations left out. ' +
+      (f'Both runs took `--progressive_hparams={settings["hparams"]}`, '
+       'which overrides the settings named here. '
+       if settings.get('hparams') else '') +
+      'The target is eval top-1 '
       f'{progressive["target_top1"]}, or, where a run never reaches it, '
       'the best top-1 both runs reached.', '',
       _table(['dataset', 'training', 'seconds', 'images/s', 'final top-1',
@@ -318,6 +322,20 @@ def _efficiency(results: Dict[str, Any]) -> List[str]:
            _times(summary_['inference_fraction_of_matmul_flops'])]]), '']
 
 
+def _xla(results: Dict[str, Any]) -> List[str]:
+  rows = [[r['model'], r['plain'], r['xla'], _times(_ratio(r['xla'],
+                                                           r['plain'])),
+           r['first_step_seconds']['plain'], r['first_step_seconds']['xla']]
+          for r in results['xla']['images_per_second']]
+  return ['## XLA per model size', '',
+          'Our training step with XLA (`train.jit_compile=true`) and '
+          'without, batch 32, float32, on the digits input pipeline, '
+          f'{results["xla"]["steps_per_turn"]} steps per turn; the first '
+          'step includes tracing and compiling.', '',
+          _table(['model', 'images/s', 'images/s, XLA', 'XLA / plain',
+                  'first step, s', 'first step, s, XLA'], rows), '']
+
+
 def _memory(results: Dict[str, Any]) -> List[str]:
   peaks = results['memory']['peak_rss_mb']
   return ['## Memory', '',
@@ -331,7 +349,8 @@ def _memory(results: Dict[str, Any]) -> List[str]:
 
 # The sections of the page that appear when their benchmark ran.
 _SECTIONS = (('training', _training), ('inference', _inference),
-             ('pipeline', _pipeline), ('progressive', _progressive),
+             ('pipeline', _pipeline), ('xla', _xla),
+             ('progressive', _progressive),
              ('flops', _efficiency), ('memory', _memory))
 
 

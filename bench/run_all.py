@@ -14,6 +14,8 @@ Measures, in one process and interleaved (see `common.interleaved`):
   against Keras's in TensorFlow, at 224 px, batch 1 and 32;
 - the input pipeline alone (JPEG decode, crop, RandAugment, batch) against
   what our training step consumes;
+- XLA (`train.jit_compile`) against the plain training step, per model
+  size, from a quarter-width b0 at 64 px to V2-S at 128 px;
 - progressive learning (4 stages from 64 to 128 px) against fixed-size
   training at 128 px, for the same epochs: training time and final eval
   top-1, and time to a target top-1, on `digits` and on `mnist5k` (real
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 from absl import app
 from absl import flags
@@ -61,9 +63,13 @@ flags.DEFINE_bool('quick', False, 'Fewer repeats, steps, images and '
                   'minutes and training 9. The figures are rougher.')
 flags.DEFINE_string('output_dir', 'docs', 'Where benchmarks.md, '
                     'benchmarks.json and the charts go.')
-flags.DEFINE_list('sections', ['training', 'inference', 'pipeline',
+flags.DEFINE_list('sections', ['training', 'inference', 'pipeline', 'xla',
                                'progressive', 'memory'],
                   'Which sections to run.')
+flags.DEFINE_string('progressive_hparams', '', 'Overrides for both runs '
+                    'of the progressive section, as main.py\'s --hparam_str '
+                    'takes them: "train.epochs=24,model.width_coefficient='
+                    '0.5".')
 flags.DEFINE_string('report_from', None, 'Only write the report again, '
                     'from the benchmarks.json of an earlier run.')
 flags.DEFINE_string('internal', None, 'Internal: run one memory '
@@ -73,6 +79,15 @@ FLAGS = flags.FLAGS
 MODEL = 'efficientnetv2-b0'
 TRAIN_SIZE, TRAIN_BATCH, NUM_CLASSES = 128, 32, 10
 INFERENCE_SIZE = 224
+# (label, model, width and depth coefficients, image size): from small to
+# large, for XLA against the plain step; --quick takes the first and b0.
+# A turn of V2-S under XLA takes over a minute, hence few steps and turns.
+XLA_MODELS = (
+    ('b0, width 0.25, depth 0.2, 64 px', MODEL, 0.25, 0.2, 64),
+    ('b0, width 0.5, depth 0.5, 128 px', MODEL, 0.5, 0.5, 128),
+    ('b0, 128 px', MODEL, 1.0, 1.0, 128),
+    ('V2-S, 128 px', 'efficientnetv2-s', 1.0, 1.0, 128),
+)
 
 
 def settings() -> Dict[str, Any]:
@@ -81,11 +96,14 @@ def settings() -> Dict[str, Any]:
     return dict(repeats=3, train_steps=3, train_variants=False,
                 inference_calls={1: 10, 32: 1}, pipeline_images=192,
                 pipeline_batches=8, memory_steps=3,
+                xla=dict(models=(XLA_MODELS[0], XLA_MODELS[2]), steps=3,
+                         repeats=3),
                 progressive=dict(epochs=8, size=128, ibase=64, per_class=65,
                                  batch_size=32, target=0.8))
   return dict(repeats=5, train_steps=10, train_variants=True,
               inference_calls={1: 30, 32: 3}, pipeline_images=512,
               pipeline_batches=30, memory_steps=10,
+              xla=dict(models=XLA_MODELS, steps=3, repeats=3),
               progressive=dict(epochs=8, size=128, ibase=64,
                                per_class=120, batch_size=32, target=0.9))
 
@@ -93,21 +111,27 @@ def settings() -> Dict[str, Any]:
 # Training throughput. --------------------------------------------------------
 
 
-def train_config(**runtime: Any):
-  """EfficientNetV2-B0 on digits upscaled to 128 px, batch 32, one stage.
+def train_config(model: str = MODEL, size: int = TRAIN_SIZE,
+                 scaled: Optional[Tuple[float, float]] = None,
+                 **runtime: Any):
+  """EfficientNetV2-B0 (or `model`, its width and depth `scaled`) on
+  digits upscaled to 128 px (or `size`), batch 32, one stage.
 
   Weight decay is off because `keras.applications` models have no L2
   loss; everything else is our default step (EMA, label smoothing).
   """
-  cfg = hparams.get_config(MODEL, 'digits', {
+  overrides = {
       'train': {'batch_size': TRAIN_BATCH, 'stages': 0, 'epochs': 1000,
-                'image_size': TRAIN_SIZE, 'weight_decay': 0.0,
+                'image_size': size, 'weight_decay': 0.0,
                 'jit_compile': runtime.pop('jit_compile', False)},
-      'eval': {'isize': TRAIN_SIZE},
+      'eval': {'isize': size},
       'data': {'seed': 0},
       'runtime': runtime,
-  })
-  return cfg
+  }
+  if scaled:
+    overrides['model'] = dict(zip(('width_coefficient',
+                                   'depth_coefficient'), scaled))
+  return hparams.get_config(model, 'digits', overrides)
 
 
 def our_trainer(cfg) -> trainer_lib.Trainer:
@@ -192,11 +216,11 @@ def training(plan: Dict[str, Any]) -> Dict[str, Any]:
   if plan['train_variants']:
     # What might speed ours up; kept as defaults only where it does.
     looped = our_trainer(train_config(steps_per_loop=steps))
-    xla = our_trainer(train_config(jit_compile=True))
+    compiled = our_trainer(train_config(jit_compile=True))
     peer_looped = keras_peer(cfg, steps_per_execution=steps)
     runs.update({
         f'ours, steps_per_loop={steps}': lambda: loop_rate(looped, steps),
-        'ours, XLA': lambda: loop_rate(xla, steps),
+        'ours, XLA': lambda: loop_rate(compiled, steps),
         f'keras, steps_per_execution={steps}':
             lambda: fit_rate(peer_looped, data, 1)})
   for run in runs.values():  # traces and warms up each one
@@ -205,6 +229,26 @@ def training(plan: Dict[str, Any]) -> Dict[str, Any]:
   return {'images_per_second': {k: common.median(v)
                                 for k, v in figures.items()},
           'all': figures, 'steps_per_turn': steps}
+
+
+def xla(plan: Dict[str, Any]) -> Dict[str, Any]:
+  """Our training step with and without XLA, per model size: the first
+  step's seconds (tracing and compiling included), then images/s."""
+  steps, rows = plan['xla']['steps'], []
+  for label, model, width, depth, size in plan['xla']['models']:
+    trainers, first_step = {}, {}
+    for name, jit_compile in (('plain', False), ('xla', True)):
+      trainers[name] = our_trainer(train_config(
+          model, size, (width, depth), jit_compile=jit_compile))
+      started = time.perf_counter()
+      trainers[name].run_steps(1)
+      first_step[name] = time.perf_counter() - started
+    figures = common.interleaved(
+        {name: lambda t=trainer: loop_rate(t, steps)
+         for name, trainer in trainers.items()}, plan['xla']['repeats'])
+    rows.append({'model': label, 'first_step_seconds': first_step,
+                 **{name: common.median(v) for name, v in figures.items()}})
+  return {'images_per_second': rows, 'steps_per_turn': steps}
 
 
 # Inference throughput. -------------------------------------------------------
@@ -303,7 +347,8 @@ def progressive_run(dataset: str, progressive: bool,
       'progressive': {'schedule': 'paper'},
       'eval': {'isize': settings_['size']},
   }
-  cfg = hparams.get_config(MODEL, 'digits', overrides)
+  cfg = hparams.get_config(MODEL, 'digits', overrides,
+                           FLAGS.progressive_hparams)
   keras.utils.set_random_seed(0)
   trainer = our_trainer(cfg)
   results = trainer.train(evaluate=True)
@@ -321,7 +366,8 @@ def progressive_run(dataset: str, progressive: bool,
 
 def progressive_learning(plan: Dict[str, Any]) -> Dict[str, Any]:
   results = {'target_top1': plan['progressive']['target'],
-             'settings': {k: v for k, v in plan['progressive'].items()}}
+             'settings': {**plan['progressive'],
+                          'hparams': FLAGS.progressive_hparams}}
   for dataset in ('digits', 'mnist5k'):
     fixed = progressive_run(dataset, False, plan)
     staged = progressive_run(dataset, True, plan)
@@ -379,7 +425,8 @@ def flops(results: Dict[str, Any]) -> Dict[str, Any]:
 
 
 SECTIONS = {'training': training, 'inference': inference,
-            'pipeline': pipeline, 'progressive': progressive_learning,
+            'pipeline': pipeline, 'xla': xla,
+            'progressive': progressive_learning,
             'memory': memory}
 
 

@@ -37,6 +37,10 @@ def _results():
           'batch_32': {'ours': 40.0, 'ours_variables': 38.0, 'keras': 40.0,
                        'onnxruntime': 60.0, 'litert': 30.0}}},
       'pipeline': {'images_per_second': 90.0, 'source': '8 JPEGs'},
+      'xla': {'images_per_second': [
+          {'model': 'b0, 128 px', 'plain': 30.0, 'xla': 7.5,
+           'first_step_seconds': {'plain': 20.0, 'xla': 50.0}}],
+              'steps_per_turn': 3},
       'progressive': {
           'target_top1': 0.9, 'settings': {'epochs': 2, 'size': 48,
                                            'ibase': 24},
@@ -128,11 +132,20 @@ def test_report_writes_the_page_the_charts_and_the_figures(tmp_path):
   assert '| ours | 30.0 | 1.50 |' in page
   assert '| batch 32 | 40.0 | 38.0 | 40.0 | 60.0 | 30.0 | 1.00 |' in page
   assert '![progressive](benchmarks_progressive.png)' in page
+  assert '| b0, 128 px | 30.0 | 7.5 | 0.25 | 20.0 | 50.0 |' in page
   assert '| digits | progressive | 10.0 | 5.0 | 0.960 | 0.900 | 10.0 |' in page
   for chart in ('benchmarks_throughput.png', 'benchmarks_progressive.png'):
     assert (tmp_path / chart).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   saved = json.loads((tmp_path / 'benchmarks.json').read_text())
   assert saved['summary']['train_throughput_ratio'] == 1.5
+
+
+def test_report_names_the_overrides_of_the_progressive_runs():
+  results = _results()
+  page = lambda: '\n'.join(report._progressive(results))  # pylint: disable=protected-access
+  assert 'progressive_hparams' not in page()
+  results['progressive']['settings']['hparams'] = 'train.epochs=24'
+  assert 'took `--progressive_hparams=train.epochs=24`' in page()
 
 
 def test_forward_flops_of_a_dense_layer():
