@@ -215,12 +215,11 @@ def training(plan: Dict[str, Any]) -> Dict[str, Any]:
           'keras, bfloat16': lambda: fit_rate(peer_bf16, data, steps)}
   if plan['train_variants']:
     # What might speed ours up; kept as defaults only where it does.
+    # XLA has a section of its own (`xla`).
     looped = our_trainer(train_config(steps_per_loop=steps))
-    compiled = our_trainer(train_config(jit_compile=True))
     peer_looped = keras_peer(cfg, steps_per_execution=steps)
     runs.update({
         f'ours, steps_per_loop={steps}': lambda: loop_rate(looped, steps),
-        'ours, XLA': lambda: loop_rate(compiled, steps),
         f'keras, steps_per_execution={steps}':
             lambda: fit_rate(peer_looped, data, 1)})
   for run in runs.values():  # traces and warms up each one

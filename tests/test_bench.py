@@ -142,7 +142,8 @@ def test_report_writes_the_page_the_charts_and_the_figures(tmp_path):
 
 def test_report_names_the_overrides_of_the_progressive_runs():
   results = _results()
-  page = lambda: '\n'.join(report._progressive(results))  # pylint: disable=protected-access
+  section = report._progressive  # pylint: disable=protected-access
+  page = lambda: '\n'.join(section(results))
   assert 'progressive_hparams' not in page()
   results['progressive']['settings']['hparams'] = 'train.epochs=24'
   assert 'took `--progressive_hparams=train.epochs=24`' in page()
