@@ -220,8 +220,10 @@ def _training(results: Dict[str, Any]) -> List[str]:
 
 # Columns of the inference table: key, heading.
 _INFERENCE_COLUMNS = (
-    ('ours', 'ours, TF'), ('ours_variables', 'ours, TF, variables'),
-    ('keras', 'keras, TF'), ('onnxruntime', 'ours, ONNX Runtime'),
+    ('ours', 'ours, TF'), ('ours_one_slice', 'ours, TF, one slice'),
+    ('ours_variables', 'ours, TF, variables'),
+    ('keras', 'keras, TF'), ('keras_two_slices', 'keras, TF, two slices'),
+    ('onnxruntime', 'ours, ONNX Runtime'),
     ('litert', 'ours, LiteRT'))
 
 
@@ -236,9 +238,11 @@ def _inference(results: Dict[str, Any]) -> List[str]:
           '"ours, TF" is the TensorFlow runtime of `--mode=predict` and '
           '`--mode=benchmark`: '
           '[0, 1] images in, probabilities out, the weights constants of '
-          'the graph. "ours, TF, variables" and '
+          'the graph, a batch run as two slices side by side; "ours, TF, '
+          'one slice" runs it whole. "ours, TF, variables" and '
           '"keras, TF" call the model in a `tf.function`, reading its '
-          'weights from variables. ONNX Runtime and LiteRT run our '
+          'weights from variables; "keras, TF, two slices" splits batches '
+          'as ours does. ONNX Runtime and LiteRT run our '
           'model.onnx and model.tflite (float32).', '',
           _table(['batch', *[heading for _, heading in _INFERENCE_COLUMNS],
                   'ours / keras'], rows), '']

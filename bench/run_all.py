@@ -258,7 +258,9 @@ def inference_runners(folder: str) -> Dict[str, Any]:
 
   'ours' is our 'tf' runtime, as predict and benchmark run it: [0, 1]
   images in, probabilities out (what model.onnx and model.tflite hold),
-  the weights as constants of the graph. 'ours_variables' is the same
+  the weights as constants of the graph, a batch run as two slices side
+  by side; 'ours_one_slice' runs it whole, and 'keras_two_slices' splits
+  Keras's model's batches as ours does. 'ours_variables' is the same
   model called in a `tf.function` as Keras's is, its weights read from
   variables on every call.
   'onnxruntime' and 'litert' run our model.onnx and model.tflite, written
@@ -269,9 +271,15 @@ def inference_runners(folder: str) -> Dict[str, Any]:
                   default_labels(model.num_classes))
   peer = keras.applications.EfficientNetV2B0(weights=None,
                                              include_preprocessing=False)
-  runners = {'ours': runtimes.load(source).run}
-  for name, keras_model in (('ours_variables', model), ('keras', peer)):
-    call = tf.function(lambda x, m=keras_model: m(x, training=False))
+  runners = {'ours': runtimes.load(source).run,
+             'ours_one_slice': runtimes.TFRuntime(source, parts=1).run}
+  whole = tf.function(lambda x: peer(x, training=False))
+  sliced = tf.function(lambda x: tf.concat(
+      [peer(half, training=False) for half in tf.split(x, 2)], 0))
+  for name, call in (
+      ('ours_variables', tf.function(lambda x: model(x, training=False))),
+      ('keras', whole),
+      ('keras_two_slices', lambda x: (sliced if len(x) > 1 else whole)(x))):
     runners[name] = lambda x, call=call: call(tf.constant(x)).numpy()
   for runtime in ('onnxruntime', 'litert'):
     runners[runtime] = inference_lib.file_runtime(source, runtime,

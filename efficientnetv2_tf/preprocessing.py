@@ -15,6 +15,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from efficientnetv2_tf import augment
@@ -59,6 +60,19 @@ class Normalize(keras.layers.Layer):
 def normalize(image: tf.Tensor, mode: str) -> tf.Tensor:
   mean, stddev = NORMALIZATIONS[mode]
   return (image - mean) / stddev
+
+
+def unit_scale_offset(mode: str) -> Tuple[np.ndarray, np.ndarray]:
+  """`normalize` of [0, 1] pixels as `x * scale + offset`: two passes over
+  the images instead of three. Scalars when every channel has the same
+  mean and stddev, since broadcasting over a last axis of 3 is slow (ONNX
+  Runtime). The same as `normalize(255 * x, mode)` to float32 rounding.
+  """
+  mean, stddev = (np.asarray(v, np.float64) for v in NORMALIZATIONS[mode])
+  scale, offset = 255.0 / stddev, -mean / stddev
+  if len(set(mean)) == 1 and len(set(stddev)) == 1:
+    scale, offset = scale[:1].reshape(()), offset[:1].reshape(())
+  return scale.astype(np.float32), offset.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

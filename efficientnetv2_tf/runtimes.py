@@ -38,6 +38,9 @@ RUNTIMES = ('tf', 'onnxruntime', 'litert')
 FILE_RUNTIMES = {'.onnx': 'onnxruntime', '.tflite': 'litert'}
 # The model file of an export that each file runtime runs.
 FILE_NAMES = {'onnxruntime': 'model.onnx', 'litert': 'model.tflite'}
+# Slices of a batch that the 'tf' runtime runs side by side on a CPU
+# (`TFRuntime`); measured on 2 cores, where 2 and 4 ran alike.
+CPU_PARTS = 2
 # The pip requirement of each optional module, as tested.
 PACKAGES = {
     'onnxruntime': 'onnxruntime==1.32.0',
@@ -86,19 +89,32 @@ class Runtime(abc.ABC):
 
 class TFRuntime(Runtime):
   """A `Source` run by TensorFlow, with the same function as the exports;
-  `jit_compile` compiles it with XLA."""
+  `jit_compile` compiles it with XLA.
+
+  On a CPU a batch of two or more images runs as `CPU_PARTS` slices side by
+  side (`probabilities_function`'s `parts`): one slice's ops wait for the
+  previous op of the batch to finish on every core, two slices' ops can
+  overlap. `bench/run_all.py`'s inference section measures both ('ours'
+  and 'ours_one_slice'). `parts` overrides the number of slices.
+  """
   name = 'tf'
 
-  def __init__(self, source: Source, jit_compile: bool = False):
+  def __init__(self, source: Source, jit_compile: bool = False,
+               parts: Optional[int] = None):
     self.model_name = source.model_name
     self.image_size = source.image_size
     self.jit_compile = jit_compile
-    self._probabilities = probabilities_function(source,
-                                                 jit_compile=jit_compile)
     self.device = 'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'
+    if parts is None:
+      parts = CPU_PARTS if self.device == 'CPU' else 1
+    self.parts = parts
+    self._whole, self._sliced = (
+        probabilities_function(source, jit_compile=jit_compile, parts=n)
+        for n in (1, parts))
 
   def _run(self, images: np.ndarray) -> np.ndarray:
-    return self._probabilities(tf.constant(images))['probabilities'].numpy()
+    function = self._sliced if len(images) >= self.parts else self._whole
+    return function(tf.constant(images))['probabilities'].numpy()
 
 
 def _described_name(path: str) -> str:

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 
 from efficientnetv2_tf.model import EfficientNet
-from efficientnetv2_tf.preprocessing import Normalize
+from efficientnetv2_tf.preprocessing import unit_scale_offset
 from hparams.errors import UserError
 from hparams.weights import InputContract
 
@@ -87,17 +87,24 @@ class Source:
 
 def probabilities_function(source: Source,
                            batch_size: Optional[int] = None,
-                           jit_compile: bool = False
+                           jit_compile: bool = False,
+                           parts: int = 1
                            ) -> tf.types.experimental.PolymorphicFunction:
   """The deployed computation: {'probabilities': [batch, num_classes]} of
   [batch, size, size, 3] images in [0, 1], normalised as the contract says;
   `batch_size` None leaves the batch dynamic; `jit_compile` compiles it
   with XLA (for TensorFlow only: converters take it uncompiled).
 
+  `parts` > 1 runs the batch as that many slices side by side in one graph
+  (the slices differ in size by at most one image, so a batch needs at
+  least `parts` images). Nothing at inference mixes the images of a
+  batch, so the probabilities are the same; on a CPU it is faster (see
+  `runtimes.TFRuntime`).
+
   The weights go in as constants, through a stateless call: converters
   read Keras 3 variables as uninitialised resources.
   """
-  normalize = Normalize(source.normalization)
+  scale, offset = unit_scale_offset(source.normalization)
   model = source.model
   # NumPy arrays become constants of the traced graph; tensors made
   # outside it would be captured as extra inputs, which ONNX cannot take.
@@ -105,14 +112,22 @@ def probabilities_function(source: Source,
   non_trainable = [v.numpy() for v in model.non_trainable_variables]
   size = source.image_size
 
+  def logits_of(images):
+    logits, _ = model.stateless_call(trainable, non_trainable,
+                                     images * scale + offset,
+                                     training=False)
+    return logits
+
   @tf.function(input_signature=[tf.TensorSpec(
       [batch_size, size, size, 3], tf.float32, name='images')],
                jit_compile=jit_compile or None)
   def probabilities(images):
-    logits, _ = model.stateless_call(trainable, non_trainable,
-                                     normalize(images * 255.0),
-                                     training=False)
-    return {'probabilities': tf.nn.softmax(logits)}
+    if parts == 1:
+      return {'probabilities': tf.nn.softmax(logits_of(images))}
+    # Slice i holds (n + i) // parts images: together n, in order.
+    sizes = (tf.shape(images)[0] + tf.range(parts)) // parts
+    logits = [logits_of(piece) for piece in tf.split(images, sizes)]
+    return {'probabilities': tf.nn.softmax(tf.concat(logits, 0))}
 
   return probabilities
 

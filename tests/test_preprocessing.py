@@ -133,6 +133,24 @@ def test_ft_normalises_by_half_of_255_and_v2_by_128():
   np.testing.assert_allclose(v2, 127 / 128, atol=1e-6)
 
 
+# The published means and stddevs of 0-255 pixels, written out here.
+_PUBLISHED = {'symmetric': ([128.0] * 3, [128.0] * 3),
+              'inception': ([127.5] * 3, [127.5] * 3),
+              'imagenet': ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])}
+
+
+@pytest.mark.parametrize('mode', sorted(_PUBLISHED))
+def test_the_deployed_normalisation_of_unit_pixels_is_the_published_one(mode):
+  scale, offset = preprocessing.unit_scale_offset(mode)
+  # One scalar each where the channels agree; per channel otherwise.
+  assert scale.shape == offset.shape == (() if mode != 'imagenet' else (3,))
+  pixels = np.random.default_rng(0).uniform(0, 1, (4, 5, 3)).astype(
+      np.float32)
+  mean, stddev = (np.float32(v) for v in _PUBLISHED[mode])
+  np.testing.assert_allclose(pixels * scale + offset,
+                             (pixels * 255 - mean) / stddev, atol=2e-6)
+
+
 def test_a_normalization_override_changes_only_the_normalisation():
   image = tf.constant(image_files.pixels(40, 30))
   plain = preprocess_image(image, 16, False, Augmentation('none'))

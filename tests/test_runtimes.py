@@ -61,6 +61,18 @@ def test_each_runtime_gives_the_models_probabilities_at_any_batch(
                                atol=1e-5)
 
 
+@pytest.mark.parametrize('parts', [2, 3])
+def test_tf_runs_a_batch_in_slices_with_the_same_probabilities(source,
+                                                               parts):
+  runtime = runtimes.TFRuntime(source, parts=parts)
+  # Slices of 2 and 3 (and 1 and 2 ...), a batch of exactly `parts`, and
+  # fewer images than slices, which runs whole.
+  for batch in (IMAGES, IMAGES[:parts], IMAGES[:parts - 1]):
+    np.testing.assert_allclose(runtime.run(batch), expected(source, batch),
+                               atol=1e-5)
+  assert runtimes.TFRuntime(source).parts == runtimes.CPU_PARTS
+
+
 def test_xla_and_another_size_give_the_same_probabilities(source):
   images = np.random.default_rng(1).uniform(0, 1, (2, 48, 48, 3)).astype(
       np.float32)
