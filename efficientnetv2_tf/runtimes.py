@@ -107,10 +107,12 @@ class TFRuntime(Runtime):
     self.device = 'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'
     if parts is None:
       parts = CPU_PARTS if self.device == 'CPU' else 1
+    if parts < 1:
+      raise UserError(f'parts must be 1 or more; received {parts}')
     self.parts = parts
-    self._whole, self._sliced = (
-        probabilities_function(source, jit_compile=jit_compile, parts=n)
-        for n in (1, parts))
+    self._whole = probabilities_function(source, jit_compile=jit_compile)
+    self._sliced = self._whole if parts == 1 else probabilities_function(
+        source, jit_compile=jit_compile, parts=parts)
 
   def _run(self, images: np.ndarray) -> np.ndarray:
     function = self._sliced if len(images) >= self.parts else self._whole

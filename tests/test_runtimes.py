@@ -71,6 +71,8 @@ def test_tf_runs_a_batch_in_slices_with_the_same_probabilities(source,
     np.testing.assert_allclose(runtime.run(batch), expected(source, batch),
                                atol=1e-5)
   assert runtimes.TFRuntime(source).parts == runtimes.CPU_PARTS
+  with pytest.raises(UserError, match='parts must be 1 or more; received 0'):
+    runtimes.TFRuntime(source, parts=0)
 
 
 def test_xla_and_another_size_give_the_same_probabilities(source):
