@@ -65,8 +65,8 @@ def test_each_runtime_gives_the_models_probabilities_at_any_batch(
 def test_tf_runs_a_batch_in_slices_with_the_same_probabilities(source,
                                                                parts):
   runtime = runtimes.TFRuntime(source, parts=parts)
-  # Slices of 2 and 3 (and 1 and 2 ...), a batch of exactly `parts`, and
-  # fewer images than slices, which runs whole.
+  # 5 images (as 2 + 3, or 1 + 2 + 2), exactly `parts` images, and fewer
+  # images than slices, which run whole.
   for batch in (IMAGES, IMAGES[:parts], IMAGES[:parts - 1]):
     np.testing.assert_allclose(runtime.run(batch), expected(source, batch),
                                atol=1e-5)
