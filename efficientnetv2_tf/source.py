@@ -122,12 +122,11 @@ def probabilities_function(source: Source,
       [batch_size, size, size, 3], tf.float32, name='images')],
                jit_compile=jit_compile or None)
   def probabilities(images):
-    if parts == 1:
-      return {'probabilities': tf.nn.softmax(logits_of(images))}
     # Slice i holds (n + i) // parts images: together n, in order.
-    sizes = (tf.shape(images)[0] + tf.range(parts)) // parts
-    logits = [logits_of(piece) for piece in tf.split(images, sizes)]
-    return {'probabilities': tf.nn.softmax(tf.concat(logits, 0))}
+    pieces = [images] if parts == 1 else tf.split(
+        images, (tf.shape(images)[0] + tf.range(parts)) // parts)
+    logits = tf.concat([logits_of(piece) for piece in pieces], 0)
+    return {'probabilities': tf.nn.softmax(logits)}
 
   return probabilities
 
