@@ -376,6 +376,45 @@ def _markdown(results: Dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+_LABELS = {'xla': 'XLA'}
+
+
+def check_mergeable(previous: Dict[str, Any], quick: bool,
+                    sections: List[str]) -> None:
+  """Raises ValueError unless a run of `sections`, --quick or not, may
+  update the report `previous`: a quick figure and a full one do not mix."""
+  mode = lambda is_quick: 'a --quick run' if is_quick else 'a full run'
+  if bool(previous.get('quick')) != quick:
+    raise ValueError(f'the report there holds {mode(not quick)} and this is '
+                     f'{mode(quick)} of {", ".join(sections)}; give another '
+                     '--output_dir')
+
+
+def merged(previous: Dict[str, Any], new: Dict[str, Any],
+           sections: List[str], command: str) -> Dict[str, Any]:
+  """`previous` (a report) with `new`'s `sections` in place of its own.
+
+  Each section gets a note saying when, with what command and how long it
+  ran, in place of an earlier note about it. Both must be --quick runs, or
+  neither: raises ValueError otherwise.
+  """
+  check_mergeable(previous, bool(new.get('quick')), sections)
+  out = dict(previous)
+  notes = list(previous.get('notes', []))
+  for name in sections:
+    again = ' again' if name in previous else ''
+    out[name] = new[name]
+    prefix = f'The {_LABELS.get(name, name)} section was run'
+    notes = [note for note in notes if not note.startswith(prefix)]
+    notes.append(
+        f'{prefix}{again} on its own on {new["machine"]["date"]} '
+        f'(`{command}`, TensorFlow {new["machine"]["tensorflow"]}, '
+        f'{new[name]["seconds"] / 60:.1f} minutes).'
+        + (" Its figures replace the earlier run's." if again else ''))
+  out['notes'] = notes
+  return out
+
+
 def write(results: Dict[str, Any], output_dir: str) -> None:
   os.makedirs(output_dir, exist_ok=True)
   if 'training' in results or 'inference' in results:

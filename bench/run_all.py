@@ -24,7 +24,10 @@ Measures, in one process and interleaved (see `common.interleaved`):
 - peak resident memory of training (each in a fresh process).
 
 Writes `docs/benchmarks.md`, `docs/benchmarks.json` and PNG charts, and
-prints, last, one JSON line of the headline figures.
+prints, last, one JSON line of the headline figures. A run of some
+sections (`--sections`) into a folder that holds a report of the same mode
+puts them in place of that report's, notes the run there and keeps the
+rest, with the matmul figure the GFLOP/s are compared with.
 """
 import json
 import os
@@ -65,7 +68,9 @@ flags.DEFINE_string('output_dir', 'docs', 'Where benchmarks.md, '
                     'benchmarks.json and the charts go.')
 flags.DEFINE_list('sections', ['training', 'inference', 'pipeline', 'xla',
                                'progressive', 'memory'],
-                  'Which sections to run.')
+                  'Which sections to run. Some of them update the report '
+                  'already in --output_dir, with a note, if it is of the '
+                  'same mode (--quick or not).')
 flags.DEFINE_string('progressive_hparams', '', 'Overrides for both runs '
                     'of the progressive section, as main.py\'s --hparam_str '
                     'takes them: "train.epochs=24,model.width_coefficient='
@@ -411,10 +416,12 @@ def memory(plan: Dict[str, Any]) -> Dict[str, Any]:
 # The run. --------------------------------------------------------------------
 
 
-def flops(results: Dict[str, Any]) -> Dict[str, Any]:
-  """GFLOP/s of training and inference against a matmul's."""
+def flops(results: Dict[str, Any],
+          matmul_gflops: Optional[float] = None) -> Dict[str, Any]:
+  """GFLOP/s of training and inference against a matmul's, measured now
+  unless `matmul_gflops` is given."""
   model = EfficientNet.from_spec(hparams.get_specs(MODEL).model)
-  out = {'matmul_gflops': common.matmul_gflops(),
+  out = {'matmul_gflops': matmul_gflops or common.matmul_gflops(),
          'forward_gflop_per_image': {
              size: common.forward_flops(model, size) / 1e9
              for size in (TRAIN_SIZE, INFERENCE_SIZE)}}
@@ -429,6 +436,21 @@ def flops(results: Dict[str, Any]) -> Dict[str, Any]:
         per_image[INFERENCE_SIZE] *
         results['inference']['images_per_second']['batch_32']['ours'])
   return out
+
+
+def report_to_update() -> Optional[Dict[str, Any]]:
+  """The report in --output_dir that a run of only some sections updates,
+  if there is one; exits, before anything runs, if it cannot."""
+  path = os.path.join(FLAGS.output_dir, 'benchmarks.json')
+  if set(FLAGS.sections) >= set(SECTIONS) or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    previous = json.load(f)
+  try:
+    report.check_mergeable(previous, FLAGS.quick, FLAGS.sections)
+  except ValueError as error:
+    sys.exit(f'error: {path}: {error}')
+  return previous
 
 
 SECTIONS = {'training': training, 'inference': inference,
@@ -455,6 +477,7 @@ def main(argv) -> None:
   if unknown:
     sys.exit(f'error: unknown --sections {sorted(unknown)}; known: '
              f'{", ".join(SECTIONS)}')
+  previous = report_to_update()
   started = time.time()
   results: Dict[str, Any] = {'machine': common.machine(),
                              'quick': FLAGS.quick, 'model': MODEL}
@@ -463,8 +486,14 @@ def main(argv) -> None:
     print(f'{name}...', flush=True)
     results[name] = SECTIONS[name](plan)
     results[name]['seconds'] = time.time() - section_started
-  results['flops'] = flops(results)
   results['seconds'] = time.time() - started
+  if previous is None:
+    results['flops'] = flops(results)
+  else:
+    command = ' '.join(['python bench/run_all.py'] + sys.argv[1:])
+    results = report.merged(previous, results, FLAGS.sections, command)
+    results['flops'] = flops(results,
+                             previous.get('flops', {}).get('matmul_gflops'))
   summary = report.summary(results)
   results['summary'] = summary
   report.write(results, FLAGS.output_dir)

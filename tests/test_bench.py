@@ -154,6 +154,40 @@ def test_report_names_the_overrides_of_the_progressive_runs():
   assert 'took `--progressive_hparams=train.epochs=24`' in page()
 
 
+def test_a_run_of_some_sections_updates_the_report_it_finds():
+  previous = _results()
+  previous['notes'] = ['The XLA section was run on its own on 2026-01-01.',
+                       'The progressive section was run again on its own '
+                       'on 2026-01-02.', 'Something else.']
+  new = {'machine': {'date': '2026-02-03', 'tensorflow': '2.21.0'},
+         'quick': True, 'seconds': 600.0,
+         'progressive': {**previous['progressive'], 'seconds': 540.0,
+                         'target_top1': 0.5},
+         'xla': {**previous['xla'], 'seconds': 30.0}}
+  del previous['xla']
+  out = report.merged(previous, new, ['progressive', 'xla'],
+                      'python bench/run_all.py --sections=progressive,xla')
+  assert out['progressive']['target_top1'] == 0.5
+  assert out['training'] == previous['training']
+  assert out['seconds'] == previous['seconds']
+  assert out['notes'] == [
+      'Something else.',
+      'The progressive section was run again on its own on 2026-02-03 '
+      '(`python bench/run_all.py --sections=progressive,xla`, TensorFlow '
+      "2.21.0, 9.0 minutes). Its figures replace the earlier run's.",
+      'The XLA section was run on its own on 2026-02-03 '
+      '(`python bench/run_all.py --sections=progressive,xla`, TensorFlow '
+      '2.21.0, 0.5 minutes).']
+  assert previous['progressive']['target_top1'] == 0.9  # not modified
+
+
+def test_quick_and_full_figures_do_not_mix_in_one_report():
+  with pytest.raises(ValueError, match='holds a --quick run and this is a '
+                     'full run of xla; give another --output_dir'):
+    report.check_mergeable(_results(), False, ['xla'])
+  report.check_mergeable(_results(), True, ['xla'])
+
+
 def test_forward_flops_of_a_dense_layer():
   import keras  # pylint: disable=g-import-not-at-top
   inputs = keras.Input((4, 4, 3))
