@@ -345,8 +345,8 @@ def progressive_run(dataset: str, progressive: bool,
 
   Progressive training has 4 stages on the paper's schedule, from
   `ibase` to `size` px; only the image size grows (`train.sched` off:
-  `digits` has no RandAugment or mixup to grow, and one dropout rate keeps
-  one traced step). Fixed training is at `size` px throughout.
+  `digits` has no RandAugment or mixup to grow; with it, the dropout grows
+  too). Fixed training is at `size` px throughout.
   """
   settings_ = plan['progressive']
   overrides = {

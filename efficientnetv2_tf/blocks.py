@@ -1,4 +1,5 @@
-"""The layers of EfficientNet: Stem, MBConv, Fused-MBConv, SE, Head.
+"""The layers of EfficientNet: Stem, MBConv, Fused-MBConv, SE, Head and
+the dropout before the classifier.
 
 Each block is one Keras layer whose sub-layers have fixed names
 (`expand_conv`, `expand_bn`, `depthwise_conv`, `se`, `project_conv`, ...), so
@@ -165,6 +166,30 @@ class StochasticDepth(keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(), 'survival_prob': self.survival_prob,
             'seed': self.seed}
+
+
+@serializable
+class TopDropout(keras.layers.Dropout):
+  """The dropout before the classifier. After `follow(variable)`, training
+  reads its rate from that scalar variable each time the step runs, so
+  progressive stages that change only the rate share one traced step;
+  inference ignores it, as any dropout does.
+  """
+
+  def follow(self, rate: tf.Variable) -> None:
+    # Set past Keras's tracking: the rate belongs to the training loop, not
+    # to the model's weights or checkpoints.
+    object.__setattr__(self, '_rate_variable', rate)
+
+  def call(self, inputs, training=False):
+    rate = getattr(self, '_rate_variable', None)
+    if not training or rate is None or not hasattr(self, 'seed_generator'):
+      return super().call(inputs, training=training)
+    rate = ops.cast(rate, 'float32')
+    keep = keras.random.uniform(ops.shape(inputs),
+                                seed=self.seed_generator) >= rate
+    scale = ops.cast(1.0 / (1.0 - rate), inputs.dtype)
+    return ops.where(keep, inputs * scale, ops.zeros_like(inputs))
 
 
 @serializable

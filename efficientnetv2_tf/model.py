@@ -126,8 +126,8 @@ def _graph(spec: ModelSpec):
       spec.min_depth, spec.rounding_floor)
   outputs = blocks.Head(head_filters, name='head', **common)(x)
   if spec.include_top:
-    outputs = keras.layers.Dropout(spec.dropout_rate,
-                                   name='top_dropout')(outputs)
+    outputs = blocks.TopDropout(spec.dropout_rate,
+                                name='top_dropout')(outputs)
     # float32 logits under mixed precision keep the loss numerically sound.
     outputs = keras.layers.Dense(
         spec.num_classes, kernel_initializer=blocks.dense_initializer(),

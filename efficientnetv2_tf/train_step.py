@@ -7,7 +7,8 @@
 One call of the loop runs `steps` optimizer steps inside one `tf.function`,
 each over `grad_accum_steps` micro-batches per replica, and returns the sum
 of the steps' losses and of their correct top-1 predictions. The loop reads
-the model's dropout rate and which of its layers are trainable when it is
+which of the model's layers are trainable, and its top dropout's rate
+unless that follows a variable (`blocks.TopDropout`), when it is
 traced: set them (`freeze_backbone`) before the first call.
 """
 import dataclasses

@@ -32,6 +32,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from efficientnetv2_tf import blocks
 from efficientnetv2_tf import cluster
 from efficientnetv2_tf import distribute
 from efficientnetv2_tf import ema as ema_lib
@@ -75,6 +76,7 @@ class Trainer:
         specs, self.plan, 0.0 if train_state.decoupled_decay(specs.optim)
         else specs.optim.weight_decay)
     self._loop_key, self._loop = None, None
+    self._dropout_rate: Optional[tf.Variable] = None
     # Several image sizes share one traced step when it sees no static
     # size. On b0 at 128 px on a 2-core CPU a trace took 15 s of Python
     # and 8 s of graph optimisation; the shape-generic step was 0-6%
@@ -103,13 +105,29 @@ class Trainer:
     """Restores the newest readable checkpoint of the run, if any."""
     return self.state.restore()
 
+  def _follow_dropout(self) -> Optional[tf.Variable]:
+    """A variable the model's top dropout reads its training rate from,
+    if it can (`blocks.TopDropout`, made with a rate above 0)."""
+    if self._dropout_rate is None:
+      layer = self.model.top_dropout
+      if isinstance(layer, blocks.TopDropout) and layer.rate > 0:
+        with self.strategy.scope():
+          self._dropout_rate = tf.Variable(layer.rate, trainable=False,
+                                           dtype=tf.float32)
+        layer.follow(self._dropout_rate)
+    return self._dropout_rate
+
   def _train_loop(self, stage: progressive.Stage, frozen: bool):
-    # The dropout rate is fixed when the step is traced; the image size is
-    # not (`_pipeline`), so stages that differ only in size share a step.
-    key = (stage.dropout_rate, frozen)
+    # Neither the image size (`_pipeline`) nor, where the model allows, the
+    # dropout rate is fixed when the step is traced, so stages that differ
+    # only in those share one step.
+    rate = self._follow_dropout()
+    if rate is not None:
+      rate.assign(stage.dropout_rate)
+    key = (None if rate is not None else stage.dropout_rate, frozen)
+    self.model.top_dropout.rate = stage.dropout_rate
     if key != self._loop_key:
       train_step.freeze_backbone(self.model, frozen)
-      self.model.top_dropout.rate = stage.dropout_rate
       # Older traces are not needed again.
       self._loop_key, self._loop = key, train_step.build_train_loop(
           self.model, self.state.optimizer, self.ema, self.strategy,

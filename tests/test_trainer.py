@@ -70,16 +70,22 @@ def test_each_epoch_trains_with_its_stage_settings(finished_run):
   assert 0 < seconds[0] < seconds[1]
 
 
-def test_stages_that_differ_only_in_image_size_share_one_traced_step(
+def test_stages_that_differ_in_image_size_and_dropout_share_one_traced_step(
     tmp_path):
   specs, dataset = tiny_run(
-      'train.epochs=3,train.stages=3,progressive.schedule=code,'
-      'data.per_class=4')
+      'train.epochs=3,train.stages=3,progressive.schedule=paper,'
+      'data.per_class=4,train.sched=true,model.dropout_rate=0.3,'
+      'progressive.dropout_min=0.1')
   trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
   trainer.train()
   sizes = [s.image_size for s in trainer.plan.stages]
   assert len(set(sizes)) == 3
+  rates = [s.dropout_rate for s in trainer.plan.stages]
+  assert rates == pytest.approx([0.1, 0.2, 0.3])
+  # The last stage's rate is what the step read in the end.
+  assert trainer.model.top_dropout._rate_variable.numpy() == (  # pylint: disable=protected-access
+      pytest.approx(0.3))
   loop = trainer._loop  # pylint: disable=protected-access
   assert loop.experimental_get_tracing_count() == 1
   # Only the tracing call is left out of the training-speed figures.
