@@ -6,7 +6,7 @@ Each block is one Keras layer whose sub-layers have fixed names
 a variable's path says where it sits: `blocks_3/project_bn/gamma`. The
 official TF1 checkpoints use other names; `official.py` maps them.
 """
-from typing import Optional
+from typing import List, Optional
 
 import keras
 from keras import ops
@@ -171,25 +171,36 @@ class StochasticDepth(keras.layers.Layer):
 @serializable
 class TopDropout(keras.layers.Dropout):
   """The dropout before the classifier. After `follow(variable)`, training
-  reads its rate from that scalar variable each time the step runs, so
+  reads its rate from that variable each time the step runs, so
   progressive stages that change only the rate share one traced step;
-  inference ignores it, as any dropout does.
+  inference ignores it, as any dropout does. The variable holds
+  `settings(rate)`; each call then draws the values
+  `keras.layers.Dropout(rate)` would, from the same seeds.
   """
 
-  def follow(self, rate: tf.Variable) -> None:
+  @staticmethod
+  def settings(rate: float) -> List[float]:
+    """The rate and its scale 1 / (1 - rate), worked out in Python as
+    Keras does for a rate it is given as a number."""
+    return [rate, 1.0 / (1.0 - rate)]
+
+  def follow(self, settings: tf.Variable) -> None:
     # Set past Keras's tracking: the rate belongs to the training loop, not
     # to the model's weights or checkpoints.
-    object.__setattr__(self, '_rate_variable', rate)
+    object.__setattr__(self, '_settings', settings)
 
   def call(self, inputs, training=False):
-    rate = getattr(self, '_rate_variable', None)
-    if not training or rate is None or not hasattr(self, 'seed_generator'):
+    settings = getattr(self, '_settings', None)
+    if not training or settings is None or not hasattr(
+        self, 'seed_generator'):
       return super().call(inputs, training=training)
-    rate = ops.cast(rate, 'float32')
-    keep = keras.random.uniform(ops.shape(inputs),
-                                seed=self.seed_generator) >= rate
-    scale = ops.cast(1.0 / (1.0 - rate), inputs.dtype)
-    return ops.where(keep, inputs * scale, ops.zeros_like(inputs))
+    rate, scale = tf.unstack(tf.cast(settings, inputs.dtype))
+    seed = self.seed_generator.next()
+    if seed.dtype != tf.int32:  # as Keras's TensorFlow backend casts it
+      seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+    noise = tf.random.stateless_uniform(tf.shape(inputs), seed,
+                                        dtype=inputs.dtype)
+    return tf.where(noise >= rate, inputs * scale, tf.zeros_like(inputs))
 
 
 @serializable

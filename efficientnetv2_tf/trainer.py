@@ -112,8 +112,8 @@ class Trainer:
       layer = self.model.top_dropout
       if isinstance(layer, blocks.TopDropout) and layer.rate > 0:
         with self.strategy.scope():
-          self._dropout_rate = tf.Variable(layer.rate, trainable=False,
-                                           dtype=tf.float32)
+          self._dropout_rate = tf.Variable(layer.settings(layer.rate),
+                                           trainable=False, dtype=tf.float32)
         layer.follow(self._dropout_rate)
     return self._dropout_rate
 
@@ -123,7 +123,7 @@ class Trainer:
     # only in those share one step.
     rate = self._follow_dropout()
     if rate is not None:
-      rate.assign(stage.dropout_rate)
+      rate.assign(blocks.TopDropout.settings(stage.dropout_rate))
     key = (None if rate is not None else stage.dropout_rate, frozen)
     self.model.top_dropout.rate = stage.dropout_rate
     if key != self._loop_key:

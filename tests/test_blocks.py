@@ -25,20 +25,31 @@ def test_stochastic_depth_drops_whole_samples_and_rescales_in_training():
 def test_top_dropout_reads_the_rate_it_follows_each_call():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   layer = blocks.TopDropout(0.3, seed=1)
-  rate = tf.Variable(0.5)
+  rate = tf.Variable(layer.settings(0.5))
   layer.follow(rate)
   step = tf.function(lambda x: layer(x, training=True))
   x = np.ones((200, 100), 'float32')
   out = step(x).numpy()
   assert set(np.unique(out)) == {0.0, 2.0}  # kept ones scaled by 1/0.5
   assert 0.45 < (out == 0).mean() < 0.55
-  rate.assign(0.0)
+  rate.assign(layer.settings(0.0))
   np.testing.assert_array_equal(step(x), x)
-  rate.assign(0.8)
+  rate.assign(layer.settings(0.8))
   assert 0.75 < (step(x).numpy() == 0).mean() < 0.85
   assert step.experimental_get_tracing_count() == 1
   np.testing.assert_array_equal(layer(x, training=False), x)
   assert not layer.weights or all('seed' in w.path for w in layer.weights)
+
+
+def test_top_dropout_draws_the_masks_keras_dropout_draws():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  keras_dropout = keras.layers.Dropout(0.3, seed=7)
+  ours = blocks.TopDropout(0.3, seed=7)
+  ours.follow(tf.Variable(ours.settings(0.3)))
+  x = np.random.default_rng(0).random((64, 32)).astype('float32')
+  for _ in range(2):  # each call draws a new seed, in both
+    np.testing.assert_array_equal(ours(x, training=True),
+                                  keras_dropout(x, training=True))
 
 
 @pytest.mark.parametrize('survival_prob', [0.0, 1.5])

@@ -84,7 +84,7 @@ def test_stages_that_differ_in_image_size_and_dropout_share_one_traced_step(
   rates = [s.dropout_rate for s in trainer.plan.stages]
   assert rates == pytest.approx([0.1, 0.2, 0.3])
   # The last stage's rate is what the step read in the end.
-  assert trainer.model.top_dropout._rate_variable.numpy() == (  # pylint: disable=protected-access
+  assert trainer.model.top_dropout._settings.numpy()[0] == (  # pylint: disable=protected-access
       pytest.approx(0.3))
   loop = trainer._loop  # pylint: disable=protected-access
   assert loop.experimental_get_tracing_count() == 1
