@@ -395,10 +395,9 @@ def merged(previous: Dict[str, Any], new: Dict[str, Any],
   """`previous` (a report) with `new`'s `sections` in place of its own.
 
   Each section gets a note saying when, with what command and how long it
-  ran, in place of an earlier note about it. Both must be --quick runs, or
-  neither: raises ValueError otherwise.
+  ran, in place of an earlier note about it. `check_mergeable` says
+  whether the two may mix.
   """
-  check_mergeable(previous, bool(new.get('quick')), sections)
   out = dict(previous)
   notes = list(previous.get('notes', []))
   for name in sections:

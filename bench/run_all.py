@@ -444,11 +444,11 @@ def report_to_update() -> Optional[Dict[str, Any]]:
   path = os.path.join(FLAGS.output_dir, 'benchmarks.json')
   if set(FLAGS.sections) >= set(SECTIONS) or not os.path.exists(path):
     return None
-  with open(path) as f:
-    previous = json.load(f)
   try:
+    with open(path) as f:
+      previous = json.load(f)
     report.check_mergeable(previous, FLAGS.quick, FLAGS.sections)
-  except ValueError as error:
+  except ValueError as error:  # json.JSONDecodeError is one
     sys.exit(f'error: {path}: {error}')
   return previous
 
