@@ -284,7 +284,7 @@ def _progressive(results: Dict[str, Any]) -> List[str]:
   return [
       '## Progressive learning', '',
       f'{results["model"]} trained from scratch for {settings["epochs"]} '
-      f'epochs of batch {settings.get("batch_size", 64)} at '
+      f'epochs of batch {settings["batch_size"]} at '
       f'{settings["size"]} px (fixed), or for as many epochs in '
       f'4 equal stages growing from {settings["ibase"]} to '
       f'{settings["size"]} px (the paper\'s schedule, image size only), '

@@ -195,11 +195,19 @@ class TopDropout(keras.layers.Dropout):
         self, 'seed_generator'):
       return super().call(inputs, training=training)
     rate, scale = tf.unstack(tf.cast(settings, inputs.dtype))
+    # At rate 0 Keras draws nothing, so later draws keep their seeds.
+    return tf.cond(rate > 0, lambda: self._drop(inputs, rate, scale),
+                   lambda: tf.identity(inputs))
+
+  def _drop(self, inputs, rate, scale):
     seed = self.seed_generator.next()
     if seed.dtype != tf.int32:  # as Keras's TensorFlow backend casts it
       seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
-    noise = tf.random.stateless_uniform(tf.shape(inputs), seed,
-                                        dtype=inputs.dtype)
+    shape = tf.shape(inputs)
+    if self.noise_shape is not None:  # None where it follows the inputs
+      shape = tf.stack([shape[i] if size is None else size
+                        for i, size in enumerate(self.noise_shape)])
+    noise = tf.random.stateless_uniform(shape, seed, dtype=inputs.dtype)
     return tf.where(noise >= rate, inputs * scale, tf.zeros_like(inputs))
 
 

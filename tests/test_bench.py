@@ -47,7 +47,7 @@ def _results():
               'steps_per_turn': 3},
       'progressive': {
           'target_top1': 0.9, 'settings': {'epochs': 2, 'size': 48,
-                                           'ibase': 24},
+                                           'ibase': 24, 'batch_size': 32},
           'digits': {'fixed': run(40.0, 0.95),
                      'progressive': run(10.0, 0.96)},
           'mnist5k': {'fixed': run(30.0, 0.93),

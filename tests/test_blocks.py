@@ -52,6 +52,22 @@ def test_top_dropout_draws_the_masks_keras_dropout_draws():
                                   keras_dropout(x, training=True))
 
 
+def test_top_dropout_follows_keras_dropout_through_rate_0_and_noise_shape():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).random((64, 4, 8)).astype('float32')
+  ours = blocks.TopDropout(0.3, noise_shape=(None, 1, 8), seed=7)
+  settings = tf.Variable(ours.settings(0.0))
+  ours.follow(settings)
+  step = tf.function(lambda x: ours(x, training=True))
+  # Keras's Dropout(0) draws no seed; a stage at rate 0 must not either.
+  np.testing.assert_array_equal(step(x), x)
+  settings.assign(ours.settings(0.3))
+  out = step(x).numpy()
+  keras_dropout = keras.layers.Dropout(0.3, noise_shape=(None, 1, 8), seed=7)
+  np.testing.assert_array_equal(out, keras_dropout(x, training=True))
+  assert (out == 0).all(axis=1).any()  # masks shared along axis 1
+
+
 @pytest.mark.parametrize('survival_prob', [0.0, 1.5])
 def test_stochastic_depth_rejects_bad_survival_prob(survival_prob):
   with pytest.raises(UserError, match='survival_prob must be in'):
