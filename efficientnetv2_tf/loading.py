@@ -128,8 +128,8 @@ def get_model(model_name: str,
       `list_models(pretrained=True)` and `weights_info`), or a path: an
       official TF1 checkpoint (prefix or directory), one of our TF2
       checkpoints, or a `.weights.h5` file. Named weights are downloaded
-      once into `$EFFICIENTNETV2_TF_CACHE` (default
-      `~/.keras/efficientnetv2_tf`). Where a checkpoint holds EMA values
+      once into `$EFFICIENTNETV2_TF_CACHE/efficientnetv2_tf` (the
+      variable defaults to `~/.keras`). Where a checkpoint holds EMA values
       (official ones, and those of a training run), those are loaded. The
       classifier takes the checkpoint's number of classes (21,843 for
       'imagenet21k') unless `num_classes` is given; a `num_classes` that
