@@ -21,9 +21,11 @@ run that cannot go on (a NaN loss, a lost worker) exits 1 with one such
 line; SIGTERM saves and exits 143, on every worker of a cluster.
 """
 import importlib.util
+import math
 import os
 import re
 import sys
+import traceback
 from typing import Optional
 
 from absl import app
@@ -69,6 +71,9 @@ flags.DEFINE_string('gcp_project', None, 'GCP project of the TPU.')
 flags.DEFINE_float('eval_timeout', 0.0,
                    '--mode=eval: seconds to wait for each new checkpoint; '
                    '0 evaluates the latest one and stops.')
+flags.register_validator(
+    'eval_timeout', lambda v: math.isfinite(v) and v >= 0,
+    message='must be a finite number of seconds >= 0')
 
 flags.DEFINE_string('checkpoint', None,
                     'export/predict/benchmark: a checkpoint of the run '
@@ -135,11 +140,34 @@ def in_flags(message: str) -> str:
 
 
 def import_file(path: str) -> None:
-  if not os.path.isfile(path):
-    raise UserError(f'--dataset_module {path!r} is not a file')
+  """Runs the Python file `path`; its faults are one line naming it."""
+  if not os.path.isfile(path) or not path.endswith('.py'):
+    raise UserError(f'--dataset_module {path!r} is not a Python file (.py)')
   spec = importlib.util.spec_from_file_location(
       os.path.splitext(os.path.basename(path))[0], path)
-  spec.loader.exec_module(importlib.util.module_from_spec(spec))
+  try:
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+  except Exception as e:  # pylint: disable=broad-except
+    # The file's last line that ran (a SyntaxError names its own).
+    lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
+             if os.path.abspath(frame.filename) == os.path.abspath(path)]
+    where = f' at line {lines[-1]}' if lines else ''
+    raise UserError(f'--dataset_module {path!r} failed{where}: '
+                    f'{type(e).__name__}: {e}') from None
+
+
+def parse_flags(argv):
+  """absl's flag parsing, whose errors end the run in one line, status 2."""
+  try:
+    args = FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
+    sys.exit(2)
+  if len(args) > 1:
+    print(f'error: unexpected arguments {" ".join(args[1:])!r}; every '
+          'option is a --flag (see --helpshort)', file=sys.stderr)
+    sys.exit(2)
+  return args
 
 
 def make_config(extra=None):
@@ -178,6 +206,12 @@ def run_inference(model_dir: str) -> None:
   if FLAGS.mode == 'export':
     from efficientnetv2_tf import export  # pylint: disable=g-import-not-at-top
     export_dir = FLAGS.export_dir or os.path.join(model_dir, 'export')
+    # pylint: disable-next=g-import-not-at-top
+    from efficientnetv2_tf import onnx_export
+    if FLAGS.onnx_precision not in (*onnx_export.PRECISIONS, 'none'):
+      raise UserError(f'--onnx_precision must be one of '
+                      f'{", ".join(onnx_export.PRECISIONS)} or none; '
+                      f'received: {FLAGS.onnx_precision!r}')
     export.check_options(export_dir, FLAGS.overwrite,
                          FLAGS.tflite_quantization, onnx_precision or 'fp32')
     if (FLAGS.tflite_quantization == 'int8' and FLAGS.weights and
@@ -250,8 +284,7 @@ def run() -> None:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # parse_flags refuses positional arguments
   from efficientnetv2_tf import train_state  # pylint: disable=g-import-not-at-top
   try:
     run()
@@ -271,4 +304,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

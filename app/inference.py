@@ -28,8 +28,9 @@ from hparams.errors import UserError
 from hparams.weights import InputContract
 
 
-def image_files(image_path: str) -> List[str]:
-  """The image files under a directory (recursively) or matching a glob."""
+def image_files(image_path: str, argument: str = 'image_path') -> List[str]:
+  """The image files under a directory (recursively) or matching a glob;
+  an error names the path as `argument`."""
   if os.path.isdir(image_path):
     found = [os.path.join(root, name)
              for root, _, names in os.walk(image_path) for name in names
@@ -38,7 +39,7 @@ def image_files(image_path: str) -> List[str]:
     found = [path for path in glob.glob(image_path, recursive=True)
              if os.path.isfile(path)]
   if not found:
-    raise UserError(f'image_path {image_path!r} matches no image file; '
+    raise UserError(f'{argument} {image_path!r} matches no image file; '
                     'pass a directory, a file or a glob such as '
                     f"'photos/*.jpg' (extensions {', '.join(IMAGE_EXTENSIONS)}"
                     ' in directories)')
@@ -83,7 +84,7 @@ def calibration_images(image_path: str, contract: InputContract,
   export repeats), cropped and resized as the model's contract says, in
   [0, 1]: what int8 quantisation calibrates on. A file that is not a
   readable image is refused in one line."""
-  files = image_files(image_path)
+  files = image_files(image_path, 'calibration_images')
   images = []
   for path in random.Random(CALIBRATION_SEED).sample(files, min(limit,
                                                                 len(files))):

@@ -124,6 +124,9 @@ def _read(tracked: tf.train.Checkpoint, path: str, name: str) -> None:
   try:
     # Training state beside the weights (optimizer, step) is not wanted.
     tracked.read(path).expect_partial().assert_existing_objects_matched()
+  except IndexError:  # how TensorFlow reports a data file cut short
+    raise UserError(f'checkpoint {path!r} cannot be read: a data file is '
+                    'shorter than its index says') from None
   except (AssertionError, ValueError, tf.errors.OpError) as e:
     first_line = str(e).strip().splitlines()[0]
     raise UserError(f'checkpoint {path!r} does not fit {name}: '

@@ -67,15 +67,29 @@ def read_tf_config() -> Dict[str, Any]:
   return tf_config
 
 
+def _check_address(job: str, index: int, address: Any) -> None:
+  host, _, port = address.rpartition(':') if isinstance(address, str) else (
+      '', '', '')
+  if not (host and port.isdigit() and 0 < int(port) < 65536):
+    raise UserError(f'TF_CONFIG {job} {index} has the address {address!r}; '
+                    'it must be a string "host:port" with a port in 1-65535')
+
+
 def _check_cluster(cluster: dict, task: dict) -> None:
   """Refuses a TF_CONFIG task that is not in its cluster, and an address
   listed twice, before TensorFlow starts a server with them."""
+  unused = sorted(set(cluster) - {'chief', 'worker', 'evaluator'})
+  if unused:  # a parameter server would wait for work forever
+    raise UserError(f'TF_CONFIG has the job(s) {", ".join(map(repr, unused))}'
+                    ', which multi_worker does not use; allowed: chief, '
+                    'worker, evaluator')
   owners = {}
   for job, addresses in cluster.items():
     if not isinstance(addresses, list):
       raise UserError(f'TF_CONFIG job {job!r} must list its tasks\' '
                       f'"host:port" addresses; received: {addresses!r}')
     for index, address in enumerate(addresses):
+      _check_address(job, index, address)
       if address in owners:
         raise UserError(
             f'TF_CONFIG lists the address {address!r} twice ({owners[address]}'

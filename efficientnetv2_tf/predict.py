@@ -6,7 +6,6 @@ Each row holds the file and either its `top_k` list of (label, id,
 probability) or the `error` that kept it from being read: a corrupt file
 is reported and the others still go through.
 """
-import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -34,14 +33,13 @@ def _file_classifier(path: str, runtime: Optional[str]
   """A .onnx or .tflite file of an export, run by `runtime`, fed as the
   export's contract (export.json beside it) says."""
   directory = os.path.dirname(path)
-  described = os.path.join(directory, 'export.json')
-  if not os.path.isfile(described):
+  description = runtimes.export_description(directory)
+  if description is None:
     raise UserError(f'{path!r} has no export.json beside it, which says '
                     'how to crop, resize and normalise its images; use a '
                     'model file from an export directory')
-  with open(described) as f:
-    contract = InputContract.from_description(
-        json.load(f).get('preprocessing', {}))
+  contract = InputContract.from_description(
+      description.get('preprocessing', {}))
   model = runtimes.load(path, runtime)
 
   def classify(images: tf.Tensor) -> Dict[str, Any]:
@@ -100,6 +98,9 @@ def predict(source: Union[str, export.Source], files: Sequence[str],
       rows.append({'file': path, 'error': f'unreadable image: {reason(e)}'})
       continue
     probabilities = np.asarray(probabilities)[0]
+    if len(labels) != len(probabilities):
+      raise UserError(f'the model gives {len(probabilities)} classes and its '
+                      f'labels.txt names {len(labels)}')
     best = np.argsort(-probabilities, kind='stable')[:top_k]
     rows.append({'file': path, 'top_k': [
         {'label': labels[i], 'id': int(i),

@@ -24,7 +24,7 @@ import importlib
 import json
 import os
 from types import ModuleType
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -119,12 +119,27 @@ class TFRuntime(Runtime):
     return function(tf.constant(images))['probabilities'].numpy()
 
 
+def export_description(directory: str) -> Optional[Dict[str, Any]]:
+  """The export.json of an export directory, None where it has none; one
+  that is not a JSON object is refused in one line."""
+  path = os.path.join(directory, 'export.json')
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    try:
+      description = json.load(f)
+    except json.JSONDecodeError as e:
+      raise UserError(f'{path!r} is not valid JSON: {e}') from None
+  if not isinstance(description, dict):
+    raise UserError(f'{path!r} must hold a JSON object')
+  return description
+
+
 def _described_name(path: str) -> str:
   """The model name in the export.json beside `path`, else the file stem."""
-  info = os.path.join(os.path.dirname(path), 'export.json')
-  if os.path.isfile(info):
-    with open(info) as f:
-      return json.load(f).get('model_name') or 'model'
+  description = export_description(os.path.dirname(path))
+  if description is not None:
+    return description.get('model_name') or 'model'
   return os.path.splitext(os.path.basename(path))[0]
 
 

@@ -144,7 +144,8 @@ def load_yaml(path: str) -> Dict[str, Any]:
     try:
       content = yaml.safe_load(f)
     except yaml.YAMLError as e:
-      raise UserError(f'config file {path!r} is not valid YAML: {e}') from None
+      raise UserError(f'config file {path!r} is not valid YAML: '
+                      f'{" ".join(str(e).split())}') from None
   if content is None:
     return {}
   if not isinstance(content, dict):

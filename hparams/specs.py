@@ -16,8 +16,11 @@ is the one list of the model's arguments; fields marked `architecture` fix
 its variables.
 """
 import dataclasses
+import math
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from hparams.checks import (COUNT, GE0, GT0, REGEX, SEED, UNIT, below_one,
+                             non_negative, optional, positive, whole)
 from hparams.errors import UserError
 
 _SAME = object()  # a config default that is the field's default
@@ -37,29 +40,6 @@ def _option(default: Any, key: Optional[str] = None,
   return dataclasses.field(default=default, metadata=metadata)
 
 
-def _positive(v):
-  return v > 0
-
-
-def _non_negative(v):
-  return v >= 0
-
-
-def _below_one(v):
-  return 0 <= v < 1
-
-
-def _optional(test):
-  return lambda v: v is None or test(v)
-
-
-def _whole(test):
-  return lambda v: isinstance(v, int) and not isinstance(v, bool) and test(v)
-
-
-_GT0, _GE0, _UNIT = (_positive, '> 0'), (_non_negative, '>= 0'), (
-    _below_one, 'in [0, 1)')
-_COUNT = (_whole(lambda v: v >= 1), 'an integer >= 1')
 # The classification losses a run can train with.
 LOSS_TYPES = ('softmax', 'sigmoid')
 
@@ -85,6 +65,8 @@ class _Spec:
   def __post_init__(self):
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
+      if isinstance(value, float) and not math.isfinite(value):
+        raise self._error(f, value, 'a finite number')
       if f.metadata['check']:
         test, allowed = f.metadata['check']
         try:
@@ -134,49 +116,49 @@ class ModelSpec(_Spec):
       (), 'model.blocks_args', 'block strings, one per stage (see '
       'efficientnetv2_tf.blockargs)', _BLOCKS, architecture=True)
   width_coefficient: float = _option(
-      1.0, 'model.width_coefficient', 'channel multiplier', _GT0,
+      1.0, 'model.width_coefficient', 'channel multiplier', GT0,
       architecture=True)
   depth_coefficient: float = _option(
-      1.0, 'model.depth_coefficient', 'block-count multiplier', _GT0,
+      1.0, 'model.depth_coefficient', 'block-count multiplier', GT0,
       architecture=True)
   num_classes: int = _option(
       1000, 'model.num_classes', 'classifier outputs; unset: from the '
       'dataset or the checkpoint, else 1000 (ImageNet)',
-      (_whole(_positive), 'a positive int'), architecture=True,
+      (whole(positive), 'a positive int'), architecture=True,
       config_default=None)
   include_top: bool = _option(True, doc='add the dropout and classifier')
   with_endpoints: bool = _option(
       False, doc='also return the last feature map at each stride')
   dropout_rate: float = _option(
-      0.2, 'model.dropout_rate', 'dropout before the classifier', _UNIT)
+      0.2, 'model.dropout_rate', 'dropout before the classifier', UNIT)
   survival_prob: Optional[float] = _option(
       0.8, 'model.survival_prob', 'stochastic-depth survival of the last '
       'block; 1.0 disables it',
-      (_optional(lambda v: 0 <= v <= 1), 'in [0, 1], 0 or None to disable'))
+      (optional(lambda v: 0 <= v <= 1), 'in [0, 1], 0 or None to disable'))
   feature_size: int = _option(
       1280, 'model.feature_size', 'head channels before width scaling',
-      _GT0, architecture=True)
+      GT0, architecture=True)
   depth_divisor: int = _option(
-      8, 'model.depth_divisor', 'channels round to multiples of this', _GT0,
+      8, 'model.depth_divisor', 'channels round to multiples of this', GT0,
       architecture=True)
   min_depth: Optional[int] = _option(
       8, 'model.min_depth', 'fewest channels of a layer',
-      (_optional(_positive), '> 0 or None'), architecture=True)
+      (optional(positive), '> 0 or None'), architecture=True)
   rounding_floor: float = _option(
       0.0, 'model.rounding_floor', 'channel rounding may lose at most '
-      '1 - this (V1: 0.9)', _UNIT, architecture=True)
+      '1 - this (V1: 0.9)', UNIT, architecture=True)
   act_fn: str = _option('silu', 'model.act_fn', 'activation function')
   bn_momentum: float = _option(
-      0.9, 'model.bn_momentum', 'BatchNorm moving-average momentum', _UNIT)
+      0.9, 'model.bn_momentum', 'BatchNorm moving-average momentum', UNIT)
   bn_epsilon: float = _option(
-      1e-3, 'model.bn_epsilon', 'BatchNorm epsilon', _GT0)
+      1e-3, 'model.bn_epsilon', 'BatchNorm epsilon', GT0)
   bn_sync: Optional[bool] = _option(
       None, 'model.bn_sync', 'cross-replica BatchNorm statistics; unset: '
       'on under TPUStrategy, off elsewhere',
-      (_optional(lambda v: isinstance(v, bool)), 'True, False or None'))
+      (optional(lambda v: isinstance(v, bool)), 'True, False or None'))
   conv_dropout: Optional[float] = _option(
       0.0, 'model.conv_dropout', 'dropout inside each block',
-      (_optional(_below_one), 'in [0, 1)'))
+      (optional(below_one), 'in [0, 1)'))
   headbias: Optional[float] = _option(
       None, 'model.headbias', 'initial classifier bias; unset: 0')
   include_preprocessing: bool = _option(
@@ -211,7 +193,7 @@ class DataSpec(_Spec):
   eval_split: str = _option('eval', 'data.eval_split', 'evaluation split')
   per_class: Optional[int] = _option(
       None, 'data.per_class', 'at most this many training images per class',
-      (_optional(_whole(_positive)),
+      (optional(whole(positive)),
        'a positive integer (or None for all images)'))
   fraction: float = _option(
       1.0, 'data.fraction', 'share of the training split used',
@@ -221,13 +203,14 @@ class DataSpec(_Spec):
       0.2, 'data.val_fraction', 'held out for evaluation where a source has '
       'no evaluation split', (lambda v: 0 < v < 1, 'in (0, 1)'))
   seed: Optional[int] = _option(
-      None, 'data.seed', 'repeatable initialisation, order and augmentation')
+      None, 'data.seed', 'repeatable initialisation, order and augmentation',
+      SEED)
   strict: bool = _option(
       False, 'data.strict', 'fail on an unreadable image instead of '
       'skipping it')
   cache: str = _option('auto', 'data.cache', 'auto, memory or none')
   shuffle_buffer: int = _option(
-      16384, 'data.shuffle_buffer', 'images in the shuffle buffer', _COUNT)
+      16384, 'data.shuffle_buffer', 'images in the shuffle buffer', COUNT)
   flip: bool = _option(True, 'data.flip', 'random horizontal flips')
   augmentation: str = _option(
       'randaug', 'data.augname', 'augmentation recipe')
@@ -239,28 +222,28 @@ class DataSpec(_Spec):
       "the recipe's, or the fine-tuned weights'")
   randaug_layers: int = _option(
       2, 'data.ra_num_layers', 'RandAugment ops per image',
-      (_whole(_non_negative), 'an integer >= 0'))
+      (whole(non_negative), 'an integer >= 0'))
   randaug_magnitude: float = _option(
       15.0, 'data.ram', 'RandAugment magnitude')
   mixup_alpha: float = _option(
       0.0, 'data.mixup_alpha', 'mixup Beta parameter; 0 disables it',
-      (_non_negative, 'a number >= 0 (0 disables it)'))
+      (non_negative, 'a number >= 0 (0 disables it)'))
   cutmix_alpha: float = _option(
       0.0, 'data.cutmix_alpha', 'cutmix Beta parameter; 0 disables it',
-      (_non_negative, 'a number >= 0 (0 disables it)'))
+      (non_negative, 'a number >= 0 (0 disables it)'))
   image_size: Optional[int] = _option(
       None, 'train.image_size', 'training image size in pixels; unset: '
       'from train.image_size_ratio, else the eval size',
-      (_optional(_whole(_positive)), 'a positive integer or None'))
+      (optional(whole(positive)), 'a positive integer or None'))
   image_size_ratio: Optional[float] = _option(
       None, 'train.image_size_ratio', 'training image size as a fraction '
       'of the eval size, rounded down to a multiple of 16',
-      (_optional(_positive), '> 0 or None'))
+      (optional(positive), '> 0 or None'))
   eval_image_size: int = _option(
       224, 'eval.isize', 'evaluation image size in pixels',
-      (_whole(_positive), 'a positive integer'))
+      (whole(positive), 'a positive integer'))
   eval_batch_size: int = _option(
-      8, 'eval.batch_size', 'evaluation batch size', _COUNT)
+      8, 'eval.batch_size', 'evaluation batch size', COUNT)
 
   @property
   def train_image_size(self) -> int:
@@ -274,7 +257,7 @@ class ProgressiveSpec(_Spec):
   grow from these minimums to the configured values."""
   stages: int = _option(
       0, 'train.stages', 'progressive stages; 0 or 1: none',
-      (_non_negative, '>= 0 (0 or 1: no progressive learning)'))
+      (non_negative, '>= 0 (0 or 1: no progressive learning)'))
   schedule_regularization: bool = _option(
       False, 'train.sched', 'stages also grow RandAugment, mixup, cutmix '
       'and dropout')
@@ -291,75 +274,75 @@ class ProgressiveSpec(_Spec):
       'size)', (lambda v: v in ('final', 'stage'), "'final' or 'stage'"))
   first_image_size: int = _option(
       128, 'data.ibase', 'first-stage image size; 0: half the training size',
-      (_non_negative, '>= 0 (0: half the training size)'))
+      (non_negative, '>= 0 (0: half the training size)'))
   ram_min: float = _option(
-      5.0, 'progressive.ram_min', 'first-stage RandAugment magnitude', _GE0)
+      5.0, 'progressive.ram_min', 'first-stage RandAugment magnitude', GE0)
   mixup_min: float = _option(
-      0.0, 'progressive.mixup_min', 'first-stage mixup alpha', _GE0)
+      0.0, 'progressive.mixup_min', 'first-stage mixup alpha', GE0)
   cutmix_min: float = _option(
-      0.0, 'progressive.cutmix_min', 'first-stage cutmix alpha', _GE0)
+      0.0, 'progressive.cutmix_min', 'first-stage cutmix alpha', GE0)
   dropout_min: float = _option(
       0.1, 'progressive.dropout_min', "first-stage dropout; the 'code' "
-      'schedule keeps dropout fixed', _UNIT)
+      'schedule keeps dropout fixed', UNIT)
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimSpec(_Spec):
   """How long to train and how to optimise."""
-  epochs: int = _option(350, 'train.epochs', 'training epochs', _GT0)
+  epochs: int = _option(350, 'train.epochs', 'training epochs', GT0)
   batch_size: int = _option(
-      4096, 'train.batch_size', 'global training batch size', _COUNT)
+      4096, 'train.batch_size', 'global training batch size', COUNT)
   min_steps: int = _option(
       0, 'train.min_steps', 'epochs grow until training has this many '
-      'steps', _GE0)
+      'steps', GE0)
   optimizer: str = _option('rmsprop', 'train.optimizer', 'optimizer name')
   lr_schedule: str = _option(
       'exponential', 'train.lr_sched', 'learning-rate schedule')
   lr_base: float = _option(
-      0.016, 'train.lr_base', 'peak learning rate', _GE0)
+      0.016, 'train.lr_base', 'peak learning rate', GE0)
   lr_decay_epoch: float = _option(
-      2.4, 'train.lr_decay_epoch', 'epochs per exponential decay', _GT0)
+      2.4, 'train.lr_decay_epoch', 'epochs per exponential decay', GT0)
   lr_decay_factor: float = _option(
-      0.97, 'train.lr_decay_factor', 'exponential decay factor', _GT0)
+      0.97, 'train.lr_decay_factor', 'exponential decay factor', GT0)
   lr_warmup_epoch: float = _option(
-      5.0, 'train.lr_warmup_epoch', 'linear warm-up epochs', _GE0)
-  lr_min: float = _option(0.0, 'train.lr_min', 'learning-rate floor', _GE0)
+      5.0, 'train.lr_warmup_epoch', 'linear warm-up epochs', GE0)
+  lr_min: float = _option(0.0, 'train.lr_min', 'learning-rate floor', GE0)
   ema_decay: float = _option(
-      0.9999, 'train.ema_decay', 'weight moving-average decay', _UNIT)
+      0.9999, 'train.ema_decay', 'weight moving-average decay', UNIT)
   weight_decay: float = _option(
-      1e-5, 'train.weight_decay', 'L2 weight decay', _GE0)
+      1e-5, 'train.weight_decay', 'L2 weight decay', GE0)
   weight_decay_inc: float = _option(
       0.0, 'train.weight_decay_inc', 'weight decay grows by this share '
       'over training')
   weight_decay_exclude: str = _option(
       '.*(bias|gamma|beta).*', 'train.weight_decay_exclude',
-      'regex of variables without weight decay')
+      'regex of variables without weight decay', REGEX)
   label_smoothing: float = _option(
-      0.1, 'train.label_smoothing', 'label smoothing', _UNIT)
+      0.1, 'train.label_smoothing', 'label smoothing', UNIT)
   loss_type: str = _option(
       'softmax', 'train.loss_type', 'softmax: cross-entropy, multi-hot '
       'labels divided by their sum; sigmoid: per-class binary',
       (lambda v: v in LOSS_TYPES, f'one of {", ".join(LOSS_TYPES)}'))
   grad_clip_norm: float = _option(
-      0.0, 'train.gclip', 'gradient clipping norm; 0: none', _GE0)
+      0.0, 'train.gclip', 'gradient clipping norm; 0: none', GE0)
   init_checkpoint: Optional[str] = _option(
       None, 'train.ft_init_ckpt', 'weights to fine-tune from')
   init_from_ema: bool = _option(
       True, 'train.ft_init_ema', 'fine-tune from the moving-average weights')
   freeze_epochs: float = _option(
       0.0, 'train.freeze_epochs', 'epochs that train only the classifier',
-      _GE0)
+      GE0)
   plateau_patience: int = _option(
       2, 'train.plateau_patience', 'evaluations without improvement before '
-      'lr_sched=plateau lowers the rate', _COUNT)
+      'lr_sched=plateau lowers the rate', COUNT)
   plateau_factor: float = _option(
       0.5, 'train.plateau_factor', 'what lr_sched=plateau multiplies by',
       (lambda v: 0 < v < 1, 'in (0, 1)'))
   early_stop_patience: int = _option(
       0, 'train.early_stop_patience', 'evaluations without improvement '
-      'before stopping; 0: never', _GE0)
+      'before stopping; 0: never', GE0)
   grad_accum_steps: int = _option(
-      1, 'train.grad_accum_steps', 'micro-batches per update', _COUNT)
+      1, 'train.grad_accum_steps', 'micro-batches per update', COUNT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,17 +350,17 @@ class RuntimeSpec(_Spec):
   """How the training loop runs, saves and reports."""
   steps_per_loop: int = _option(
       1, 'runtime.steps_per_loop', 'training steps per tf.function call',
-      _COUNT)
+      COUNT)
   checkpoint_every_steps: int = _option(
       0, 'runtime.checkpoint_every_steps', '0: at every epoch end only',
-      _GE0)
+      GE0)
   keep_checkpoints: int = _option(
-      3, 'runtime.keep_checkpoints', 'checkpoints kept', _COUNT)
+      3, 'runtime.keep_checkpoints', 'checkpoints kept', COUNT)
   mixed_precision: bool = _option(
       False, 'runtime.mixed_precision', 'bfloat16 on CPU/TPU, float16 on '
       'GPU')
   log_every_steps: int = _option(
-      0, 'runtime.log_every_steps', '0: a progress bar per epoch', _GE0)
+      0, 'runtime.log_every_steps', '0: a progress bar per epoch', GE0)
   jit_compile: bool = _option(
       False, 'train.jit_compile', 'compile the training step with XLA')
 

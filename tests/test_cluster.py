@@ -46,6 +46,16 @@ def test_read_tf_config_without_a_cluster_raises(monkeypatch, tf_config):
     (worker_config(['a:1'], 0, 'ps'),
      "TF_CONFIG task type 'ps' is not a job of the cluster; allowed: "
      "'worker'"),
+    (worker_config([['a:1'], 'b:1'], 0),
+     "TF_CONFIG worker 0 has the address ['a:1']; it must be a string "
+     '"host:port" with a port in 1-65535'),
+    (worker_config(['a:1'], 0, ps=['b:1']),
+     "TF_CONFIG has the job(s) 'ps', which multi_worker does not use; "
+     'allowed: chief, worker, evaluator'),
+    (worker_config(['a:1', 'nohost'], 0),
+     "TF_CONFIG worker 1 has the address 'nohost'"),
+    (worker_config(['a:1', 'b:99999'], 0),
+     "TF_CONFIG worker 1 has the address 'b:99999'"),
     (worker_config('a:1', 0),
      "TF_CONFIG job 'worker' must list its tasks' \"host:port\" addresses;"
      " received: 'a:1'"),

@@ -3,6 +3,7 @@ and benchmark in every runtime."""
 import json
 import os
 import re
+import shutil
 
 import keras
 import numpy as np
@@ -220,6 +221,37 @@ def test_predict_reports_a_corrupt_image_and_classifies_the_rest(
     assert 'error' in found[1]
 
 
+def test_predict_refuses_a_broken_export_description_in_one_line(
+    exported, tmp_path):
+  _, export_dir, _, _ = exported
+  for name in ('model.onnx', 'export.json', 'labels.txt'):
+    (tmp_path / name).write_bytes(open(os.path.join(export_dir, name),
+                                       'rb').read())
+  image = tmp_path / 'a.png'
+  image.write_bytes(tf.io.encode_png(
+      tf.cast(tf.round(IMAGES[0] * 255), tf.uint8)).numpy())
+  model = str(tmp_path / 'model.onnx')
+  (tmp_path / 'labels.txt').write_text('zero\none\n')
+  with pytest.raises(UserError, match='^the model gives 10 classes and its '
+                     'labels.txt names 2$'):
+    predict.predict(model, [str(image)])
+  (tmp_path / 'export.json').write_text('{')
+  with pytest.raises(UserError, match=r"export\.json' is not valid JSON: "):
+    predict.predict(model, [str(image)])
+
+
+def test_a_run_whose_checkpoint_data_was_cut_short_is_refused_in_one_line(
+    exported, tmp_path):
+  model_dir, _, _, _ = exported
+  copy = tmp_path / 'run'
+  shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns('export'))
+  for data in copy.rglob('*.data-*'):
+    data.write_bytes(data.read_bytes()[:100])
+  with pytest.raises(UserError, match="checkpoint '.*' cannot be read: a data "
+                     'file is shorter than its index says'):
+    export.load_run(str(copy))
+
+
 def test_int8_export_is_calibrated_on_images_and_reported_on_eval(
     exported, tmp_path):
   model_dir, export_dir, _, _ = exported
@@ -248,6 +280,9 @@ def test_int8_export_is_calibrated_on_images_and_reported_on_eval(
           for image in sample]
   assert len(sample) == 4 and 0 < sum(of_a) < 4
   (folder / 'z.jpg').write_bytes(b'not an image')
+  with pytest.raises(UserError, match="calibration_images '/no/such' "
+                     'matches no image file'):
+    inference.calibration_images('/no/such', source.contract)
   with pytest.raises(UserError, match=r"calibration image '.*z\.jpg' "
                      'cannot be read: '):
     inference.calibration_images(str(folder), source.contract)

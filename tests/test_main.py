@@ -78,7 +78,7 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
      'error: --tflite_quantization=int8 with --weights needs '
      '--calibration_dir'),
     (['--mode=export', '--onnx_precision=int8'],
-     'error: --onnx_precision must be one of fp32, fp16; received: '
+     'error: --onnx_precision must be one of fp32, fp16 or none; received: '
      "'int8'"),
     (['--mode=benchmark', '--runtime=tf,tensorrt'],
      "error: --runtime must be one of tf, onnxruntime, litert; received: "
@@ -102,7 +102,16 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
      'train.batch_size=0'),
     (['--mode=eval'], 'error: no checkpoint in '),
     (['--dataset_module=/no/such.py'],
-     "error: --dataset_module '/no/such.py' is not a file"),
+     "error: --dataset_module '/no/such.py' is not a Python file (.py)"),
+    (['--hparam_str=data.seed=-1'],
+     'error: data.seed must be an integer in [0, 2**32) or None; received: '
+     'data.seed=-1'),
+    (['--hparam_str=model.width_coefficient=1e999'],
+     'error: model.width_coefficient must be a finite number; received: '
+     'width_coefficient=inf'),
+    (['--hparam_str=train.weight_decay_exclude=(a'],
+     'error: train.weight_decay_exclude must be a regular expression; '
+     "received: train.weight_decay_exclude='(a'"),
     (['--weights=/no/such/ckpt'],
      "error: weights path '/no/such/ckpt' does not exist"),
 ])
@@ -117,6 +126,43 @@ def test_bad_input_exits_2_with_one_line(args, message, capsys, tmp_path,
   stderr = capsys.readouterr().err
   assert stderr.strip().splitlines()[-1].startswith(message), stderr
   assert 'Traceback' not in stderr
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--foo=1'], "error: Unknown command line flag 'foo'"),
+    (['--top_k=abc'], 'error: flag --top_k=abc: invalid literal for int()'),
+    (['--eval_timeout=nan'],
+     'error: flag --eval_timeout=nan: must be a finite number of seconds'),
+    (['--eval_timeout=-1'], 'error: flag --eval_timeout=-1.0: must be a '),
+    (['extra'], "error: unexpected arguments 'extra'; every option is a"),
+])
+def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
+  main.FLAGS.unparse_flags()
+  with pytest.raises(SystemExit) as exit_info:
+    main.parse_flags(['main.py', *argv])
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
+@pytest.mark.parametrize('source, message', [
+    ('x = 1\nraise RuntimeError("no data here")\n',
+     'failed at line 2: RuntimeError: no data here'),
+    ('def f(:\n', 'failed: SyntaxError: invalid syntax'),
+])
+def test_a_dataset_module_that_fails_is_one_line_naming_it(
+    source, message, capsys, tmp_path):
+  module = tmp_path / 'broken.py'
+  module.write_text(source)
+  main.FLAGS.unparse_flags()
+  main.FLAGS(['main.py', f'--dataset_module={module}',
+              f'--model_dir={tmp_path}'])
+  with pytest.raises(SystemExit) as exit_info:
+    main.main(['main.py'])
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert lines[-1].startswith(f"error: --dataset_module '{module}' "
+                              f'{message}'), lines
 
 
 def test_bad_input_exits_2_from_the_command_line_too():
