@@ -43,6 +43,8 @@ flags.DEFINE_string('model_name', 'efficientnetv2-b0',
                     'One of efficientnetv2_tf.list_models().')
 flags.DEFINE_string('dataset_cfg', 'digits',
                     'Dataset preset, matched case-insensitively.')
+flags.register_validator('dataset_cfg', bool,
+                         message='must name a dataset preset, e.g. digits')
 flags.DEFINE_string('hparam_str', '',
                     "Overrides: 'section.key=value' pairs and YAML files, "
                     'comma-separated, later ones winning.')
@@ -128,6 +130,9 @@ FLAG_OF_ARGUMENT = {
 }
 _ARGUMENT = re.compile(r'(?<![\w./\-])(' + '|'.join(
     re.escape(name) for name in FLAG_OF_ARGUMENT) + r')(?![\w])')
+# A value quoted by repr: an apostrophe inside a word ("run's") is not one,
+# nor one after '=' (as in quantization='int8').
+_QUOTED = re.compile(r"((?<![\w=])'[^']*'(?!\w))")
 
 
 def in_flags(message: str) -> str:
@@ -136,7 +141,11 @@ def in_flags(message: str) -> str:
   >>> in_flags("image_path '/x' matches no image file; see data.data_dir")
   "--image_path '/x' matches no image file; see data.data_dir"
   """
-  return _ARGUMENT.sub(lambda m: FLAG_OF_ARGUMENT[m.group(1)], message)
+  # Quoted values ('/photos/top_k') are the user's and are left as given.
+  parts = _QUOTED.split(message)
+  return ''.join(part if i % 2 else _ARGUMENT.sub(
+      lambda m: FLAG_OF_ARGUMENT[m.group(1)], part)
+                 for i, part in enumerate(parts))
 
 
 def import_file(path: str) -> None:

@@ -135,6 +135,8 @@ def test_bad_input_exits_2_with_one_line(args, message, capsys, tmp_path,
      'error: flag --eval_timeout=nan: must be a finite number of seconds'),
     (['--eval_timeout=-1'], 'error: flag --eval_timeout=-1.0: must be a '),
     (['extra'], "error: unexpected arguments 'extra'; every option is a"),
+    (['--dataset_cfg='],
+     "error: flag --dataset_cfg=: must name a dataset preset, e.g. digits"),
 ])
 def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
   main.FLAGS.unparse_flags()
@@ -163,6 +165,14 @@ def test_a_dataset_module_that_fails_is_one_line_naming_it(
   lines = capsys.readouterr().err.strip().splitlines()
   assert lines[-1].startswith(f"error: --dataset_module '{module}' "
                               f'{message}'), lines
+
+
+def test_in_flags_names_flags_but_leaves_quoted_values_as_given():
+  assert main.in_flags(
+      "image_path '/photos/old top_k' matches no image file; a run's "
+      "top_k must be >= 1; quantization='int8' needs data_dir") == (
+          "--image_path '/photos/old top_k' matches no image file; a run's "
+          '--top_k must be >= 1; --tflite_quantization=int8 needs --data_dir')
 
 
 def test_bad_input_exits_2_from_the_command_line_too():
