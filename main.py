@@ -141,10 +141,11 @@ def in_flags(message: str) -> str:
   >>> in_flags("image_path '/x' matches no image file; see data.data_dir")
   "--image_path '/x' matches no image file; see data.data_dir"
   """
-  # Quoted values ('/photos/top_k') are the user's and are left as given.
+  def named(text):
+    return _ARGUMENT.sub(lambda m: FLAG_OF_ARGUMENT[m.group(1)], text)
+  # Odd parts are quoted values ('/photos/top_k'): the user's, left as given.
   parts = _QUOTED.split(message)
-  return ''.join(part if i % 2 else _ARGUMENT.sub(
-      lambda m: FLAG_OF_ARGUMENT[m.group(1)], part)
+  return ''.join(part if i % 2 else named(part)
                  for i, part in enumerate(parts))
 
 
