@@ -124,6 +124,8 @@ FLAG_OF_ARGUMENT = {
     'export_dir': '--export_dir', 'image_path': '--image_path',
     'model_dir': '--model_dir', 'overwrite=True': '--overwrite',
     'top_k': '--top_k', 'runtime': '--runtime',
+    'batch_sizes': '--batch_sizes', 'image_size': '--image_size',
+    'iterations': '--benchmark_iterations',
     'onnx_precision': '--onnx_precision',
     'calibration_images': '--calibration_dir',
     "quantization='int8'": '--tflite_quantization=int8',

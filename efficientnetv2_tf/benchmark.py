@@ -64,10 +64,10 @@ def check_settings(image_size: int, batch_sizes: Sequence[int],
                    warmup: int, iterations: int) -> None:
   """Raises `UserError` for a size, batch size or count out of range."""
   if not _is_positive_int(image_size):
-    raise UserError(f'image size must be a positive integer; '
+    raise UserError(f'image_size must be a positive integer; '
                     f'received: {image_size!r}')
   if len(batch_sizes) == 0 or not all(map(_is_positive_int, batch_sizes)):
-    raise UserError(f'batch sizes must be positive integers; '
+    raise UserError(f'batch_sizes must be positive integers; '
                     f'received: {list(batch_sizes)}')
   if not isinstance(warmup, numbers.Integral) or warmup < 0:
     raise UserError(f'warmup must be an integer >= 0; received: {warmup!r}')
@@ -151,6 +151,6 @@ def parse_batch_sizes(text: str) -> List[int]:
   except ValueError:
     batch_sizes = []
   if not batch_sizes or min(batch_sizes) <= 0:
-    raise UserError(f'batch sizes must be comma-separated positive integers; '
+    raise UserError(f'batch_sizes must be comma-separated positive integers; '
                     f'received: {text!r}')
   return batch_sizes

@@ -97,7 +97,7 @@ def test_models_with_several_outputs_are_measured():
 
 @pytest.mark.parametrize('batch_sizes', [[0, 8], [2, -1], [], [1.5]])
 def test_bad_batch_sizes_are_rejected(model, batch_sizes):
-  with pytest.raises(UserError, match='batch sizes must be positive') as error:
+  with pytest.raises(UserError, match='batch_sizes must be positive') as error:
     run(model, batch_sizes)
   assert str(list(batch_sizes)) in str(error.value)
 
@@ -105,7 +105,7 @@ def test_bad_batch_sizes_are_rejected(model, batch_sizes):
 @pytest.mark.parametrize('keyword, value, message', [
     ('iterations', 0, 'iterations must be an integer >= 1; received: 0'),
     ('warmup', -1, 'warmup must be an integer >= 0; received: -1'),
-    ('image_size', 0, 'image size must be a positive integer; received: 0'),
+    ('image_size', 0, 'image_size must be a positive integer; received: 0'),
 ])
 def test_bad_counts_are_rejected(model, keyword, value, message):
   kwargs = {'image_size': IMAGE_SIZE, 'batch_sizes': [1], 'warmup': 1,

@@ -348,7 +348,7 @@ def test_benchmark_times_every_runtime_at_the_image_size_given(exported,
   assert [(r.runtime, r.image_size, r.jit_compile) for r in results] == [
       ('tf', 48, True), ('litert', 48, False)]
   assert len(capsys.readouterr().out.splitlines()) == 2
-  with pytest.raises(UserError, match='image size must be a positive '
+  with pytest.raises(UserError, match='image_size must be a positive '
                      'integer; received: 0'):
     inference.run_benchmark(source, 0, '2', 1, False, 'litert')
 

@@ -90,7 +90,7 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
     (['--mode=predict', '--image_path=/no/such/*.jpg'],
      "error: --image_path '/no/such/*.jpg' matches no image file"),
     (['--mode=benchmark', '--batch_sizes=0,8'],
-     'error: batch sizes must be comma-separated positive integers'),
+     'error: --batch_sizes must be comma-separated positive integers'),
     (['--strategy=gpus2'], "error: unknown strategy 'gpus2'; did you mean "
                            "'gpus'?"),
     (['--strategy=gpu'], "error: strategy 'gpu' needs a GPU"),

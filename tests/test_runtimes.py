@@ -151,7 +151,7 @@ def test_benchmark_prints_one_line_per_batch_size(model_files):
 
 
 @pytest.mark.parametrize('batch_sizes,warmup,iterations,message', [
-    ([], 5, 20, r'batch sizes must be positive integers; received: \[\]'),
+    ([], 5, 20, r'batch_sizes must be positive integers; received: \[\]'),
     ([1, 0], 5, 20, r'received: \[1, 0\]'),
     ([1], -1, 20, 'warmup must be an integer >= 0; received: -1'),
     ([1], 5, 0, 'iterations must be an integer >= 1; received: 0'),
