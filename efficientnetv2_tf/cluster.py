@@ -68,9 +68,9 @@ def read_tf_config() -> Dict[str, Any]:
 
 
 def _check_address(job: str, index: int, address: Any) -> None:
-  host, _, port = address.rpartition(':') if isinstance(address, str) else (
-      '', '', '')
-  if not (host and port.isdigit() and 0 < int(port) < 65536):
+  host, _, port = str(address).rpartition(':')
+  if not (isinstance(address, str) and host and port.isdigit() and
+          0 < int(port) < 65536):
     raise UserError(f'TF_CONFIG {job} {index} has the address {address!r}; '
                     'it must be a string "host:port" with a port in 1-65535')
 
