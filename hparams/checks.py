@@ -38,3 +38,5 @@ COUNT = (whole(lambda v: v >= 1), 'an integer >= 1')
 SEED = (optional(whole(lambda v: 0 <= v < 2**32)),
         'an integer in [0, 2**32) or None')
 REGEX = (regex, 'a regular expression')
+# A growth share at which the weight decay never turns negative.
+GROWTH = ((lambda v: v >= -1), '>= -1')

@@ -19,8 +19,9 @@ import dataclasses
 import math
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from hparams.checks import (COUNT, GE0, GT0, REGEX, SEED, UNIT, below_one,
-                             non_negative, optional, positive, whole)
+from hparams.checks import (COUNT, GE0, GROWTH, GT0, REGEX, SEED, UNIT,
+                             below_one, non_negative, optional, positive,
+                             whole)
 from hparams.errors import UserError
 
 _SAME = object()  # a config default that is the field's default
@@ -313,7 +314,7 @@ class OptimSpec(_Spec):
       1e-5, 'train.weight_decay', 'L2 weight decay', GE0)
   weight_decay_inc: float = _option(
       0.0, 'train.weight_decay_inc', 'weight decay grows by this share '
-      'over training')
+      'over training', GROWTH)
   weight_decay_exclude: str = _option(
       '.*(bias|gamma|beta).*', 'train.weight_decay_exclude',
       'regex of variables without weight decay', REGEX)

@@ -97,6 +97,8 @@ def test_data_spec_gives_the_training_size_in_pixels(model, override, pixels):
      '[3, 0]'),
     (specs.OptimSpec, {'label_smoothing': 1.0}, 'train.label_smoothing must '
      'be in [0, 1); received: train.label_smoothing=1.0'),
+    (specs.OptimSpec, {'weight_decay_inc': -1.5}, 'train.weight_decay_inc '
+     'must be >= -1; received: train.weight_decay_inc=-1.5'),
     (specs.OptimSpec, {'batch_size': 'big'}, 'train.batch_size must be an '
      "integer >= 1; received: train.batch_size='big'"),
     (specs.OptimSpec, {'loss_type': 'hinge'}, 'train.loss_type must be one '
