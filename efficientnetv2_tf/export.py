@@ -243,6 +243,12 @@ def check_options(export_dir: str, overwrite: bool,
                     'pass overwrite=True to replace it, or choose a new one')
   if os.path.exists(export_dir) and not os.path.isdir(export_dir):
     raise UserError(f'export_dir {export_dir!r} is a file, not a directory')
+  ancestor = os.path.dirname(os.path.abspath(export_dir))
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise UserError(f'export_dir {export_dir!r} cannot be made: {ancestor!r} '
+                    'is a file, not a directory')
 
 
 def _write_models(source: Source, staging: str, tflite: bool,

@@ -359,6 +359,11 @@ def test_export_refuses_a_non_empty_dir_and_a_run_without_checkpoint(
   with pytest.raises(UserError, match='exists and is not empty; pass '
                      'overwrite=True'):
     export.check_options(export_dir, overwrite=False)
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  with pytest.raises(UserError, match=f"export_dir '{blocker}/sub/out' "
+                     f"cannot be made: '{blocker}' is a file"):
+    export.check_options(str(blocker / 'sub' / 'out'), overwrite=False)
   with pytest.raises(UserError, match='is not a run directory'):
     export.load_run(str(tmp_path))
   (tmp_path / 'config.yaml').write_text(
