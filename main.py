@@ -12,9 +12,11 @@
 
 `--mode` is train, eval or traineval, or, with a trained model, export,
 predict or benchmark: these take the run in `--model_dir` (its latest
-checkpoint, or `--checkpoint`), or `--weights` when given. The run config is the base config, then the model preset, the
-dataset preset, and `--hparam_str`; it is saved as `<model_dir>/config.yaml`.
-Rerunning a command resumes from its last checkpoint.
+checkpoint, or `--checkpoint`), or `--weights` when given. A flag that the
+mode does not read gets a one-line warning. The run config is the base
+config, then the model preset, the dataset preset, and `--hparam_str`; it is
+saved as `<model_dir>/config.yaml`. Rerunning a command resumes from its last
+checkpoint.
 
 Bad input ends with a one-line `error: ...` on stderr and exit status 2; a
 run that cannot go on (a NaN loss, a lost worker) exits 1 with one such
@@ -205,9 +207,9 @@ def run_inference(model_dir: str) -> None:
       raise UserError('--mode=predict needs --image_path (an image, a '
                       'directory or a glob)')
     source = FLAGS.export_dir or model_dir
-    if FLAGS.weights:
+    if FLAGS.weights or FLAGS.checkpoint:
       source = inference.load_source(
-          model_dir, FLAGS.model_name, FLAGS.weights,
+          model_dir, FLAGS.model_name, FLAGS.weights, FLAGS.checkpoint,
           model_config=_model_keys())
     inference.run_predict(source, FLAGS.image_path, FLAGS.top_k,
                           FLAGS.predictions_file, FLAGS.runtime)
@@ -269,10 +271,43 @@ def export_mode(inference, source, model_dir: str, export_dir: str,
           f'{report.top1_agreement:.4f})')
 
 
+# The flags only some modes read, and those modes.
+MODES_OF_FLAG = {
+    'eval_timeout': ('eval',), 'sweeps': ('train', 'eval', 'traineval'),
+    'checkpoint': ('export', 'predict', 'benchmark'),
+    'export_dir': ('export', 'predict'),
+    **dict.fromkeys(('overwrite', 'tflite_quantization', 'calibration_dir',
+                     'onnx_precision'), ('export',)),
+    'runtime': ('predict', 'benchmark'),
+    **dict.fromkeys(('image_path', 'top_k', 'predictions_file'),
+                    ('predict',)),
+    **dict.fromkeys(('batch_sizes', 'image_size', 'benchmark_iterations',
+                     'jit_compile'), ('benchmark',)),
+}
+
+
+def check_flag_use(mode: str) -> None:
+  """Refuses flags that contradict each other; warns, in one line each,
+  of flags that `mode` does not read."""
+  if FLAGS.checkpoint and FLAGS.weights:
+    raise UserError(f'--checkpoint {FLAGS.checkpoint!r} picks a checkpoint '
+                    'of the run in --model_dir; --weights loads published '
+                    'or given weights instead: pass one of them')
+  if FLAGS.checkpoint and FLAGS.export_dir and mode == 'predict':
+    raise UserError(f'--checkpoint {FLAGS.checkpoint!r} picks a checkpoint '
+                    'of the run in --model_dir; --mode=predict with '
+                    '--export_dir reads the export instead: pass one of them')
+  for name, modes in MODES_OF_FLAG.items():
+    if FLAGS[name].present and mode not in modes:
+      print(f'warning: --{name} is ignored by --mode={mode} (it is read by '
+            f'--mode={" and --mode=".join(modes)})', file=sys.stderr)
+
+
 def run() -> None:
   from efficientnetv2_tf import distribute  # pylint: disable=g-import-not-at-top
   from app import runs  # pylint: disable=g-import-not-at-top
   runs.check_mode(FLAGS.mode)
+  check_flag_use(FLAGS.mode)
   model_dir = FLAGS.model_dir or os.path.join(
       'runs', f'{FLAGS.model_name}-{FLAGS.dataset_cfg}')
   if FLAGS.mode in runs.INFERENCE_MODES:

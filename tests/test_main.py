@@ -24,9 +24,17 @@ TINY_RUN = ('model.width_coefficient=0.25,model.depth_coefficient=0.2,'
             'eval.batch_size=120')
 
 
+@pytest.fixture(scope='module')
+def quick_start(tmp_path_factory):
+  """The quick start at a tiny size: its output and its run directory."""
+  run_dir = tmp_path_factory.mktemp('quick_start')
+  result = run_main(f'--hparam_str={TINY_RUN}', f'--model_dir={run_dir}')
+  return result, run_dir
+
+
 def test_quick_start_trains_evaluates_and_says_where_everything_went(
-    tmp_path):
-  result = run_main(f'--hparam_str={TINY_RUN}', f'--model_dir={tmp_path}')
+    quick_start):
+  result, tmp_path = quick_start
   assert result.returncode == 0, result.stderr
   assert ('digits: 10 classes, 80 training images; 10 steps of batch 16 in '
           '2 stage(s)') in result.stdout
@@ -114,6 +122,13 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
      "received: train.weight_decay_exclude='(a'"),
     (['--weights=/no/such/ckpt'],
      "error: weights path '/no/such/ckpt' does not exist"),
+    (['--mode=export', '--weights=imagenet', '--checkpoint=ckpt-5'],
+     "error: --checkpoint 'ckpt-5' picks a checkpoint of the run in "
+     '--model_dir; --weights loads published or given weights instead'),
+    (['--mode=predict', '--image_path=.', '--export_dir=/x',
+      '--checkpoint=ckpt-5'],
+     "error: --checkpoint 'ckpt-5' picks a checkpoint of the run in "
+     '--model_dir; --mode=predict with --export_dir reads the export'),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, capsys, tmp_path,
                                         monkeypatch):
@@ -165,6 +180,48 @@ def test_a_dataset_module_that_fails_is_one_line_naming_it(
   lines = capsys.readouterr().err.strip().splitlines()
   assert lines[-1].startswith(f"error: --dataset_module '{module}' "
                               f'{message}'), lines
+
+
+def test_flags_the_mode_does_not_read_are_named_in_a_warning(capsys,
+                                                           tmp_path):
+  main.FLAGS.unparse_flags()
+  main.FLAGS(['main.py', f'--model_dir={tmp_path}', '--mode=eval',
+              '--top_k=3', '--image_size=64', '--eval_timeout=0'])
+  with pytest.raises(SystemExit):
+    main.main(['main.py'])
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert [line for line in lines if line.startswith('warning:')] == [
+      'warning: --top_k is ignored by --mode=eval (it is read by '
+      '--mode=predict)',
+      'warning: --image_size is ignored by --mode=eval (it is read by '
+      '--mode=benchmark)']
+  assert lines[-1].startswith('error: no checkpoint in '), lines
+
+
+def _predict(capsys, tmp_path, run_dir, *flags_):
+  output = tmp_path / 'predictions.json'
+  main.FLAGS.unparse_flags()
+  main.FLAGS(['main.py', '--mode=predict', f'--model_dir={run_dir}',
+              f'--image_path={tmp_path / "digits"}',
+              f'--predictions_file={output}', *flags_])
+  main.main(['main.py'])
+  capsys.readouterr()
+  return json.loads(output.read_text())
+
+
+def test_predict_uses_the_checkpoint_it_is_given(quick_start, capsys,
+                                                 tmp_path):
+  from efficientnetv2_tf import export  # pylint: disable=g-import-not-at-top
+  from efficientnetv2_tf import predict  # pylint: disable=g-import-not-at-top
+  _, run_dir = quick_start
+  files = [image_files.write(str(tmp_path / 'digits' / f'{i}.png'),
+                             image_files.pixels(32, 32, seed=i), 'png')
+           for i in range(3)]
+  first = predict.predict(export.load_run(str(run_dir), 'ckpt-5'), files)
+  latest = predict.predict(export.load_run(str(run_dir)), files)
+  assert first != latest  # else the test could not tell them apart
+  assert _predict(capsys, tmp_path, run_dir, '--checkpoint=ckpt-5') == first
+  assert _predict(capsys, tmp_path, run_dir) == latest
 
 
 def test_in_flags_names_flags_but_leaves_quoted_values_as_given():
