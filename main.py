@@ -184,9 +184,22 @@ def parse_flags(argv):
   return args
 
 
-def make_config(extra=None):
-  cfg = hparams.get_config(FLAGS.model_name, FLAGS.dataset_cfg,
-                           FLAGS.hparam_str, extra)
+def make_config(extra=None, model_dir: Optional[str] = None):
+  """The run config from the flags, then `extra`. `--mode=eval` of a run
+  already in `model_dir` starts from the config.yaml it trained with, so
+  that it evaluates as the run did; `--hparam_str` still applies on top."""
+  from efficientnetv2_tf.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  saved = RunDir(model_dir) if FLAGS.mode == 'eval' and model_dir else None
+  if saved and saved.exists():
+    for name in ('model_name', 'dataset_cfg'):
+      if FLAGS[name].present:
+        print(f'warning: --{name} is ignored by --mode=eval of the run in '
+              f'{model_dir!r}: it evaluates with the run\'s config.yaml',
+              file=sys.stderr)
+    cfg = saved.load_config(FLAGS.hparam_str, extra)
+  else:
+    cfg = hparams.get_config(FLAGS.model_name, FLAGS.dataset_cfg,
+                             FLAGS.hparam_str, extra)
   if FLAGS.weights:
     cfg.train.ft_init_ckpt = FLAGS.weights
   return cfg
@@ -317,14 +330,17 @@ def run() -> None:
   import datasets  # pylint: disable=g-import-not-at-top
   if FLAGS.dataset_module:
     import_file(FLAGS.dataset_module)
-  cfg = make_config()  # bad flags fail before any TensorFlow op runs
+  cfg = make_config(None, model_dir)  # bad flags fail before any TF op
   # The strategy comes first: multi-worker collectives must be set up
   # before any other TensorFlow op runs.
   strategy = distribute.get_strategy(FLAGS.strategy, FLAGS.tpu,
                                      FLAGS.tpu_zone, FLAGS.gcp_project)
   bind = lambda config: datasets.bind(config, FLAGS.data_dir)
   if FLAGS.sweeps:
-    runs.run_sweep(FLAGS.mode, make_config, bind, model_dir, strategy,
+    def sweep_config(combination):
+      return make_config(combination, os.path.join(
+          model_dir, runs.sweep_name(combination)))
+    runs.run_sweep(FLAGS.mode, sweep_config, bind, model_dir, strategy,
                    FLAGS.sweeps, FLAGS.eval_timeout)
   else:
     runs.run(FLAGS.mode, cfg, bind, model_dir, strategy, FLAGS.eval_timeout)

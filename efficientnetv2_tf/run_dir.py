@@ -31,6 +31,7 @@ import json
 import os
 from typing import List, Optional
 
+import ml_collections
 import tensorflow as tf
 
 import hparams
@@ -108,13 +109,21 @@ class RunDir:
     _write_atomically(self.plan, json.dumps(plan.to_dict(), indent=2))
     _write_atomically(self.labels_file, '\n'.join(class_names) + '\n')
 
-  def load_specs(self) -> Specs:
-    """The specs of the saved config, through the strict config chain."""
+  def load_config(self, *overrides: hparams.Overrides
+                  ) -> ml_collections.ConfigDict:
+    """The saved config, then `overrides`, through the strict config
+    chain; checked as `hparams.get_config` checks."""
     if not self.exists():
       raise UserError(f'{self.path!r} is not a run directory: it has no '
                       'config.yaml; pass the model_dir of a training run')
-    return hparams.build_specs(
-        hparams.resolve(None, None, hparams.load_yaml(self.config)))
+    cfg = hparams.resolve(None, None, hparams.load_yaml(self.config),
+                          *overrides)
+    hparams.build_specs(cfg)
+    return cfg
+
+  def load_specs(self) -> Specs:
+    """The specs of the saved config."""
+    return hparams.build_specs(self.load_config())
 
   def labels(self) -> Optional[List[str]]:
     """The saved class names, or None when the run saved none."""

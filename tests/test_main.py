@@ -198,6 +198,29 @@ def test_flags_the_mode_does_not_read_are_named_in_a_warning(capsys,
   assert lines[-1].startswith('error: no checkpoint in '), lines
 
 
+def _main(*argv):
+  main.FLAGS.unparse_flags()
+  main.FLAGS(['main.py', *argv])
+  main.main(['main.py'])
+
+
+def test_eval_of_a_run_evaluates_with_the_recipe_it_trained_with(capsys,
+                                                                tmp_path):
+  recipe = 'eval.isize=40,data.normalization=imagenet'
+  _main('--mode=traineval', f'--model_dir={tmp_path}',
+        f'--hparam_str={TINY_RUN},train.epochs=1,{recipe}')
+  trained = json.loads((tmp_path / 'results.json').read_text())
+  # Without the recipe's keys, and with flags that would pick another one.
+  _main('--mode=eval', f'--model_dir={tmp_path}',
+        '--hparam_str=eval.batch_size=50', '--dataset_cfg=digits')
+  evaluated = json.loads((tmp_path / 'results.json').read_text())
+  assert evaluated['eval_image_size'] == trained['eval_image_size'] == 40
+  assert (evaluated['eval_top1'], evaluated['eval_loss']) == pytest.approx(
+      (trained['eval_top1'], trained['eval_loss']), abs=1e-5)
+  assert ("warning: --dataset_cfg is ignored by --mode=eval of the run in "
+          f"'{tmp_path}'") in capsys.readouterr().err
+
+
 def _predict(capsys, tmp_path, run_dir, *flags_):
   output = tmp_path / 'predictions.json'
   main.FLAGS.unparse_flags()
