@@ -285,8 +285,12 @@ def export_mode(inference, source, model_dir: str, export_dir: str,
 
 
 # The flags only some modes read, and those modes.
+_TRAINING = ('train', 'eval', 'traineval')
 MODES_OF_FLAG = {
-    'eval_timeout': ('eval',), 'sweeps': ('train', 'eval', 'traineval'),
+    'eval_timeout': ('eval',), 'sweeps': _TRAINING,
+    **dict.fromkeys(('strategy', 'tpu', 'tpu_zone', 'gcp_project'),
+                    _TRAINING),
+    'data_dir': (*_TRAINING, 'export'),
     'checkpoint': ('export', 'predict', 'benchmark'),
     'export_dir': ('export', 'predict'),
     **dict.fromkeys(('overwrite', 'tflite_quantization', 'calibration_dir',
@@ -306,14 +310,29 @@ def check_flag_use(mode: str) -> None:
     raise UserError(f'--checkpoint {FLAGS.checkpoint!r} picks a checkpoint '
                     'of the run in --model_dir; --weights loads published '
                     'or given weights instead: pass one of them')
-  if FLAGS.checkpoint and FLAGS.export_dir and mode == 'predict':
-    raise UserError(f'--checkpoint {FLAGS.checkpoint!r} picks a checkpoint '
-                    'of the run in --model_dir; --mode=predict with '
-                    '--export_dir reads the export instead: pass one of them')
+  for name in ('checkpoint', 'weights'):
+    if FLAGS[name].value and FLAGS.export_dir and mode == 'predict':
+      raise UserError(f'--{name} {FLAGS[name].value!r} picks the weights to '
+                      'predict with; --mode=predict with --export_dir reads '
+                      'the export instead: pass one of them')
+  def warn(name, why):
+    if FLAGS[name].present:
+      print(f'warning: --{name} is ignored by --mode={mode} ({why})',
+            file=sys.stderr)
   for name, modes in MODES_OF_FLAG.items():
-    if FLAGS[name].present and mode not in modes:
-      print(f'warning: --{name} is ignored by --mode={mode} (it is read by '
-            f'--mode={" and --mode=".join(modes)})', file=sys.stderr)
+    if mode not in modes:
+      warn(name, f'it is read by --mode={" and --mode=".join(modes)}')
+  if mode in _TRAINING:
+    return
+  if FLAGS.weights:
+    warn('dataset_cfg', 'the weights carry their classes')
+    if any(not key.startswith('model.') for key in
+           hparams.as_mapping(FLAGS.hparam_str)):
+      warn('hparam_str', 'with --weights, only its model.* keys are read')
+  elif FLAGS.model_dir or FLAGS.export_dir:
+    # The model comes with its config; these only name a default model_dir.
+    for name in ('model_name', 'dataset_cfg', 'hparam_str'):
+      warn(name, 'the model it reads comes with its own config')
 
 
 def run() -> None:
@@ -323,13 +342,14 @@ def run() -> None:
   check_flag_use(FLAGS.mode)
   model_dir = FLAGS.model_dir or os.path.join(
       'runs', f'{FLAGS.model_name}-{FLAGS.dataset_cfg}')
-  if FLAGS.mode in runs.INFERENCE_MODES:
-    run_inference(model_dir)
-    return
-  # Datasets register their default recipes, which --dataset_cfg may name.
+  # Datasets register their default recipes, which --dataset_cfg may name;
+  # an int8 export calibrates on its run's dataset.
   import datasets  # pylint: disable=g-import-not-at-top
   if FLAGS.dataset_module:
     import_file(FLAGS.dataset_module)
+  if FLAGS.mode in runs.INFERENCE_MODES:
+    run_inference(model_dir)
+    return
   cfg = make_config(None, model_dir)  # bad flags fail before any TF op
   # The strategy comes first: multi-worker collectives must be set up
   # before any other TensorFlow op runs.

@@ -127,8 +127,12 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
      '--model_dir; --weights loads published or given weights instead'),
     (['--mode=predict', '--image_path=.', '--export_dir=/x',
       '--checkpoint=ckpt-5'],
-     "error: --checkpoint 'ckpt-5' picks a checkpoint of the run in "
-     '--model_dir; --mode=predict with --export_dir reads the export'),
+     "error: --checkpoint 'ckpt-5' picks the weights to predict with; "
+     '--mode=predict with --export_dir reads the export instead'),
+    (['--mode=predict', '--image_path=.', '--export_dir=/x',
+      '--weights=imagenet'],
+     "error: --weights 'imagenet' picks the weights to predict with; "
+     '--mode=predict with --export_dir reads the export instead'),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, capsys, tmp_path,
                                         monkeypatch):
@@ -196,6 +200,18 @@ def test_flags_the_mode_does_not_read_are_named_in_a_warning(capsys,
       'warning: --image_size is ignored by --mode=eval (it is read by '
       '--mode=benchmark)']
   assert lines[-1].startswith('error: no checkpoint in '), lines
+  main.FLAGS.unparse_flags()
+  main.FLAGS(['main.py', f'--model_dir={tmp_path}', '--mode=benchmark',
+              '--hparam_str=eval.isize=64', '--strategy=cpu',
+              '--batch_sizes=0'])
+  with pytest.raises(SystemExit):
+    main.main(['main.py'])
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert [line for line in lines if line.startswith('warning:')] == [
+      'warning: --strategy is ignored by --mode=benchmark (it is read by '
+      '--mode=train and --mode=eval and --mode=traineval)',
+      'warning: --hparam_str is ignored by --mode=benchmark (the model it '
+      'reads comes with its own config)']
 
 
 def _main(*argv):
