@@ -238,4 +238,9 @@ class TrainState:
       self.evals_since_best.assign(0)
     else:
       self.evals_since_best.assign_add(1)
+    return self.early_stop_due(patience)
+
+  def early_stop_due(self, patience: int) -> bool:
+    """Whether the last `patience` evaluations (0: never) brought no better
+    top-1."""
     return bool(patience) and int(self.evals_since_best.numpy()) >= patience

@@ -152,11 +152,23 @@ class Trainer:
         done += steps
     return total / num_steps
 
-  def _pipeline(self, stage: progressive.Stage):
-    """The distributed training input of a stage, freshly seeded; it starts
-    preparing batches at once."""
+  def _next_seed(self, advance: bool = True) -> int:
+    """The next draw of the run's random state, as an input seed; without
+    `advance` the state is left as it was, to be drawn again."""
+    rng = self.state.rng
+    before = rng.state.numpy()
+    seed = int(rng.uniform_full_int([], tf.int64).numpy() % 2**31)
+    if not advance:
+      rng.reset(before)
+    return seed
+
+  def _pipeline(self, stage: progressive.Stage, seed: Optional[int] = None):
+    """The distributed training input of a stage, seeded with `seed` or
+    the next draw of the run's random state; it starts preparing batches at
+    once."""
     accum = self.specs.optim.grad_accum_steps
-    seed = int(self.state.rng.uniform_full_int([], tf.int64).numpy() % 2**31)
+    if seed is None:
+      seed = self._next_seed()
     dataset_fn = self.dataset.distribute_fn(
         self.specs.data.train_split, self.plan.global_batch // accum,
         training=True, image_size=stage.image_size,
@@ -199,6 +211,9 @@ class Trainer:
     """Trains stage by stage, epoch by epoch; returns the last evaluation."""
     plan = self.plan
     last_eval, upcoming = None, None
+    if evaluate and self.state.early_stop_due(
+        self.specs.optim.early_stop_patience):
+      return None  # a run that stopped early, run again
     while self.step < plan.total_steps:
       stage = progressive.stage_at(plan.stages, self.step)
       if self.chief:
@@ -211,13 +226,20 @@ class Trainer:
         self._train_epoch(stage, iterator, epoch)
         if self.step % plan.steps_per_epoch == 0 or \
             self.step == plan.total_steps:
-          self.state.save()
+          seed = None
           if self.step == stage.end_step < plan.total_steps:
-            # Made after the save, as a resumed run makes it: the next
-            # stage's input fills while this one is evaluated.
+            # The next stage's input fills while this one is evaluated.
+            # Its seed is drawn for good after the save, as a run resumed
+            # from that checkpoint draws it.
+            seed = self._next_seed(advance=False)
             upcoming = self._pipeline(
-                progressive.stage_at(plan.stages, self.step))
+                progressive.stage_at(plan.stages, self.step), seed)
           last_eval, stop = self._end_epoch(stage, evaluate, last_eval)
+          # After the evaluation, which the early-stop and plateau state
+          # then hold.
+          self.state.save()
+          if seed is not None:
+            self._next_seed()
           if stop:
             return last_eval
     return last_eval

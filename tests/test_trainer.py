@@ -100,6 +100,35 @@ def test_a_finished_run_resumes_to_nothing_more(finished_run):
   assert results['step'] == 10 and again.train_images == 0
 
 
+def test_an_early_stopped_run_keeps_its_evaluations_and_stays_stopped(
+    tmp_path):
+  # Nothing learns (learning rate 0, BatchNorm frozen), so every evaluation
+  # gives the same top-1 and the second one is due to stop the run.
+  specs, dataset = tiny_run('train.epochs=4,train.lr_base=0.0,'
+                            'train.freeze_epochs=4.0,'
+                            'train.early_stop_patience=1')
+  trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
+                                distribute.get_strategy('cpu'))
+  first = trainer.train(evaluate=True)
+  epoch = trainer.plan.steps_per_epoch
+  assert first['step'] == 2 * epoch < trainer.plan.total_steps
+  # Each checkpoint holds the evaluation of its own step.
+  for step, since_best in ((epoch, 0), (2 * epoch, 1)):
+    path = os.path.join(str(tmp_path), 'checkpoints', f'ckpt-{step}')
+    saved = dict(tf.train.list_variables(path))
+    names = {name.split('/')[0]: name for name in saved}
+    reader = tf.train.load_checkpoint(path)
+    assert reader.get_tensor(names['best']) == pytest.approx(
+        first['eval_top1'])
+    assert reader.get_tensor(names['evals_since_best']) == since_best
+  # Run again, it trains no further.
+  again = trainer_lib.Trainer(specs, dataset, str(tmp_path),
+                              distribute.get_strategy('cpu'))
+  results = again.train(evaluate=True)
+  assert results['step'] == 2 * epoch and again.train_images == 0
+  assert results['eval_top1'] == pytest.approx(first['eval_top1'])
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   specs, dataset = tiny_run(
       'train.epochs=1,train.lr_base=1e30,train.ema_decay=0.0,'
