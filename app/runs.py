@@ -34,6 +34,7 @@ from efficientnetv2_tf.dataset_protocol import DatasetSource
 from efficientnetv2_tf.run_dir import RunDir
 from hparams.errors import UserError
 from hparams.specs import ModelSpec
+from hparams.specs import Specs
 
 MODES = ('train', 'eval', 'traineval', 'export', 'predict', 'benchmark')
 # The modes that use a trained model rather than train one.
@@ -67,6 +68,23 @@ def check_model_dir(run: RunDir, spec: ModelSpec) -> None:
                     f'({key}={before!r}, now {now!r}); use a new --model_dir')
 
 
+def check_recipe(mode: str, specs: Specs) -> None:
+  """Refuses settings that `mode` could not honour."""
+  optim = specs.optim
+  if optim.optimizer == 'adamw' and optim.weight_decay_inc:
+    raise UserError(
+        f'train.weight_decay_inc={optim.weight_decay_inc} grows the L2 decay '
+        'of the other optimizers; adamw decays at the fixed rate '
+        'train.weight_decay: set train.weight_decay_inc=0 or choose another '
+        'train.optimizer')
+  if mode == 'train' and (optim.lr_schedule == 'plateau' or
+                          optim.early_stop_patience):
+    raise UserError(
+        'train.lr_sched=plateau and train.early_stop_patience follow the '
+        'evaluations after each epoch, which --mode=train does not run; use '
+        '--mode=traineval')
+
+
 def run(mode: str, cfg: Any, bind: Callable[[Any], DatasetSource],
         model_dir: str, strategy: tf.distribute.Strategy,
         eval_timeout: float = 0.0) -> Dict[str, Any]:
@@ -78,6 +96,7 @@ def run(mode: str, cfg: Any, bind: Callable[[Any], DatasetSource],
   check_mode(mode)
   dataset = bind(cfg)
   specs = hparams.build_specs(cfg)
+  check_recipe(mode, specs)
   run_dir = RunDir(model_dir)
   check_model_dir(run_dir, specs.model)
   train_size = dataset.split_size(specs.data.train_split)
@@ -117,13 +136,15 @@ def sweep_name(combination: Dict[str, Any]) -> str:
   return ''.join(c if c.isalnum() or c in '=,.-_' else '_' for c in text)
 
 
-def _checked_config(make_config: Callable[[Dict[str, Any]], Any],
+def _checked_config(mode: str,
+                    make_config: Callable[[Dict[str, Any]], Any],
                     combination: Dict[str, Any], num_replicas: int) -> Any:
   """A sweep combination's config, refused with its name unless the run
   can be planned."""
   try:
     cfg = make_config(combination)
     specs = hparams.build_specs(cfg)
+    check_recipe(mode, specs)
     # Planned as `run` plans it, but before any dataset is read: the checks
     # do not depend on the dataset's size, so one batch stands for it.
     progressive.make_plan(specs, specs.optim.batch_size, num_replicas)
@@ -143,7 +164,8 @@ def run_sweep(mode: str, make_config: Callable[[Dict[str, Any]], Any],
   run starts, so that a bad one does not fail after others have trained.
   """
   combinations = sweep_combinations(sweeps)
-  configs = [_checked_config(make_config, c, strategy.num_replicas_in_sync)
+  configs = [_checked_config(mode, make_config, c,
+                             strategy.num_replicas_in_sync)
              for c in combinations]
   rows = []
   for combination, cfg in zip(combinations, configs):

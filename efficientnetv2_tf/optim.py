@@ -38,7 +38,7 @@ Where this module differs from the original, on purpose:
 """
 import math
 import re
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import keras
 import tensorflow as tf
@@ -261,15 +261,13 @@ def _adamw(learning_rate, weight_decay):
 
 def build_optimizer(
     name: str, learning_rate, *, weight_decay: float = 0.0,
-    weight_decay_exclude: str = '') -> keras.optimizers.Optimizer:
+    excluded: Sequence[Any] = ()) -> keras.optimizers.Optimizer:
   """A Keras optimizer by name, one of `OPTIMIZERS.names()`.
 
   `learning_rate` is a float or a schedule such as `LearningRate`.
   `weight_decay` is Keras's decoupled decay (each step subtracts
   `lr * weight_decay * w`); 0 turns it off, and 'adamw' is Adam with it.
-  Keras skips variables whose short name (`bias`, `gamma`, not the path)
-  matches the regex `weight_decay_exclude`; the default config value
-  excludes the same variables as in `weight_decay_loss`.
+  The variables `excluded` (see `decay_excluded`) are not decayed.
 
   Under a strategy, create it and call `optimizer.build(variables)` in
   the strategy's scope (Keras cannot create its slots inside
@@ -282,8 +280,8 @@ def build_optimizer(
     raise UserError('weight_decay must be >= 0; Received: '
                     f'weight_decay={weight_decay!r}')
   optimizer = factory(learning_rate, float(weight_decay) or None)
-  if weight_decay and weight_decay_exclude:
-    optimizer.exclude_from_weight_decay(var_names=[weight_decay_exclude])
+  if weight_decay and excluded:
+    optimizer.exclude_from_weight_decay(var_list=list(excluded))
   return optimizer
 
 
@@ -308,11 +306,19 @@ def weight_decay_loss(variables: Variables,
   Under a strategy with several replicas, Keras sums gradients over
   replicas, so add `tf.nn.scale_regularization_loss(...)` of this.
   """
-  matcher = re.compile(exclude) if exclude else None
+  left_out = {id(v) for v in decay_excluded(variables, exclude)}
   terms = [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables
-           if matcher is None or not matcher.match(variable_path(v))]
+           if id(v) not in left_out]
   total = tf.add_n(terms) if terms else tf.constant(0.0)
   return tf.cast(weight_decay, tf.float32) * total
+
+
+def decay_excluded(variables: Variables, exclude: str) -> List[Any]:
+  """The variables whose path `re.match(exclude, path)` matches: those
+  that neither the L2 loss nor AdamW decays ('' matches none)."""
+  matcher = re.compile(exclude) if exclude else None
+  return [v for v in variables
+          if matcher is not None and matcher.match(variable_path(v))]
 
 
 def weight_decay_at(weight_decay: float, weight_decay_inc: float, step: Step,

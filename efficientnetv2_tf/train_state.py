@@ -77,7 +77,8 @@ def _build_optimizer(spec: OptimSpec, schedule: optim.LearningRate,
   optimizer = optim.build_optimizer(
       spec.optimizer, schedule,
       weight_decay=spec.weight_decay if decoupled_decay(spec) else 0.0,
-      weight_decay_exclude=spec.weight_decay_exclude)
+      excluded=optim.decay_excluded(model.trainable_variables,
+                                    spec.weight_decay_exclude))
   optimizer = distribute.wrap_optimizer(optimizer, policy)
   optimizer.build(model.trainable_variables)
   return optimizer

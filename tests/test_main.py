@@ -122,6 +122,15 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
      "received: train.weight_decay_exclude='(a'"),
     (['--weights=/no/such/ckpt'],
      "error: weights path '/no/such/ckpt' does not exist"),
+    (['--hparam_str=train.optimizer=adamw,train.weight_decay_inc=1'],
+     'error: train.weight_decay_inc=1.0 grows the L2 decay of the other '
+     'optimizers; adamw decays at the fixed rate train.weight_decay'),
+    (['--mode=train', '--hparam_str=train.lr_sched=plateau'],
+     'error: train.lr_sched=plateau and train.early_stop_patience follow '
+     'the evaluations after each epoch, which --mode=train does not run'),
+    (['--mode=train', '--sweeps=train.early_stop_patience=0|2'],
+     'error: --sweeps combination train.early_stop_patience=2: '
+     'train.lr_sched=plateau and train.early_stop_patience follow'),
     (['--mode=export', '--weights=imagenet', '--checkpoint=ckpt-5'],
      "error: --checkpoint 'ckpt-5' picks a checkpoint of the run in "
      '--model_dir; --weights loads published or given weights instead'),

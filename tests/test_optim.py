@@ -245,14 +245,39 @@ def test_adamw_decays_kernels_but_not_excluded_biases():
   layer = keras.layers.Dense(2, bias_initializer='ones')
   layer.build((None, 3))
   kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
-  optimizer = optim.build_optimizer('adamw', 0.1, weight_decay=0.5,
-                                    weight_decay_exclude=EXCLUDE)
+  optimizer = optim.build_optimizer(
+      'adamw', 0.1, weight_decay=0.5,
+      excluded=optim.decay_excluded(layer.trainable_variables, EXCLUDE))
   zeros = [tf.zeros_like(v) for v in layer.trainable_variables]
   optimizer.apply_gradients(zip(zeros, layer.trainable_variables))
   # Zero gradients move Adam nowhere; only the decay lr * wd * w remains.
   np.testing.assert_allclose(layer.kernel.numpy(), kernel * (1 - 0.05),
                              rtol=1e-6)
   np.testing.assert_allclose(layer.bias.numpy(), bias)
+
+
+def test_adamw_and_the_l2_loss_leave_out_the_same_variables_by_path():
+  # A pattern on the path: Keras's own name matching would see only
+  # 'kernel' and 'bias', and leave out nothing.
+  inputs = keras.Input((3,))
+  dense = lambda units, name: keras.layers.Dense(
+      units, name=name, bias_initializer='ones')
+  model = keras.Model(inputs, dense(2, 'head')(dense(4, 'stem')(inputs)))
+  before = [v.numpy() for v in model.trainable_variables]
+  excluded = optim.decay_excluded(model.trainable_variables, 'stem/.*')
+  assert [v.path for v in excluded] == ['stem/kernel', 'stem/bias']
+  optimizer = optim.build_optimizer('adamw', 0.1, weight_decay=0.5,
+                                    excluded=excluded)
+  optimizer.apply_gradients([(tf.zeros_like(v), v)
+                             for v in model.trainable_variables])
+  decayed = [v.path for v, old in zip(model.trainable_variables, before)
+             if not np.array_equal(v.numpy(), old)]
+  assert decayed == ['head/kernel', 'head/bias']
+  head = model.get_layer('head')
+  expected = sum(0.5 * np.sum(np.square(v.numpy())) for v in head.weights)
+  np.testing.assert_allclose(
+      optim.weight_decay_loss(model.trainable_variables, 1.0, 'stem/.*'),
+      expected, rtol=1e-6)
 
 
 # --------------------------------------------------------- weight decay
