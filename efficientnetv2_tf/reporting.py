@@ -25,6 +25,9 @@ CSV_FIELDS = ('epoch', 'step', 'stage', 'image_size', 'learning_rate',
               'train_loss', 'train_top1', 'eval_loss', 'eval_top1',
               'eval_top5', 'images_per_second', 'wall_seconds',
               'eval_image_size')
+# What results.json says of the training itself.
+TRAINING_RESULTS = ('train_loss', 'train_top1', 'wall_seconds',
+                    'train_images_per_second')
 
 
 class Reporter:
@@ -101,6 +104,15 @@ class Reporter:
     figure.savefig(path, dpi=80)
     pyplot.close(figure)
     return path
+
+  def previous_results(self) -> Dict[str, Any]:
+    """What results.json holds, or {} when there is none to read."""
+    try:
+      with open(self.run.results) as f:
+        previous = json.load(f)
+    except (OSError, ValueError):
+      return {}
+    return previous if isinstance(previous, dict) else {}
 
   def results(self, values: Mapping[str, Any]) -> Optional[str]:
     """Writes results.json atomically; returns its path."""

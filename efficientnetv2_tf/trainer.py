@@ -356,6 +356,13 @@ class Trainer:
                                     if self.train_seconds else None),
         'stages': [s.describe() for s in self.plan.stages],
     }
+    if not self.train_images:
+      # Nothing trained in this process (an evaluation, a finished run run
+      # again): the figures of the training that reached this step stand.
+      previous = self.reporter.previous_results()
+      if previous.get('step') == self.step:
+        results.update({k: v for k, v in previous.items()
+                        if k in reporting.TRAINING_RESULTS})
     path = self.reporter.results(results)
     if self.chief and path:
       print(f'results: {path}')

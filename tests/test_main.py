@@ -242,6 +242,10 @@ def test_eval_of_a_run_evaluates_with_the_recipe_it_trained_with(capsys,
   assert evaluated['eval_image_size'] == trained['eval_image_size'] == 40
   assert (evaluated['eval_top1'], evaluated['eval_loss']) == pytest.approx(
       (trained['eval_top1'], trained['eval_loss']), abs=1e-5)
+  # The training's own figures stay in results.json.
+  kept = ('train_loss', 'wall_seconds', 'train_images_per_second')
+  assert [evaluated[k] for k in kept] == [trained[k] for k in kept]
+  assert trained['wall_seconds'] > 0
   assert ("warning: --dataset_cfg is ignored by --mode=eval of the run in "
           f"'{tmp_path}'") in capsys.readouterr().err
 
