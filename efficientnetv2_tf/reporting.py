@@ -126,13 +126,18 @@ class Reporter:
 
 
 class EpochProgress:
-  """One epoch's training loss and top-1 so far, on a progress bar."""
+  """One epoch's training loss and top-1 so far, on a progress bar, or
+  with `log_every` > 0 in a line every `log_every` steps (counted from the
+  run's first, `first_step` being the epoch's)."""
 
   def __init__(self, steps_per_epoch: int, global_batch: int,
-               verbose: bool = True):
+               verbose: bool = True, log_every: int = 0,
+               first_step: int = 0):
     self._bar = keras.utils.Progbar(
         steps_per_epoch, stateful_metrics=['loss', 'top1', 'img/s'],
-        verbose=1 if verbose else 0)
+        verbose=1 if verbose and not log_every else 0)
+    self._log_every = log_every if verbose else 0
+    self._first_step = first_step
     self._global_batch = global_batch
     self._loss_sum = self._correct = self._images = 0.0
 
@@ -144,10 +149,16 @@ class EpochProgress:
     self._loss_sum += loss_sum
     self._correct += correct
     self._images += images
-    self._bar.update(done, [
-        ('loss', self._loss_sum / (self._images / self._global_batch)),
-        ('top1', self._correct / self._images),
-        ('img/s', images / seconds)])
+    values = [('loss', self._loss_sum / (self._images / self._global_batch)),
+              ('top1', self._correct / self._images),
+              ('img/s', images / seconds)]
+    self._bar.update(done, values)
+    step = self._first_step + done
+    if self._log_every and step // self._log_every > (
+        step - steps) // self._log_every:
+      (_, loss), (_, top1), (_, rate) = values
+      print(f'step {step}: loss {loss:.4f}, top-1 {top1:.4f}, '
+            f'{rate:.1f} images/s', flush=True)
 
   def metrics(self) -> Dict[str, float]:
     """The mean loss per step and the top-1 so far."""

@@ -311,8 +311,9 @@ class Trainer:
     plan = self.plan
     first = epoch * plan.steps_per_epoch
     epoch_end = min(first + plan.steps_per_epoch, stage.end_step)
-    progress = reporting.EpochProgress(plan.steps_per_epoch,
-                                       plan.global_batch, self.chief)
+    progress = reporting.EpochProgress(
+        plan.steps_per_epoch, plan.global_batch, self.chief,
+        self.specs.runtime.log_every_steps, first)
     every = self.specs.runtime.checkpoint_every_steps
     while self.step < epoch_end:
       steps, loss, right, elapsed = self._run_loop(stage, iterator,

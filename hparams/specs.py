@@ -361,7 +361,8 @@ class RuntimeSpec(_Spec):
       False, 'runtime.mixed_precision', 'bfloat16 on CPU/TPU, float16 on '
       'GPU')
   log_every_steps: int = _option(
-      0, 'runtime.log_every_steps', '0: a progress bar per epoch', GE0)
+      0, 'runtime.log_every_steps', 'a line of training loss, top-1 and '
+      'speed every this many steps; 0: a progress bar per epoch', GE0)
   jit_compile: bool = _option(
       False, 'train.jit_compile', 'compile the training step with XLA')
 

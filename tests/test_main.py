@@ -233,8 +233,11 @@ def test_eval_of_a_run_evaluates_with_the_recipe_it_trained_with(capsys,
                                                                 tmp_path):
   recipe = 'eval.isize=40,data.normalization=imagenet'
   _main('--mode=traineval', f'--model_dir={tmp_path}',
-        f'--hparam_str={TINY_RUN},train.epochs=1,{recipe}')
+        f'--hparam_str={TINY_RUN},train.epochs=1,{recipe},'
+        'runtime.log_every_steps=4')
   trained = json.loads((tmp_path / 'results.json').read_text())
+  assert [line.split(':')[0] for line in capsys.readouterr().out.splitlines()
+          if line.startswith('step ')] == ['step 4']
   # Without the recipe's keys, and with flags that would pick another one.
   _main('--mode=eval', f'--model_dir={tmp_path}',
         '--hparam_str=eval.batch_size=50', '--dataset_cfg=digits')

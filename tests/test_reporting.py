@@ -68,3 +68,15 @@ def test_epoch_progress_gives_the_mean_loss_per_step_and_the_top1():
   progress.update(done=2, steps=2, loss_sum=3.0, correct=4.0, seconds=1.0)
   progress.update(done=4, steps=2, loss_sum=1.0, correct=12.0, seconds=1.0)
   assert progress.metrics() == {'train_loss': 1.0, 'train_top1': 0.5}
+
+
+def test_epoch_progress_logs_a_line_each_time_a_multiple_is_passed(capsys):
+  progress = reporting.EpochProgress(steps_per_epoch=10, global_batch=4,
+                                     log_every=3, first_step=10)
+  for done in (2, 4, 6, 8, 10):  # steps 12 to 20, two per loop
+    progress.update(done=done, steps=2, loss_sum=2.0 * done, correct=4.0,
+                    seconds=0.5)
+  assert capsys.readouterr().out.splitlines() == [
+      'step 12: loss 2.0000, top-1 0.5000, 16.0 images/s',
+      'step 16: loss 4.0000, top-1 0.5000, 16.0 images/s',
+      'step 18: loss 5.0000, top-1 0.5000, 16.0 images/s']
