@@ -130,13 +130,25 @@ class Flowers(TfdsDataset):
 
 
 class TFFlowers(TfdsDataset):
-  """tf_flowers has one split; the last 30% is held out for evaluation."""
+  """tf_flowers has one split: its last `val_fraction`, in whole percent,
+  is held out for evaluation (30% in the `TFFlowersFt` preset, as in the
+  original, whose eval slice overlapped training)."""
   name = 'tf_flowers'
   aliases = ('tfflowers',)
   tfds_name = 'tf_flowers'
   num_classes = 5
   preset = 'TFFlowersFt'
   split_map = {'train': 'train[:70%]', 'eval': 'train[70%:]'}
+
+  def __init__(self, *args: Any, **kwargs: Any):
+    super().__init__(*args, **kwargs)
+    kept = round(100 * (1 - self.val_fraction))
+    if not 0 < kept < 100:
+      raise UserError(f'data.val_fraction={self.val_fraction} leaves no '
+                      f'whole percent of {self.name} to one of its splits; '
+                      'allowed: 0.01 to 0.99')
+    self.split_map = {'train': f'train[:{kept}%]',
+                      'eval': f'train[{kept}%:]'}
 
 
 class Cars(TfdsDataset):

@@ -122,7 +122,7 @@ for _preset, _dataset, _extra in [
     ('Cifar10Ft', 'cifar10', {}),
     ('Cifar100Ft', 'cifar100', {}),
     ('FlowersFt', 'flowers', {}),
-    ('TFFlowersFt', 'tf_flowers', {}),
+    ('TFFlowersFt', 'tf_flowers', {'val_fraction': 0.3}),
     ('CarsFt', 'cars196', {}),
     ('FashionMnistFt', 'fashion_mnist', {}),
     ('MnistFt', 'mnist', {'flip': False}),  # a mirrored digit is another one

@@ -5,6 +5,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import datasets
+import hparams
 from datasets.tfds_datasets import TfdsDataset
 from efficientnetv2_tf.preprocessing import Augmentation
 from hparams.errors import UserError
@@ -70,6 +71,18 @@ def test_held_out_slices_do_not_overlap_training(name, train, held_out):
   split_map = datasets.DATASETS.get(name).split_map
   assert split_map['train'] == train
   assert {k: split_map[k] for k in held_out} == held_out
+
+
+def test_tf_flowers_holds_out_its_val_fraction():
+  flowers = datasets.DATASETS.get('tf_flowers')
+  assert flowers(val_fraction=0.25).split_map == {
+      'train': 'train[:75%]', 'eval': 'train[75%:]'}
+  cfg = hparams.get_config('efficientnetv2-b0', 'tf_flowers')
+  assert datasets.bind(cfg).split_map == {'train': 'train[:70%]',
+                                          'eval': 'train[70%:]'}
+  with pytest.raises(UserError, match=r'data.val_fraction=0.001 leaves no '
+                     'whole percent of tf_flowers'):
+    flowers(val_fraction=0.001)
 
 
 def test_offline_download_failure_says_how_to_pass_a_local_copy(
