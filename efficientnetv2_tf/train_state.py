@@ -66,7 +66,8 @@ def _learning_rate(spec: OptimSpec, plan: RunPlan) -> optim.LearningRate:
       peak, plan.steps_per_epoch, plan.total_steps,
       schedule=spec.lr_schedule, warmup_epochs=spec.lr_warmup_epoch,
       decay_epochs=spec.lr_decay_epoch,
-      decay_factor=spec.lr_decay_factor, minimum=spec.lr_min)
+      decay_factor=spec.lr_decay_factor,
+      minimum=optim.scaled_learning_rate(spec.lr_min, plan.global_batch))
 
 
 def _build_optimizer(spec: OptimSpec, schedule: optim.LearningRate,

@@ -307,7 +307,8 @@ class OptimSpec(_Spec):
       0.97, 'train.lr_decay_factor', 'exponential decay factor', GT0)
   lr_warmup_epoch: float = _option(
       5.0, 'train.lr_warmup_epoch', 'linear warm-up epochs', GE0)
-  lr_min: float = _option(0.0, 'train.lr_min', 'learning-rate floor', GE0)
+  lr_min: float = _option(0.0, 'train.lr_min', 'learning-rate floor, per '
+                          '256 images as train.lr_base', GE0)
   ema_decay: float = _option(
       0.9999, 'train.ema_decay', 'weight moving-average decay', UNIT)
   weight_decay: float = _option(

@@ -58,6 +58,15 @@ def test_restore_without_a_checkpoint_leaves_the_state_new(tmp_path):
   assert state.restore() is None and state.step == 0
 
 
+def test_the_learning_rate_floor_scales_with_the_batch_as_the_peak(tmp_path):
+  # The original scaled both train.lr_base and train.lr_min by batch / 256.
+  state = new_state(tmp_path, 'train.batch_size=64,train.lr_sched=cosine,'
+                    'train.lr_base=0.4,train.lr_min=0.004')
+  end = state.schedule.total_steps
+  assert float(state.schedule(end)) == pytest.approx(0.004 * 64 / 256)
+  assert state.schedule.minimum == pytest.approx(0.001)
+
+
 def test_update_best_says_when_early_stopping_is_due(tmp_path):
   state = new_state(tmp_path, 'train.lr_sched=plateau')
   tops = [0.5, 0.6, 0.6, 0.55, 0.7]
