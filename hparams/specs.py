@@ -134,7 +134,7 @@ class ModelSpec(_Spec):
       0.2, 'model.dropout_rate', 'dropout before the classifier', UNIT)
   survival_prob: Optional[float] = _option(
       0.8, 'model.survival_prob', 'stochastic-depth survival of the last '
-      'block; 1.0 disables it',
+      'block; 1.0, 0 (as in the original) or None disables it',
       (optional(lambda v: 0 <= v <= 1), 'in [0, 1], 0 or None to disable'))
   feature_size: int = _option(
       1280, 'model.feature_size', 'head channels before width scaling',
@@ -310,7 +310,8 @@ class OptimSpec(_Spec):
   lr_min: float = _option(0.0, 'train.lr_min', 'learning-rate floor, per '
                           '256 images as train.lr_base', GE0)
   ema_decay: float = _option(
-      0.9999, 'train.ema_decay', 'weight moving-average decay', UNIT)
+      0.9999, 'train.ema_decay', 'weight moving-average decay; 0: no '
+      'moving average, evaluation uses the raw weights', UNIT)
   weight_decay: float = _option(
       1e-5, 'train.weight_decay', 'L2 weight decay', GE0)
   weight_decay_inc: float = _option(
