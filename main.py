@@ -191,15 +191,15 @@ def make_config(extra=None, model_dir: Optional[str] = None):
   from efficientnetv2_tf.run_dir import RunDir  # pylint: disable=g-import-not-at-top
   saved = RunDir(model_dir) if FLAGS.mode == 'eval' and model_dir else None
   if saved and saved.exists():
-    for name in ('model_name', 'dataset_cfg'):
+    # The run's own train.ft_init_ckpt may set its normalisation.
+    for name in ('model_name', 'dataset_cfg', 'weights'):
       if FLAGS[name].present:
         print(f'warning: --{name} is ignored by --mode=eval of the run in '
               f'{model_dir!r}: it evaluates with the run\'s config.yaml',
               file=sys.stderr)
-    cfg = saved.load_config(FLAGS.hparam_str, extra)
-  else:
-    cfg = hparams.get_config(FLAGS.model_name, FLAGS.dataset_cfg,
-                             FLAGS.hparam_str, extra)
+    return saved.load_config(FLAGS.hparam_str, extra)
+  cfg = hparams.get_config(FLAGS.model_name, FLAGS.dataset_cfg,
+                           FLAGS.hparam_str, extra)
   if FLAGS.weights:
     cfg.train.ft_init_ckpt = FLAGS.weights
   return cfg

@@ -240,7 +240,8 @@ def test_eval_of_a_run_evaluates_with_the_recipe_it_trained_with(capsys,
           if line.startswith('step ')] == ['step 4']
   # Without the recipe's keys, and with flags that would pick another one.
   _main('--mode=eval', f'--model_dir={tmp_path}',
-        '--hparam_str=eval.batch_size=50', '--dataset_cfg=digits')
+        '--hparam_str=eval.batch_size=50', '--dataset_cfg=digits',
+        f'--weights={tmp_path}')
   evaluated = json.loads((tmp_path / 'results.json').read_text())
   assert evaluated['eval_image_size'] == trained['eval_image_size'] == 40
   assert (evaluated['eval_top1'], evaluated['eval_loss']) == pytest.approx(
@@ -249,8 +250,10 @@ def test_eval_of_a_run_evaluates_with_the_recipe_it_trained_with(capsys,
   kept = ('train_loss', 'wall_seconds', 'train_images_per_second')
   assert [evaluated[k] for k in kept] == [trained[k] for k in kept]
   assert trained['wall_seconds'] > 0
-  assert ("warning: --dataset_cfg is ignored by --mode=eval of the run in "
-          f"'{tmp_path}'") in capsys.readouterr().err
+  err = capsys.readouterr().err
+  for name in ('dataset_cfg', 'weights'):
+    assert (f'warning: --{name} is ignored by --mode=eval of the run in '
+            f"'{tmp_path}'") in err
 
 
 def _predict(capsys, tmp_path, run_dir, *flags_):
