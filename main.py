@@ -192,7 +192,9 @@ def make_config(extra=None, model_dir: Optional[str] = None):
   saved = RunDir(model_dir) if FLAGS.mode == 'eval' and model_dir else None
   if saved and saved.exists():
     # The run's own train.ft_init_ckpt may set its normalisation.
-    for name in ('model_name', 'dataset_cfg', 'weights'):
+    named = ('weights',) + (('model_name', 'dataset_cfg')
+                            if FLAGS.model_dir else ())
+    for name in named:
       if FLAGS[name].present:
         print(f'warning: --{name} is ignored by --mode=eval of the run in '
               f'{model_dir!r}: it evaluates with the run\'s config.yaml',
@@ -324,15 +326,18 @@ def check_flag_use(mode: str) -> None:
       warn(name, f'it is read by --mode={" and --mode=".join(modes)}')
   if mode in _TRAINING:
     return
+  # Without --model_dir, --model_name and --dataset_cfg name its default.
   if FLAGS.weights:
-    warn('dataset_cfg', 'the weights carry their classes')
+    if FLAGS.model_dir or mode != 'export':
+      warn('dataset_cfg', 'the weights carry their classes')
     if any(not key.startswith('model.') for key in
            hparams.as_mapping(FLAGS.hparam_str)):
       warn('hparam_str', 'with --weights, only its model.* keys are read')
-  elif FLAGS.model_dir or FLAGS.export_dir:
-    # The model comes with its config; these only name a default model_dir.
+  elif FLAGS.model_dir or (mode == 'predict' and FLAGS.export_dir):
     for name in ('model_name', 'dataset_cfg', 'hparam_str'):
       warn(name, 'the model it reads comes with its own config')
+  else:
+    warn('hparam_str', 'the model it reads comes with its own config')
 
 
 def run() -> None:

@@ -69,7 +69,9 @@ def check_model_dir(run: RunDir, spec: ModelSpec) -> None:
 
 
 def check_recipe(mode: str, specs: Specs) -> None:
-  """Refuses settings that `mode` could not honour."""
+  """Refuses settings that a training `mode` could not honour."""
+  if mode not in ('train', 'traineval'):
+    return
   optim = specs.optim
   if optim.optimizer == 'adamw' and optim.weight_decay_inc:
     raise UserError(

@@ -226,18 +226,20 @@ class Trainer:
         self._train_epoch(stage, iterator, epoch)
         if self.step % plan.steps_per_epoch == 0 or \
             self.step == plan.total_steps:
+          self.state.save()
           seed = None
           if self.step == stage.end_step < plan.total_steps:
             # The next stage's input fills while this one is evaluated.
-            # Its seed is drawn for good after the save, as a run resumed
-            # from that checkpoint draws it.
+            # Its seed is drawn for good after the last save of this step,
+            # as a run resumed from that checkpoint draws it.
             seed = self._next_seed(advance=False)
             upcoming = self._pipeline(
                 progressive.stage_at(plan.stages, self.step), seed)
           last_eval, stop = self._end_epoch(stage, evaluate, last_eval)
-          # After the evaluation, which the early-stop and plateau state
-          # then hold.
-          self.state.save()
+          if evaluate:  # again, with the early-stop and plateau state
+            self.state.save()
+          if self._stop_agreed():
+            raise self.state.preempted()
           if seed is not None:
             self._next_seed()
           if stop:

@@ -240,7 +240,7 @@ def test_eval_of_a_run_evaluates_with_the_recipe_it_trained_with(capsys,
           if line.startswith('step ')] == ['step 4']
   # Without the recipe's keys, and with flags that would pick another one.
   _main('--mode=eval', f'--model_dir={tmp_path}',
-        '--hparam_str=eval.batch_size=50', '--dataset_cfg=digits',
+        '--hparam_str=eval.batch_size=50', '--dataset_cfg=cifar10ft',
         f'--weights={tmp_path}')
   evaluated = json.loads((tmp_path / 'results.json').read_text())
   assert evaluated['eval_image_size'] == trained['eval_image_size'] == 40
