@@ -184,6 +184,13 @@ def parse_flags(argv):
   return args
 
 
+def warn_ignored(name: str, by: str, why: str) -> None:
+  """One warning line when flag `name`, which `by` does not read, was
+  given."""
+  if FLAGS[name].present:
+    print(f'warning: --{name} is ignored by {by} ({why})', file=sys.stderr)
+
+
 def make_config(extra=None, model_dir: Optional[str] = None):
   """The run config from the flags, then `extra`. `--mode=eval` of a run
   already in `model_dir` starts from the config.yaml it trained with, so
@@ -195,10 +202,8 @@ def make_config(extra=None, model_dir: Optional[str] = None):
     named = ('weights',) + (('model_name', 'dataset_cfg')
                             if FLAGS.model_dir else ())
     for name in named:
-      if FLAGS[name].present:
-        print(f'warning: --{name} is ignored by --mode=eval of the run in '
-              f'{model_dir!r}: it evaluates with the run\'s config.yaml',
-              file=sys.stderr)
+      warn_ignored(name, f'--mode=eval of the run in {model_dir!r}',
+                   "it evaluates with the run's config.yaml")
     return saved.load_config(FLAGS.hparam_str, extra)
   cfg = hparams.get_config(FLAGS.model_name, FLAGS.dataset_cfg,
                            FLAGS.hparam_str, extra)
@@ -317,10 +322,7 @@ def check_flag_use(mode: str) -> None:
       raise UserError(f'--{name} {FLAGS[name].value!r} picks the weights to '
                       'predict with; --mode=predict with --export_dir reads '
                       'the export instead: pass one of them')
-  def warn(name, why):
-    if FLAGS[name].present:
-      print(f'warning: --{name} is ignored by --mode={mode} ({why})',
-            file=sys.stderr)
+  warn = lambda name, why: warn_ignored(name, f'--mode={mode}', why)
   for name, modes in MODES_OF_FLAG.items():
     if mode not in modes:
       warn(name, f'it is read by --mode={" and --mode=".join(modes)}')

@@ -195,38 +195,39 @@ def test_a_dataset_module_that_fails_is_one_line_naming_it(
                               f'{message}'), lines
 
 
-def test_flags_the_mode_does_not_read_are_named_in_a_warning(capsys,
-                                                           tmp_path):
-  main.FLAGS.unparse_flags()
-  main.FLAGS(['main.py', f'--model_dir={tmp_path}', '--mode=eval',
-              '--top_k=3', '--image_size=64', '--eval_timeout=0'])
-  with pytest.raises(SystemExit):
-    main.main(['main.py'])
-  lines = capsys.readouterr().err.strip().splitlines()
-  assert [line for line in lines if line.startswith('warning:')] == [
-      'warning: --top_k is ignored by --mode=eval (it is read by '
-      '--mode=predict)',
-      'warning: --image_size is ignored by --mode=eval (it is read by '
-      '--mode=benchmark)']
-  assert lines[-1].startswith('error: no checkpoint in '), lines
-  main.FLAGS.unparse_flags()
-  main.FLAGS(['main.py', f'--model_dir={tmp_path}', '--mode=benchmark',
-              '--hparam_str=eval.isize=64', '--strategy=cpu',
-              '--batch_sizes=0'])
-  with pytest.raises(SystemExit):
-    main.main(['main.py'])
-  lines = capsys.readouterr().err.strip().splitlines()
-  assert [line for line in lines if line.startswith('warning:')] == [
-      'warning: --strategy is ignored by --mode=benchmark (it is read by '
-      '--mode=train and --mode=eval and --mode=traineval)',
-      'warning: --hparam_str is ignored by --mode=benchmark (the model it '
-      'reads comes with its own config)']
-
-
 def _main(*argv):
   main.FLAGS.unparse_flags()
   main.FLAGS(['main.py', *argv])
   main.main(['main.py'])
+
+
+def _refused_with_warnings(capsys, *argv):
+  """The warning lines and the last line of a command that exits."""
+  with pytest.raises(SystemExit):
+    _main(*argv)
+  lines = capsys.readouterr().err.strip().splitlines()
+  return [line for line in lines if line.startswith('warning:')], lines[-1]
+
+
+def test_flags_the_mode_does_not_read_are_named_in_a_warning(capsys,
+                                                           tmp_path):
+  warnings, last = _refused_with_warnings(
+      capsys, f'--model_dir={tmp_path}', '--mode=eval', '--top_k=3',
+      '--image_size=64', '--eval_timeout=0')
+  assert warnings == [
+      'warning: --top_k is ignored by --mode=eval (it is read by '
+      '--mode=predict)',
+      'warning: --image_size is ignored by --mode=eval (it is read by '
+      '--mode=benchmark)']
+  assert last.startswith('error: no checkpoint in '), last
+  warnings, _ = _refused_with_warnings(
+      capsys, f'--model_dir={tmp_path}', '--mode=benchmark',
+      '--hparam_str=eval.isize=64', '--strategy=cpu', '--batch_sizes=0')
+  assert warnings == [
+      'warning: --strategy is ignored by --mode=benchmark (it is read by '
+      '--mode=train and --mode=eval and --mode=traineval)',
+      'warning: --hparam_str is ignored by --mode=benchmark (the model it '
+      'reads comes with its own config)']
 
 
 def test_eval_of_a_run_evaluates_with_the_recipe_it_trained_with(capsys,
@@ -258,11 +259,9 @@ def test_eval_of_a_run_evaluates_with_the_recipe_it_trained_with(capsys,
 
 def _predict(capsys, tmp_path, run_dir, *flags_):
   output = tmp_path / 'predictions.json'
-  main.FLAGS.unparse_flags()
-  main.FLAGS(['main.py', '--mode=predict', f'--model_dir={run_dir}',
-              f'--image_path={tmp_path / "digits"}',
-              f'--predictions_file={output}', *flags_])
-  main.main(['main.py'])
+  _main('--mode=predict', f'--model_dir={run_dir}',
+        f'--image_path={tmp_path / "digits"}',
+        f'--predictions_file={output}', *flags_)
   capsys.readouterr()
   return json.loads(output.read_text())
 
