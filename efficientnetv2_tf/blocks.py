@@ -137,6 +137,24 @@ class BatchNorm(keras.layers.BatchNormalization):
     return ops.cast(outputs, self.compute_dtype)
 
 
+def replica_seed(generator: keras.random.SeedGenerator) -> tf.Tensor:
+  """The next seed of `generator`, as Keras's TensorFlow backend draws
+  and casts it, made distinct per replica under a strategy.
+
+  A generator's state is mirrored, the same on every replica; without the
+  replica's index folded in, example i of every replica's batch would get
+  the same mask. One replica draws exactly what Keras would.
+  """
+  seed = generator.next()
+  if seed.dtype != tf.int32:
+    seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+  context = tf.distribute.get_replica_context()
+  if context is not None and context.num_replicas_in_sync > 1:
+    seed = tf.random.experimental.stateless_fold_in(
+        seed, tf.cast(context.replica_id_in_sync_group, tf.int32))
+  return seed
+
+
 @serializable
 class StochasticDepth(keras.layers.Layer):
   """Drops the whole residual branch of a sample with prob. 1 - survival_prob.
@@ -159,9 +177,9 @@ class StochasticDepth(keras.layers.Layer):
     if not training or self.survival_prob == 1.0:
       return inputs
     noise_shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
-    return keras.random.dropout(inputs, 1.0 - self.survival_prob,
-                                noise_shape=noise_shape,
-                                seed=self.seed_generator)
+    return tf.nn.experimental.stateless_dropout(
+        inputs, 1.0 - self.survival_prob, noise_shape=noise_shape,
+        seed=replica_seed(self.seed_generator))
 
   def get_config(self):
     return {**super().get_config(), 'survival_prob': self.survival_prob,
@@ -174,8 +192,9 @@ class TopDropout(keras.layers.Dropout):
   reads its rate from that variable each time the step runs, so
   progressive stages that change only the rate share one traced step;
   inference ignores it, as any dropout does. The variable holds
-  `settings(rate)`; each call then draws the values
-  `keras.layers.Dropout(rate)` would, from the same seeds.
+  `settings(rate)`. On one replica each call draws the values
+  `keras.layers.Dropout(rate)` would, from the same seeds; under a
+  strategy each replica draws its own (`replica_seed`).
   """
 
   @staticmethod
@@ -190,19 +209,19 @@ class TopDropout(keras.layers.Dropout):
     object.__setattr__(self, '_settings', settings)
 
   def call(self, inputs, training=False):
-    settings = getattr(self, '_settings', None)
-    if not training or settings is None or not hasattr(
-        self, 'seed_generator'):
+    # Keras makes no seed generator for a rate of 0.
+    if not training or not hasattr(self, 'seed_generator'):
       return super().call(inputs, training=training)
+    settings = getattr(self, '_settings', None)
+    if settings is None:
+      settings = self.settings(self.rate)
     rate, scale = tf.unstack(tf.cast(settings, inputs.dtype))
     # At rate 0 Keras draws nothing, so later draws keep their seeds.
     return tf.cond(rate > 0, lambda: self._drop(inputs, rate, scale),
                    lambda: tf.identity(inputs))
 
   def _drop(self, inputs, rate, scale):
-    seed = self.seed_generator.next()
-    if seed.dtype != tf.int32:  # as Keras's TensorFlow backend casts it
-      seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+    seed = replica_seed(self.seed_generator)
     shape = tf.shape(inputs)
     if self.noise_shape is not None:  # None where it follows the inputs
       shape = tf.stack([shape[i] if size is None else size

@@ -42,7 +42,7 @@ than fail, so a wrong address can hang instead of raising.
 """
 import contextlib
 import dataclasses
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import keras
 import tensorflow as tf
@@ -202,6 +202,14 @@ def precision_scope(policy: str) -> Iterator[None]:
     yield
   finally:
     keras.mixed_precision.set_global_policy(previous)
+
+
+def share_first_replica(variables: Sequence[tf.Variable]) -> None:
+  """Gives every replica the first replica's value of each variable, such
+  as BatchNorm's moving statistics, which replicas keep each for itself
+  unless synchronised. Call it outside `strategy.run`."""
+  for variable in variables:
+    variable.assign(tf.convert_to_tensor(variable))
 
 
 def wrap_optimizer(optimizer: keras.optimizers.Optimizer,

@@ -109,12 +109,15 @@ class ExponentialMovingAverage(tf.Module):
       target.assign(tf.cast(average, target.dtype))
 
 
+def moving_statistics(model: keras.Model) -> List[tf.Variable]:
+  """BatchNorm's moving means and variances in `model`."""
+  return [v for v in model.non_trainable_variables if 'moving_' in v.path]
+
+
 def ema_variables(model: keras.Model) -> List[tf.Variable]:
   """What the EMA of a model averages: its weights and BatchNorm's moving
   statistics, in an order that the same architecture always repeats."""
-  moving = [v for v in model.non_trainable_variables
-            if 'moving_' in v.path]
-  return list(model.trainable_variables) + moving
+  return list(model.trainable_variables) + moving_statistics(model)
 
 
 def maybe_ema(variables: Variables,

@@ -93,6 +93,11 @@ class Evaluator:
         dtype=self.image_dtype)
     batches = distribute.distribute_input(self.strategy, dataset_fn)
     totals = np.zeros(4)
+    if not self.ema:
+      # The EMA's swap does this as well: without it, each replica would
+      # evaluate with BatchNorm statistics of its own, and not those of
+      # the first replica, which checkpoints and exports keep.
+      distribute.share_first_replica(ema_lib.moving_statistics(self.model))
     with self.ema.applied() if self.ema else contextlib.nullcontext():
       for batch in batches:
         totals += np.array([float(s) for s in self._step_fn(batch)])

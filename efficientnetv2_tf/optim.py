@@ -328,16 +328,18 @@ def weight_decay_at(weight_decay: float, weight_decay_inc: float, step: Step,
   return (1.0 + weight_decay_inc * fraction) * weight_decay
 
 
-def clip_gradients(grads: Sequence[Optional[tf.Tensor]],
-                   clip_norm: float) -> List[Optional[tf.Tensor]]:
+def clip_gradients(grads: Sequence[Optional[tf.Tensor]], clip_norm: float,
+                   scale: Any = 1.0) -> List[Optional[tf.Tensor]]:
   """Clips as the original did for `train.gclip`; 0 passes `grads` through.
 
   Each gradient is first clipped to norm `|clip_norm|`, then all of them
-  together to that global norm. None gradients stay None.
+  together to that global norm. None gradients stay None. `scale` is the
+  factor the gradients carry (a loss scale): the norms are those of the
+  gradients without it.
   """
   if not clip_norm:
     return list(grads)
-  clip_norm = abs(clip_norm)
+  clip_norm = abs(clip_norm) * scale
   grads = [None if g is None else tf.clip_by_norm(g, clip_norm)
            for g in grads]
   return tf.clip_by_global_norm(grads, clip_norm)[0]

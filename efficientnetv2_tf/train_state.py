@@ -137,6 +137,11 @@ class TrainState:
                    best=self.best, evals_since_best=self.evals_since_best)
     if self.ema:
       tracked['ema'] = self.ema
+    # Where dropout and stochastic depth are in their random draws: not
+    # among the model's weights, but a resumed run must draw on from there.
+    weights = {id(w) for w in self.model.weights}
+    tracked['seed_states'] = [v for v in self.model.variables
+                              if id(v) not in weights]
     if self.plateau:
       tracked['plateau'] = self.plateau
     self.checkpoint = tf.train.Checkpoint(**tracked)

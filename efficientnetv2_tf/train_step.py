@@ -12,7 +12,7 @@ unless that follows a variable (`blocks.TopDropout`), when it is
 traced: set them (`freeze_backbone`) before the first call.
 """
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -94,6 +94,26 @@ def _gradients_fn(model: keras.Model, optimizer: keras.optimizers.Optimizer,
   return gradients
 
 
+def _skipped_together(grads: List[Optional[tf.Tensor]]
+                      ) -> List[Optional[tf.Tensor]]:
+  """`grads`, all NaN on every replica if any replica's are not finite.
+
+  Keras's loss scaling checks the first replica's gradients only, as if
+  they had been summed across replicas already; they are summed later,
+  so an overflow on another replica would reach the weights instead of
+  skipping the step and lowering the scale.
+  """
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return grads
+  bad = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))
+                  for g in grads if g is not None])
+  bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+  poison = tf.where(bad > 0, float('nan'), 0.0)
+  return [None if g is None else g + tf.cast(poison, g.dtype)
+          for g in grads]
+
+
 def _replica_step_fn(gradients: Callable[..., Any],
                      optimizer: keras.optimizers.Optimizer,
                      ema: Optional[ema_lib.ExponentialMovingAverage],
@@ -112,7 +132,11 @@ def _replica_step_fn(gradients: Callable[..., Any],
           a + b for a, b in zip(grads_sum, grads)]
       loss_sum += loss
       correct_sum += correct
-    grads_sum = optim.clip_gradients(grads_sum, settings.gclip)
+    scale = 1.0
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+      grads_sum = _skipped_together(grads_sum)
+      scale = optimizer.dynamic_scale
+    grads_sum = optim.clip_gradients(grads_sum, settings.gclip, scale)
     optimizer.apply_gradients(zip(grads_sum, variables))
     if ema:
       ema.update(optimizer.iterations)

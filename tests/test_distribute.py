@@ -112,6 +112,57 @@ ON_TWO_CPUS = """
       print('bn_sync', bn_sync, len(means) > 10,
             all(np.array_equal(a, b) for a, b in zip(first, second)),
             all(np.allclose(a, b, atol=1e-5) for a, b in zip(first, expected)))
+
+    # Evaluated without an EMA, the last model (each replica with its own
+    # moving statistics) scores what one device scores with the first
+    # replica's, which checkpoints and exports keep.
+    from efficientnetv2_tf.evaluator import Evaluator
+    from tests.conftest import tiny_run
+    specs, dataset = tiny_run()
+    reference.set_weights(model.get_weights())
+    scores = [Evaluator(specs, dataset, net, None, where).evaluate(0)
+              for net, where in ((model, strategy),
+                                 (reference, distribute.get_strategy('cpu')))]
+    print('eval_bn', scores[0]['eval_images'] == scores[1]['eval_images'],
+          np.isclose(scores[0]['eval_loss'], scores[1]['eval_loss'],
+                     rtol=1e-6))
+
+    # Each replica draws its own dropout and stochastic-depth masks.
+    from efficientnetv2_tf import blocks
+    with strategy.scope():
+      drops = [blocks.StochasticDepth(0.5), blocks.TopDropout(0.5)]
+    ones = tf.ones((64, 1, 1, 1))
+    for drop in drops:
+      masks = strategy.experimental_local_results(tf.function(
+          lambda: strategy.run(lambda: drop(ones, training=True)))())
+      print('masks', type(drop).__name__,
+            not np.array_equal(masks[0].numpy(), masks[1].numpy()))
+
+    # Loss scaling: an overflow on the second replica only skips the step
+    # on both and halves the scale.
+    from efficientnetv2_tf import train_step
+    with strategy.scope():
+      dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10)])
+      scaled = distribute.wrap_optimizer(keras.optimizers.SGD(0.1),
+                                         'mixed_float16')
+      scaled.build(dense.trainable_variables)
+    inputs = np.ones((4, 4), 'float32')
+    inputs[2:] = 1e36  # finite, but not once the loss scale multiplies it
+    data = tf.data.Dataset.from_tensor_slices(
+        (inputs, tf.one_hot(range(4), 10))).batch(4)
+    before = dense.get_weights()[0]
+    loop = train_step.build_train_loop(
+        dense, scaled, None, strategy, train_step.StepSettings(
+            global_batch=4, total_steps=10, grad_accum_steps=1,
+            loss_type='softmax', label_smoothing=0.0, l2_weight_decay=0.0,
+            weight_decay_inc=0.0, weight_decay_exclude='', gclip=0.0,
+            jit_compile=False))
+    loop(iter(strategy.experimental_distribute_dataset(data)), tf.constant(1))
+    kernels = strategy.experimental_local_results(
+        dense.trainable_variables[0].value)
+    print('overflow', int(scaled.iterations.numpy()),
+          float(scaled.dynamic_scale.numpy()),
+          all(np.array_equal(k.numpy(), before) for k in kernels))
     """
 
 
@@ -303,6 +354,20 @@ def test_bn_sync_shares_batch_statistics_across_replicas(printed):
   # two batches together; plain BatchNorm leaves each replica its own.
   assert printed('two_cpus', 'bn_sync') == [
       'True', 'True', 'True', 'True', 'False', 'True', 'False', 'False']
+
+
+def test_evaluation_without_an_ema_uses_the_first_replicas_statistics(
+    printed):
+  assert printed('two_cpus', 'eval_bn') == ['True', 'True']
+
+
+def test_each_replica_draws_its_own_masks(printed):
+  assert printed('two_cpus', 'masks') == [
+      'StochasticDepth', 'True', 'TopDropout', 'True']
+
+
+def test_an_overflow_on_one_replica_skips_the_step_on_all(printed):
+  assert printed('two_cpus', 'overflow') == ['0', '16384.0', 'True']
 
 
 def fake_tpu_with(replicas):

@@ -3,6 +3,7 @@ import dataclasses
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import efficientnetv2_tf
@@ -75,6 +76,30 @@ def test_an_l2_weight_decay_adds_to_the_loss():
   without, _ = plain(batches(strategy, 1), tf.constant(1))
   with_l2, _ = decayed(batches(strategy, 1), tf.constant(1))
   assert float(with_l2) > float(without) + 1e-3
+
+
+def test_gradient_clipping_holds_under_loss_scaling():
+  # Loss scaling multiplies the gradients by 2**15 until the optimizer
+  # divides it out: the clip must act on the gradients without it. The
+  # oracle is the same step without loss scaling.
+  settings = dataclasses.replace(SETTINGS, gclip=0.5)
+  updates = []
+  for scaled in (False, True):
+    keras.utils.set_random_seed(0)
+    strategy, model, optimizer, ema = built(learning_rate=1.0)
+    if scaled:
+      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+      optimizer.build(model.trainable_variables)
+    before = [v.numpy() for v in model.trainable_variables]
+    loop = train_step.build_train_loop(model, optimizer, ema, strategy,
+                                       settings)
+    loop(batches(strategy, 1), tf.constant(1))
+    updates.append([v.numpy() - b for v, b in
+                    zip(model.trainable_variables, before)])
+  norm = np.sqrt(sum(np.sum(u ** 2) for u in updates[0]))
+  assert norm == pytest.approx(0.5, rel=1e-3)  # the clip was reached
+  for plain, scaled in zip(*updates):
+    np.testing.assert_allclose(scaled, plain, rtol=1e-4, atol=1e-7)
 
 
 def test_a_frozen_backbone_leaves_only_the_classifier_to_train():

@@ -226,3 +226,8 @@ def test_a_run_resumed_at_a_stage_boundary_feeds_that_stage_as_before(
   again.train()
   assert again.step == trainer.plan.total_steps
   assert trainer.dataset.training_inputs == uninterrupted[1:]
+  # Dropout (0.4) and stochastic depth drew on where they had stopped, so
+  # the weights end where the uninterrupted run's did.
+  for ours, theirs in zip(again.model.weights, trainer.model.weights):
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6,
+                               err_msg=ours.path)
