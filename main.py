@@ -330,9 +330,13 @@ def check_flag_use(mode: str) -> None:
     return
   # Without --model_dir, --model_name and --dataset_cfg name its default.
   if FLAGS.weights:
+    from efficientnetv2_tf import export  # pylint: disable=g-import-not-at-top
     if FLAGS.model_dir or mode != 'export':
       warn('dataset_cfg', 'the weights carry their classes')
-    if any(not key.startswith('model.') for key in
+    if export.weights_run(FLAGS.weights):
+      for name in ('model_name', 'hparam_str'):
+        warn(name, 'the run the weights come from has its own config')
+    elif any(not key.startswith('model.') for key in
            hparams.as_mapping(FLAGS.hparam_str)):
       warn('hparam_str', 'with --weights, only its model.* keys are read')
   elif FLAGS.model_dir or (mode == 'predict' and FLAGS.export_dir):

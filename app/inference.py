@@ -180,7 +180,10 @@ def file_runtime(source: export_lib.Source, name: str,
   with open(path, 'wb') as f:
     f.write(onnx_export.onnx_model(source) if name == 'onnxruntime'
             else export_lib.tflite_model(source))
-  return runtimes.load(path, name)
+  runtime = runtimes.load(path, name)
+  # A .tflite file does not record the model's name; the source does.
+  runtime.model_name = source.model_name
+  return runtime
 
 
 def run_benchmark(source: export_lib.Source, image_size: Optional[int],

@@ -37,13 +37,14 @@ import datetime
 import json
 import os
 import shutil
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import hparams
+from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import loading
 from efficientnetv2_tf import onnx_export
 from efficientnetv2_tf import quantize
@@ -92,12 +93,32 @@ def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
                 _checkpoint_step(checkpoint))
 
 
+def weights_run(weights: str) -> Optional[Tuple[str, Optional[str]]]:
+  """(run directory, checkpoint or None for its newest) when `weights` is
+  a training run's directory, its checkpoints/ or a checkpoint there."""
+  if weights in TAGS or weights.endswith(('.weights.h5', '.keras')):
+    return None
+  if os.path.isfile(RunDir(weights).config):
+    return weights, None
+  prefix = checkpoints.find_checkpoint(weights)
+  run = RunDir.of_checkpoint(prefix)
+  return (run.path, prefix) if run else None
+
+
 def load_pretrained(model_name: str, weights: str,
                     model_config: Optional[str] = None,
                     normalization: Optional[str] = None) -> Source:
   """Published weights ('imagenet', ...) with their own input contract, or a
   checkpoint path with the V2 evaluation contract at the model preset's eval
-  size (`normalization` changes it); `model_config` as for `get_model`."""
+  size (`normalization` changes it); `model_config` as for `get_model`.
+
+  A checkpoint of a training run, or the run's directory or checkpoints/,
+  is that run's model, contract and labels: `load_run`, whose config.yaml
+  decides over `model_name`, `model_config` and `normalization`.
+  """
+  run = weights_run(weights)
+  if run:
+    return load_run(*run)
   model = loading.get_model(model_name, model_config, weights=weights,
                             training=False)
   if weights in TAGS:
@@ -238,9 +259,16 @@ def check_options(export_dir: str, overwrite: bool,
   quantization or ONNX precision, before any work."""
   check_quantization(quantization)
   onnx_export.check_precision(onnx_precision)
-  if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
-    raise UserError(f'export_dir {export_dir!r} exists and is not empty; '
-                    'pass overwrite=True to replace it, or choose a new one')
+  if os.path.isdir(export_dir) and os.listdir(export_dir):
+    if not overwrite:
+      raise UserError(f'export_dir {export_dir!r} exists and is not empty; '
+                      'pass overwrite=True to replace it, or choose a new '
+                      'one')
+    # Replacing it deletes it: a run's folder, say, must not go.
+    if not os.path.isfile(os.path.join(export_dir, 'export.json')):
+      raise UserError(f'export_dir {export_dir!r} is not an earlier export '
+                      '(it has no export.json), so overwrite will not '
+                      'delete it; choose a new or empty directory')
   if os.path.exists(export_dir) and not os.path.isdir(export_dir):
     raise UserError(f'export_dir {export_dir!r} is a file, not a directory')
   ancestor = os.path.dirname(os.path.abspath(export_dir))
@@ -323,12 +351,16 @@ def export(source: Source, export_dir: str, overwrite: bool = False,
   staging = export_dir.rstrip(os.sep) + f'.tmp-{os.getpid()}'
   shutil.rmtree(staging, ignore_errors=True)
   os.makedirs(staging)
-  _write_models(source, staging, tflite, quantization, onnx_precision,
-                calibration_images)
-  info = _description(source, staging, quantization if tflite else None,
-                      onnx_precision)
-  with open(os.path.join(staging, 'export.json'), 'w') as f:
-    json.dump(info, f, indent=2)
+  try:
+    _write_models(source, staging, tflite, quantization, onnx_precision,
+                  calibration_images)
+    info = _description(source, staging, quantization if tflite else None,
+                        onnx_precision)
+    with open(os.path.join(staging, 'export.json'), 'w') as f:
+      json.dump(info, f, indent=2)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
   if os.path.isdir(export_dir):
     shutil.rmtree(export_dir)
   os.replace(staging, export_dir)

@@ -7,6 +7,7 @@ probability) or the `error` that kept it from being read: a corrupt file
 is reported and the others still go through.
 """
 import os
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -109,8 +110,13 @@ def predict(source: Union[str, export.Source], files: Sequence[str],
 
 
 def reason(error: Exception) -> str:
-  """The line of a TensorFlow error that says what went wrong."""
-  noise = ('Graph execution error', 'Detected at node', '<stack', '[[')
+  """The line of a TensorFlow error that says what went wrong, without
+  the frames of where the op was traced or TensorFlow's node names."""
+  noise = ('Graph execution error', 'Detected at node', '<stack', '[[',
+           'File "')
   lines = [line.strip() for line in str(error).splitlines()
            if line.strip() and not line.strip().startswith(noise)]
-  return lines[0] if lines else type(error).__name__
+  if not lines:
+    return type(error).__name__
+  line = re.sub(r'^\{\{function_node [^}]*\}\}\s*', '', lines[0])
+  return re.sub(r'\s*(\[\[.*|\[Op:.*)$', '', line) or type(error).__name__

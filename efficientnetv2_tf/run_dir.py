@@ -132,6 +132,17 @@ class RunDir:
     with open(self.labels_file) as f:
       return f.read().splitlines()
 
+  @classmethod
+  def of_checkpoint(cls, prefix: str) -> Optional['RunDir']:
+    """The training run whose checkpoints/ holds checkpoint `prefix`, or
+    None when it is not one of a run's."""
+    folder = os.path.dirname(os.path.abspath(prefix))
+    run = cls(os.path.dirname(folder))
+    if os.path.abspath(run.checkpoints) == folder and os.path.isfile(
+        run.config):
+      return run
+    return None
+
   def latest_checkpoint(self) -> Optional[str]:
     """The newest checkpoint's prefix, or None."""
     return tf.train.latest_checkpoint(self.checkpoints)

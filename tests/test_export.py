@@ -335,6 +335,7 @@ def test_benchmark_prints_one_line_per_runtime_and_batch_size(exported,
       ('tf', 1), ('tf', 2), ('onnxruntime', 1), ('onnxruntime', 2),
       ('litert', 1), ('litert', 2)]
   assert {l['image_size'] for l in lines} == {32}
+  assert {l['model'] for l in lines} == {'efficientnetv2-b0'}
   assert all(l['images_per_second'] > 0 for l in lines)
   assert not any(l['jit_compile'] for l in lines)
 
@@ -353,12 +354,32 @@ def test_benchmark_times_every_runtime_at_the_image_size_given(exported,
     inference.run_benchmark(source, 0, '2', 1, False, 'litert')
 
 
+def test_a_failed_export_leaves_nothing_behind(exported, tmp_path,
+                                              monkeypatch):
+  model_dir, _, _, _ = exported
+
+  def half_written(source, staging, *args):
+    (tmp_path / 'staged').write_text(staging)
+    open(os.path.join(staging, 'model.tflite'), 'w').close()
+    raise UserError('calibration images must be [32, 32, 3]')
+
+  monkeypatch.setattr(export, '_write_models', half_written)
+  with pytest.raises(UserError, match='calibration images'):
+    export.export(export.load_run(model_dir), str(tmp_path / 'out'))
+  assert (tmp_path / 'staged').read_text().startswith(str(tmp_path / 'out'))
+  assert os.listdir(tmp_path) == ['staged']
+
+
 def test_export_refuses_a_non_empty_dir_and_a_run_without_checkpoint(
     exported, tmp_path):
   _, export_dir, _, _ = exported
   with pytest.raises(UserError, match='exists and is not empty; pass '
                      'overwrite=True'):
     export.check_options(export_dir, overwrite=False)
+  # Overwriting replaces earlier exports only, never a run's folder.
+  with pytest.raises(UserError, match='is not an earlier export'):
+    export.check_options(os.path.dirname(export_dir), overwrite=True)
+  export.check_options(export_dir, overwrite=True)
   blocker = tmp_path / 'a_file'
   blocker.write_text('')
   with pytest.raises(UserError, match=f"export_dir '{blocker}/sub/out' "
@@ -370,6 +391,23 @@ def test_export_refuses_a_non_empty_dir_and_a_run_without_checkpoint(
       open(os.path.join(os.path.dirname(export_dir), 'config.yaml')).read())
   with pytest.raises(UserError, match='no checkpoint in .*train first'):
     export.load_run(str(tmp_path))
+
+
+def test_weights_naming_a_run_serve_with_the_runs_contract(exported):
+  # --weights=<a run, its checkpoints/ or a ckpt-N> in export, predict and
+  # benchmark: the run's recipe (32 px, no crop, [-1, 1]) and class names,
+  # not the V2 defaults (224 px, crop) the model name would give.
+  model_dir, _, trainer, _ = exported
+  checkpoints = os.path.join(model_dir, 'checkpoints')
+  for weights in (model_dir, checkpoints, trainer.state.latest_checkpoint()):
+    source = export.load_pretrained('efficientnetv2-s', weights)
+    assert source.model.name == 'efficientnetv2-b0'
+    assert source.contract == export.load_run(model_dir).contract
+    assert source.image_size == 32 and source.contract.crop == 'none'
+    assert source.labels == [str(i) for i in range(10)]
+    np.testing.assert_allclose(
+        source.model((IMAGES - 0.5) / 0.5, training=False).numpy(),
+        ema_logits(trainer, IMAGES), atol=1e-5)
 
 
 def test_pretrained_imagenet_models_export_with_class_names(tmp_path):

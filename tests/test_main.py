@@ -255,6 +255,15 @@ def test_eval_of_a_run_evaluates_with_the_recipe_it_trained_with(capsys,
   for name in ('dataset_cfg', 'weights'):
     assert (f'warning: --{name} is ignored by --mode=eval of the run in '
             f"'{tmp_path}'") in err
+  # --weights naming this run: its config decides, even over model.* keys.
+  warnings, _ = _refused_with_warnings(
+      capsys, f'--weights={tmp_path}/checkpoints', '--mode=benchmark',
+      '--model_name=efficientnetv2-s', '--batch_sizes=0',
+      '--hparam_str=model.dropout_rate=0.1')
+  assert warnings == [
+      f'warning: --{name} is ignored by --mode=benchmark (the run the '
+      'weights come from has its own config)'
+      for name in ('model_name', 'hparam_str')]
 
 
 def _predict(capsys, tmp_path, run_dir, *flags_):

@@ -3,6 +3,7 @@ export."""
 import os
 
 import pytest
+import tensorflow as tf
 
 from app import inference
 import efficientnetv2_tf
@@ -46,3 +47,16 @@ def test_predict_ranks_readable_images_and_reports_the_others(folder):
       f'{rows[0]["file"]}: class ')
   assert inference.describe(rows[1]) == (f'{rows[1]["file"]}: error: '
                                          f'{rows[1]["error"]}')
+
+
+def test_an_unreadable_image_is_named_by_what_the_decoder_said():
+  # As TensorFlow reports it from an op run eagerly and from a traced
+  # function: the decoder's words only, not frames or node names.
+  broken = tf.constant([b'\xff\xd8\xff\xe0 not a jpeg'])
+  decode = lambda b: tf.io.decode_image(b[0], channels=3,
+                                        expand_animations=False)
+  for run in (decode, tf.function(decode)):
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+      run(broken)
+    assert predict.reason(error.value) == (
+        'jpeg::Uncompress failed. Invalid JPEG data or crop window.')
