@@ -192,7 +192,8 @@ def _header(results: Dict[str, Any]) -> List[str]:
       'Written by `python bench/run_all.py' +
       (' --quick' if results['quick'] else '') + '`; do not edit by hand. '
       'Each comparison ran in one process, the settings taking turns, and '
-      'each figure is the median of its turns. The ratios carry over to '
+      'each figure is the median of its turns (the progressive runs '
+      'excepted, see there). The ratios carry over to '
       'other machines better than the absolute figures.', '',
       _table(['machine', ''], [[k, v] for k, v in results['machine'].items()]),
       '', f'Total run time: {results["seconds"] / 60:.1f} minutes.', '',
@@ -291,8 +292,10 @@ def _progressive(results: Dict[str, Any]) -> List[str]:
       f'both evaluated at {settings["size"]} px after every epoch. '
       + ('At most ' + str(settings['per_class']) + ' training images per '
          'class. ' if settings.get('per_class') else '') +
-      'Times are training seconds, tracing and input included, '
-      'evaluations left out. ' +
+      'Times are training seconds: tracing, input, the checkpoint saves '
+      'and the redrawn curves of each epoch included, evaluations left '
+      'out. Unlike the other sections, each run trains once, the fixed one '
+      'first. ' +
       (f'Both runs took `--progressive_hparams={settings["hparams"]}`, '
        'which overrides the settings named here. '
        if settings.get('hparams') else '') +
@@ -346,8 +349,8 @@ def _memory(results: Dict[str, Any]) -> List[str]:
           f'Peak resident memory of a fresh process that trains '
           f'{results["model"]} at 128 px, batch 32, for '
           f'{results["memory"]["steps"]} steps.', '',
-          _table(['', 'peak RSS, MB'], [['ours', peaks['ours']],
-                                         ['keras fit', peaks['keras']]]),
+          _table(['', 'peak RSS, MiB'], [['ours', peaks['ours']],
+                                          ['keras fit', peaks['keras']]]),
           '']
 
 

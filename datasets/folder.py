@@ -30,7 +30,9 @@ A folder dataset of your own is a subclass:
 """
 import concurrent.futures
 import os
-from typing import ClassVar, Dict, List, NamedTuple, Optional, Sequence, Tuple
+import struct
+from typing import (BinaryIO, ClassVar, Dict, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 from absl import logging
 import numpy as np
@@ -56,6 +58,32 @@ _SIGNATURES = {
 }
 
 
+def _bmp_problem(f: BinaryIO) -> Optional[str]:
+  """What TensorFlow's BMP decoder would get wrong in the open BMP `f`.
+
+  It reads 24- and 32-bit pixels, and 8-bit ones as grey levels: right
+  only where the palette is the grey ramp. It cannot read other depths.
+  """
+  f.seek(10)
+  header = f.read(20)
+  if len(header) < 20:
+    return 'truncated or damaged'
+  pixels, header_size = struct.unpack('<II', header[:8])
+  bits = struct.unpack('<H', header[18:20])[0]
+  if bits in (24, 32):
+    return None
+  if bits == 8:
+    f.seek(14 + header_size)
+    palette = f.read(min(1024, max(0, pixels - 14 - header_size)))
+    ramp = b''.join(bytes((i, i, i, 0)) for i in range(len(palette) // 4))
+    if palette and palette[:len(ramp)] == ramp:
+      return None
+    return ('an 8-bit BMP with a colour palette, which TensorFlow would '
+            'read as grey levels; save it as PNG')
+  return (f'a {bits}-bit BMP, which TensorFlow cannot read (it reads 24- '
+          'and 32-bit ones); save it as PNG')
+
+
 def image_problem(path: str) -> Optional[str]:
   """Why the file at `path` is not a whole image, or None if it looks whole.
 
@@ -67,6 +95,7 @@ def image_problem(path: str) -> Optional[str]:
     size = os.path.getsize(path)
     with open(path, 'rb') as f:
       head = f.read(16)
+      bmp_problem = _bmp_problem(f) if head.startswith(b'BM') else None
       f.seek(max(0, size - 16))
       tail = f.read()
   except OSError as e:
@@ -77,6 +106,8 @@ def image_problem(path: str) -> Optional[str]:
                if head.startswith(signatures)), None)
   if kind is None:
     return 'not a JPEG, PNG, BMP or GIF image'
+  if bmp_problem:
+    return bmp_problem
   whole = {
       'jpeg': tail.rstrip(b'\0').endswith(b'\xff\xd9'),
       'png': b'IEND' in tail,
@@ -111,6 +142,7 @@ class ImageFolder(Dataset):
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
     self._listings: Dict[str, Listing] = {}
+    self._folders: Dict[str, Tuple[List[str], np.ndarray, int]] = {}
     self._layout: Optional[Dict[str, str]] = None
     self.skipped = 0  # unreadable files left out, over all listed splits
 
@@ -177,7 +209,9 @@ class ImageFolder(Dataset):
     self.check_split(split)
     if split not in self._listings:
       folder, carved = self._folder_of(split)
-      paths, labels, num_bytes = self._list(folder)
+      if folder not in self._folders:  # train and eval may share one
+        self._folders[folder] = self._list(folder)
+      paths, labels, num_bytes = self._folders[folder]
       if carved:
         evaluation = holdout(labels, self.val_fraction)
         keep = evaluation if split == 'eval' else ~evaluation

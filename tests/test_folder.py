@@ -3,6 +3,7 @@ import logging
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
 
 import datasets
@@ -205,3 +206,34 @@ def test_damage_inside_a_file_is_dropped_at_decode_time(tmp_path):
   with pytest.raises(Exception, match='(?i)png|crc|decode|invalid'):
     list(strict.pipeline('train', 8, training=False, image_size=8,
                          augmentation=recipe))
+
+
+def test_bmps_that_tensorflow_would_misread_are_named(tmp_path):
+  # Pillow writes them; TensorFlow would read the colour palette's indices
+  # as grey levels, and fails on 1-bit pixels. A grey ramp palette (mode
+  # 'L') is read right, as the formats test above checks.
+  colour = Image.fromarray(image_files.pixels(8, 8)).convert('P')
+  grey = Image.fromarray(image_files.pixels(8, 8, 1).squeeze(-1), 'L')
+  problems = {}
+  for name, picture in (('colour', colour), ('grey', grey),
+                        ('one_bit', grey.convert('1'))):
+    picture.save(tmp_path / f'{name}.bmp', format='BMP')
+    problems[name] = image_problem(str(tmp_path / f'{name}.bmp'))
+  assert problems == {
+      'colour': 'an 8-bit BMP with a colour palette, which TensorFlow '
+                'would read as grey levels; save it as PNG',
+      'grey': None,
+      'one_bit': 'a 1-bit BMP, which TensorFlow cannot read (it reads 24- '
+                 'and 32-bit ones); save it as PNG'}
+
+
+def test_a_folder_that_both_splits_share_is_checked_once(tmp_path, caplog):
+  files = [(label, f'{i}.png', 'png', 4, 4, 3)
+           for label in ('a', 'b') for i in range(5)]
+  image_files.write_classes(str(tmp_path), files)
+  image_files.write(str(tmp_path / 'a' / 'broken.png'), data=b'no image')
+  dataset = datasets.get_dataset('image_folder', str(tmp_path))
+  with caplog.at_level(logging.WARNING):
+    sizes = dataset.split_size('train') + dataset.split_size('eval')
+  assert sizes == 10 and dataset.skipped == 1
+  assert caplog.text.count('skipped 1 unreadable image(s)') == 1
