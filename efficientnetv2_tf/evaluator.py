@@ -11,6 +11,7 @@ import contextlib
 import time
 from typing import Any, Callable, Dict, Optional
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
@@ -118,6 +119,11 @@ class Evaluator:
       print(f'eval at step {step}: top-1 {metrics["eval_top1"]:.4f}, '
             f'top-5 {metrics["eval_top5"]:.4f}, loss '
             f'{metrics["eval_loss"]:.4f} ({int(count)} images)', flush=True)
+      listed = self.dataset.split_size(self.split)
+      if count < listed:  # damage that only decoding finds
+        logging.warning('%d of the %d images of split %r could not be '
+                        'decoded and were left out of this evaluation',
+                        listed - int(count), listed, self.split)
     if self.reporter:
       self.reporter.scalars(step, {
           'eval/top1': metrics['eval_top1'],

@@ -1,4 +1,6 @@
 """Evaluator: metrics on the eval split, with the EMA weights."""
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -52,3 +54,18 @@ def test_evaluation_uses_the_ema_and_leaves_the_raw_weights(parts,
   assert 0 <= metrics['eval_top1'] <= metrics['eval_top5'] <= 1
   assert evaluator.seconds > 0
   assert tf.io.gfile.listdir(str(tmp_path / 'tensorboard'))
+
+
+def test_images_that_fail_to_decode_are_counted_in_a_warning(
+    parts, monkeypatch, caplog):
+  # The listing says one image more than decoding yields, as when a file
+  # is damaged where no listing check looks.
+  specs, dataset, model, _ = parts
+  evaluator = evaluator_lib.Evaluator(specs, dataset, model, None,
+                                      distribute.get_strategy('cpu'))
+  listed = dataset.split_size(specs.data.eval_split)
+  monkeypatch.setattr(dataset, 'split_size', lambda split: listed + 1)
+  with caplog.at_level(logging.WARNING):
+    assert evaluator.evaluate(step=0)['eval_images'] == listed
+  assert (f"1 of the {listed + 1} images of split 'eval' could not be "
+          'decoded') in caplog.text
