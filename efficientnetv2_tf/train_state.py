@@ -111,7 +111,8 @@ class TrainState:
     if seed is not None:
       # Repeatable initial weights and dropout, not only data order.
       keras.utils.set_random_seed(seed)
-    with strategy.scope():
+    # Building variables broadcasts their first values to every worker.
+    with strategy.scope(), self.peers_watched():
       self.model = _build_model(specs, strategy,
                                 fine_tune=self.latest_checkpoint() is None)
       self.schedule = _learning_rate(train, plan)
