@@ -61,9 +61,11 @@ from efficientnetv2_tf.source import default_labels  # pylint: disable=g-import-
 from efficientnetv2_tf.source import Source  # pylint: disable=g-import-not-at-top
 from hparams.weights import recipe_contract  # pylint: disable=g-import-not-at-top
 
-flags.DEFINE_bool('quick', False, 'Fewer repeats, steps, images and '
-                  'epochs: on 2 cores the progressive section took 19 '
-                  'minutes and training 9. The figures are rougher.')
+flags.DEFINE_bool('quick', False, 'Fewer repeats, steps and images (the '
+                  'progressive section keeps its epochs, on fewer images '
+                  'per class, with a lower target): on 2 cores the '
+                  'progressive section took 19 minutes and training 9. The '
+                  'figures are rougher.')
 flags.DEFINE_string('output_dir', 'docs', 'Where benchmarks.md, '
                     'benchmarks.json and the charts go.')
 flags.DEFINE_list('sections', ['training', 'inference', 'pipeline', 'xla',
