@@ -94,7 +94,7 @@ class Evaluator:
         dtype=self.image_dtype)
     batches = distribute.distribute_input(self.strategy, dataset_fn)
     totals = np.zeros(4)
-    if not self.ema:
+    if not self.ema and self.strategy.num_replicas_in_sync > 1:
       # The EMA's swap does this as well: without it, each replica would
       # evaluate with BatchNorm statistics of its own, and not those of
       # the first replica, which checkpoints and exports keep.

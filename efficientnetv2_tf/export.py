@@ -96,8 +96,10 @@ def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
 def weights_run(weights: str) -> Optional[Tuple[str, Optional[str]]]:
   """(run directory, checkpoint or None for its newest) when `weights` is
   a training run's directory, its checkpoints/ or a checkpoint there."""
-  if weights in TAGS or weights.endswith(('.weights.h5', '.keras')):
-    return None
+  if (weights in TAGS or weights.endswith(('.weights.h5', '.keras')) or
+      not tf.io.gfile.exists(weights + '.index') and
+      not tf.io.gfile.isdir(weights)):
+    return None  # for `loading` to name what it takes
   if os.path.isfile(RunDir(weights).config):
     return weights, None
   prefix = checkpoints.find_checkpoint(weights)
