@@ -88,6 +88,9 @@ class Trainer:
     self._run_started = time.time()
     self._bench_input = None
     self._epoch_metrics: Dict[str, float] = {}
+    # The epoch under way and its running figures, which go on across a
+    # stage that ends inside it.
+    self._progress: Optional[Tuple[int, reporting.EpochProgress]] = None
 
   @property
   def model(self) -> keras.Model:
@@ -313,9 +316,11 @@ class Trainer:
     plan = self.plan
     first = epoch * plan.steps_per_epoch
     epoch_end = min(first + plan.steps_per_epoch, stage.end_step)
-    progress = reporting.EpochProgress(
-        plan.steps_per_epoch, plan.global_batch, self.chief,
-        self.specs.runtime.log_every_steps, first)
+    if self._progress is None or self._progress[0] != epoch:
+      self._progress = (epoch, reporting.EpochProgress(
+          plan.steps_per_epoch, plan.global_batch, self.chief,
+          self.specs.runtime.log_every_steps, first))
+    progress = self._progress[1]
     every = self.specs.runtime.checkpoint_every_steps
     while self.step < epoch_end:
       steps, loss, right, elapsed = self._run_loop(stage, iterator,

@@ -72,13 +72,32 @@ def test_each_epoch_trains_with_its_stage_settings(finished_run):
 
 def test_stages_that_differ_in_image_size_and_dropout_share_one_traced_step(
     tmp_path):
+  # 2 epochs of 3 steps in 3 stages: the first two end inside an epoch.
   specs, dataset = tiny_run(
-      'train.epochs=3,train.stages=3,progressive.schedule=paper,'
-      'data.per_class=4,train.sched=true,model.dropout_rate=0.3,'
+      'train.epochs=2,train.stages=3,progressive.schedule=paper,'
+      'data.per_class=10,train.sched=true,model.dropout_rate=0.3,'
       'progressive.dropout_min=0.1')
   trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
+  epochs = [np.zeros(3), np.zeros(3)]  # steps, summed loss, correct
+  run_loop = trainer._run_loop  # pylint: disable=protected-access
+
+  def recorded(*args):
+    result = run_loop(*args)
+    epochs[(trainer.step - 1) // 3] += result[:3]
+    return result
+
+  trainer._run_loop = recorded  # pylint: disable=protected-access
   trainer.train()
+  assert [s.end_step for s in trainer.plan.stages] == [2, 4, 6]
+  # Each epoch's row counts all its steps, across the stage change within.
+  rows = trainer.reporter.rows()
+  assert len(rows) == 2
+  for row, (steps, loss, correct) in zip(rows, epochs):
+    assert steps == 3
+    assert float(row['train_loss']) == pytest.approx(loss / 3, rel=1e-5)
+    assert float(row['train_top1']) == pytest.approx(correct / 96,
+                                                     rel=1e-5)
   sizes = [s.image_size for s in trainer.plan.stages]
   assert len(set(sizes)) == 3
   rates = [s.dropout_rate for s in trainer.plan.stages]
