@@ -125,12 +125,11 @@ def run(mode: str, cfg: Any, bind: Callable[[Any], DatasetSource],
 
 def sweep_combinations(text: str) -> List[Dict[str, Any]]:
   """`'a=1|2,b=x'` -> [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'x'}]."""
-  options = hparams.parse_overrides(text)
+  options = hparams.parse_overrides(text, alternatives=True)
   if not options:
     raise UserError(f'--sweeps {text!r} has no key=value|value pairs')
-  keys = list(options)
-  values = [v if isinstance(v, list) else [v] for v in options.values()]
-  return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+  return [dict(zip(options, combo))
+          for combo in itertools.product(*options.values())]
 
 
 def sweep_name(combination: Dict[str, Any]) -> str:

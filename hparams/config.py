@@ -122,8 +122,12 @@ def parse_value(text: str) -> Any:
 _PAIR_SEPARATOR = re.compile(r',(?=\s*[A-Za-z_][\w.]*\s*=)')
 
 
-def parse_overrides(text: str) -> Dict[str, Any]:
-  """Parses `'a.b=1,c=x|y'` into `{'a.b': 1, 'c': ['x', 'y']}`."""
+def parse_overrides(text: str, alternatives: bool = False
+                    ) -> Dict[str, Any]:
+  """Parses `'a.b=1,c=x|y'` into `{'a.b': 1, 'c': ['x', 'y']}`; with
+  `alternatives`, each value is the list of those `|` separates,
+  `{'a.b': [1], 'c': ['x', 'y']}`, so that a list value (`[1,2]`) is one
+  of them, not two."""
   pairs = {}
   for item in _PAIR_SEPARATOR.split(text.strip()):
     if not item.strip():
@@ -133,7 +137,8 @@ def parse_overrides(text: str) -> Dict[str, Any]:
       raise UserError(
           f"malformed override {item!r}: expected 'key=value' pairs separated "
           "by commas, e.g. 'train.epochs=10,model.dropout_rate=0.3'")
-    pairs[key.strip()] = parse_value(value)
+    pairs[key.strip()] = ([parse_value(part) for part in value.split('|')]
+                          if alternatives else parse_value(value))
   return pairs
 
 

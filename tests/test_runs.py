@@ -111,3 +111,14 @@ def test_sweeps_refuse_a_combination_that_cannot_be_planned_before_training(
     runs.run_sweep('train', tiny_config, bind, str(tmp_path),
                    distribute.get_strategy('cpu'), sweeps)
   assert not bound and not os.listdir(tmp_path)
+
+
+def test_a_sweep_value_that_is_a_list_is_one_alternative():
+  two = "['r1_k3_s1_e1_i32_o16_c1','r1_k3_s2_e4_i16_o24_c0']"
+  one = "['r1_k3_s1_e1_i32_o16_c1']"
+  combinations = runs.sweep_combinations(
+      f'model.blocks_args={two}|{one},model.dropout_rate=0.1|0.2')
+  assert [(len(c['model.blocks_args']), c['model.dropout_rate'])
+          for c in combinations] == [(2, 0.1), (2, 0.2), (1, 0.1), (1, 0.2)]
+  alone = runs.sweep_combinations(f'model.blocks_args={two}')
+  assert [len(c['model.blocks_args']) for c in alone] == [2]
