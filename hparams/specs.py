@@ -133,8 +133,9 @@ class ModelSpec(_Spec):
   dropout_rate: float = _option(
       0.2, 'model.dropout_rate', 'dropout before the classifier', UNIT)
   survival_prob: Optional[float] = _option(
-      0.8, 'model.survival_prob', 'stochastic-depth survival of the last '
-      'block; 1.0, 0 (as in the original) or None disables it',
+      0.8, 'model.survival_prob', 'stochastic depth: block i of N survives '
+      'with 1 - (1 - p) i / N, the last a little above p; 1.0, 0 (as in '
+      'the original) or None disables it',
       (optional(lambda v: 0 <= v <= 1), 'in [0, 1], 0 or None to disable'))
   feature_size: int = _option(
       1280, 'model.feature_size', 'head channels before width scaling',
