@@ -161,7 +161,7 @@ def import_file(path: str) -> None:
       os.path.splitext(os.path.basename(path))[0], path)
   try:
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
-  except Exception as e:  # pylint: disable=broad-except
+  except (Exception, SystemExit) as e:  # pylint: disable=broad-except
     # The file's last line that ran (a SyntaxError names its own).
     lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
              if os.path.abspath(frame.filename) == os.path.abspath(path)]

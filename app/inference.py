@@ -202,7 +202,13 @@ def run_benchmark(source: export_lib.Source, image_size: Optional[int],
     for name in names:
       runtime = (runtimes.TFRuntime(source, jit_compile) if name == 'tf'
                  else file_runtime(source, name, directory))
-      found = runtimes.benchmark(runtime, sizes, iterations=iterations)
+      try:
+        found = runtimes.benchmark(runtime, sizes, iterations=iterations)
+      except (MemoryError, tf.errors.ResourceExhaustedError):
+        raise UserError(
+            f'batches of {",".join(map(str, sizes))} images at '
+            f'{source.image_size} px do not fit in memory; lower '
+            '--batch_sizes or --image_size') from None
       for result in found:
         print(benchmark_lib.format_result(result))
       results += found

@@ -36,6 +36,11 @@ def find_checkpoint(path: str) -> str:
   if not tf.io.gfile.isdir(path):
     if tf.io.gfile.exists(path + '.index'):
       return path
+    if tf.io.gfile.exists(path):
+      raise UserError(f'weights path {path!r} is a file but not a '
+                      'checkpoint; pass a checkpoint prefix (without its '
+                      '.index), a directory holding one, or a .weights.h5 '
+                      'file')
     raise UserError(f'weights path {path!r} does not exist; pass one of '
                     f'{", ".join(TAGS)}, a checkpoint prefix, a '
                     'directory holding one, or a .weights.h5 file')

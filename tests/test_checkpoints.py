@@ -126,6 +126,16 @@ def test_directory_with_several_checkpoints_and_no_state_is_refused(
     checkpoints.find_checkpoint(str(tmp_path))
 
 
+def test_a_weights_path_that_is_another_kind_of_file_is_named_so(tmp_path):
+  picture = tmp_path / 'photo.jpg'
+  picture.write_bytes(b'not weights')
+  with pytest.raises(UserError, match=f"weights path '{picture}' is a file "
+                     'but not a checkpoint; pass'):
+    checkpoints.find_checkpoint(str(picture))
+  with pytest.raises(UserError, match='does not exist'):
+    checkpoints.find_checkpoint(str(tmp_path / 'missing'))
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
   for suffix in ('.index', '.data-00000-of-00001'):
     (tmp_path / ('model' + suffix)).write_bytes(b'not a checkpoint')

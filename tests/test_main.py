@@ -179,6 +179,7 @@ def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
     ('x = 1\nraise RuntimeError("no data here")\n',
      'failed at line 2: RuntimeError: no data here'),
     ('def f(:\n', 'failed: SyntaxError: invalid syntax'),
+    ('import sys\nsys.exit(3)\n', 'failed at line 2: SystemExit: 3'),
 ])
 def test_a_dataset_module_that_fails_is_one_line_naming_it(
     source, message, capsys, tmp_path):
