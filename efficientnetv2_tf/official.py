@@ -25,8 +25,7 @@ from hparams.weights import published_weights
 CACHE_ENV = 'EFFICIENTNETV2_TF_CACHE'
 EMA_SUFFIX = '/ExponentialMovingAverage'
 # Optimizer slots and bookkeeping that a checkpoint may hold beside weights.
-_IGNORED = re.compile(r'(/(RMSProp|Momentum|Adam|ExponentialMovingAverage)'
-                      r'(_\d+)?$)|(^global_step$)')
+_IGNORED = re.compile(r'(/(RMSProp|Momentum|Adam)(_\d+)?$)|(^global_step$)')
 # The published archives name the classifier `head/dense`; the original
 # code run in TF1 graph mode today writes `head_1/dense`.
 CLASSIFIER_SCOPES = ('head/dense', 'head_1/dense')
@@ -156,13 +155,19 @@ def _classifier_scope(names, model_name: str) -> str:
   return CLASSIFIER_SCOPES[0]
 
 
+def _weight_name(name: str) -> str:
+  """The weight an EMA shadow averages; other names as they are."""
+  return name[:-len(EMA_SUFFIX)] if name.endswith(EMA_SUFFIX) else name
+
+
 def head_classes(shapes: Mapping[str, List[int]],
                  model_name: str) -> Optional[int]:
   """The classifier size of an official checkpoint, from its variables'
-  shapes (`reader.get_variable_to_shape_map()`); None without one."""
-  scope = _classifier_scope(shapes, model_name)
-  bias = shapes.get(f'{model_name}/{scope}/bias')
-  return int(bias[0]) if bias else None
+  shapes (`reader.get_variable_to_shape_map()`), raw or EMA; None without
+  one."""
+  bias = f'{model_name}/{_classifier_scope(shapes, model_name)}/bias'
+  shape = shapes.get(bias) or shapes.get(bias + EMA_SUFFIX)
+  return int(shape[0]) if shape else None
 
 
 def _ema_sources(names: List[str], shapes: Mapping[str, List[int]],
@@ -210,10 +215,11 @@ def load_official(model: EfficientNet, path: str, model_name: str,
       f'{src} {tuple(shapes[src])} vs {tuple(expected[n].shape)}'
       for n, src in sources.items()
       if src in shapes and tuple(shapes[src]) != tuple(expected[n].shape)]
-  unexpected = sorted(
-      n for n in shapes if n.startswith(model_name + '/') and
-      not _IGNORED.search(n) and n not in expected and
-      not (n.startswith(head) and (skip_head or not model.include_top)))
+  # A weight held only as its EMA shadow is as unexpected as a raw one.
+  unexpected = sorted({
+      n for n in map(_weight_name, shapes) if n.startswith(model_name + '/')
+      and not _IGNORED.search(n) and n not in expected and
+      not (n.startswith(head) and (skip_head or not model.include_top))})
   if missing or wrong_shape or unexpected:
     problems = [_listing(title, items) for title, items in (
         ('missing', missing), ('unexpected', unexpected),

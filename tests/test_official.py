@@ -173,3 +173,35 @@ def test_named_weights_go_to_a_cache_directory_not_made_yet(
   prefix = official.download('efficientnetv2-b0', 'imagenet')
   assert prefix.startswith(str(cache / 'efficientnetv2_tf'))
   assert (cache / 'efficientnetv2_tf' / 'efficientnetv2-b0.tgz').is_file()
+
+
+def _ema_only_checkpoint(directory, blocks_args, num_classes=1000):
+  name = 'efficientnetv2-b0'
+  weights = tf1_reference.RandomWeights()
+  tf1_reference.forward(IMAGES, weights, name, blocks_args, num_classes)
+  prefix = str(directory / 'model')
+  tf1_reference.write_checkpoint(
+      prefix, {n + official.EMA_SUFFIX: v for n, v in weights.values.items()})
+  return prefix
+
+
+def test_ema_only_checkpoint_of_a_deeper_model_is_refused(tmp_path):
+  prefix = _ema_only_checkpoint(tmp_path, ['r1_k3_s1_e1_i32_o16_c1',
+                                           'r3_k3_s2_e4_i16_o32_c1'])
+  with pytest.raises(UserError, match=r'unexpected \(efficientnetv2-b0/'
+                     r'blocks_3/'):
+    efficientnetv2_tf.get_model('efficientnetv2-b0', {'blocks_args': [
+        'r1_k3_s1_e1_i32_o16_c1', 'r2_k3_s2_e4_i16_o32_c1']}, weights=prefix)
+
+
+def test_ema_only_checkpoint_gives_its_classes_or_yields_its_classifier(
+    tmp_path):
+  blocks_args = models.V2_BASE_BLOCKS[:2]
+  prefix = _ema_only_checkpoint(tmp_path, blocks_args, num_classes=21)
+  model = efficientnetv2_tf.get_model(
+      'efficientnetv2-b0', {'blocks_args': blocks_args}, weights=prefix)
+  assert model.num_classes == 21
+  finetune = efficientnetv2_tf.get_model(
+      'efficientnetv2-b0', {'blocks_args': blocks_args, 'num_classes': 5},
+      weights=prefix)
+  assert tuple(finetune(IMAGES, training=False).shape) == (2, 5)
