@@ -19,6 +19,7 @@ from efficientnetv2_tf.model import EfficientNet
 from hparams.errors import UserError
 from hparams.registry import close_matches
 from hparams.registry import unknown_name_message
+from hparams.weights import published_at
 from hparams.weights import TAGS
 
 
@@ -166,10 +167,13 @@ def get_model(model_name: str,
 
 
 def _weights_normalization(model_name: str, weights: Optional[str]) -> str:
-  """The normalisation `weights` expect: the registry's for published ones;
-  for a path, the V2 code's `(x - 128) / 128`, with a warning."""
-  if weights in TAGS:
-    return hparams.published_weights(model_name, weights).contract.normalization
+  """The normalisation `weights` expect: the registry's for published ones
+  (by tag, or the folder their archive unpacked into); for another path,
+  the V2 code's `(x - 128) / 128`, with a warning."""
+  entry = (hparams.published_weights(model_name, weights) if weights in TAGS
+           else weights and published_at(model_name, weights))
+  if entry:
+    return entry.contract.normalization
   if weights:
     logging.warning(
         'include_preprocessing=True with weights %r, whose input contract is '

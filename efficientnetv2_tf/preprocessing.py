@@ -28,6 +28,7 @@ from hparams.weights import check_normalization
 from hparams.weights import CROP_PADDING
 from hparams.weights import InputContract
 from hparams.weights import NORMALIZATIONS
+from hparams.weights import published_at
 from hparams.weights import published_weights
 from hparams.weights import recipe_contract
 from hparams.weights import TAGS
@@ -164,11 +165,12 @@ class Augmentation:
 
 
 def _named_weights(model_name: str, weights: Optional[str]):
-  """The registry entry of `weights` if it names published weights."""
-  if weights not in TAGS:
-    return None
+  """The registry entry of `weights` if it names published weights, by tag
+  or as the folder their archive unpacked into."""
+  if weights and weights not in TAGS:
+    return published_at(model_name, weights)
   try:
-    return published_weights(model_name, weights)
+    return published_weights(model_name, weights) if weights else None
   except UserError:
     return None
 

@@ -31,6 +31,7 @@ Sources: V2 URLs, sizes and top-1 from google/automl `efficientnetv2/`
 NoisyStudent + RandAugment rows).
 """
 import dataclasses
+import os
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from hparams.errors import UserError
@@ -217,6 +218,30 @@ def published_weights(model_name: str, tag: str) -> PublishedWeights:
     raise UserError(f'no {tag!r} weights are published for {model_name}'
                     f'{hint}; available: {", ".join(available)}')
   return entry
+
+
+def archive_folder(entry: PublishedWeights) -> str:
+  """The folder a published archive unpacks into ('efficientnetv2-b0-21k')."""
+  name = os.path.basename(entry.url)
+  return name[:name.index('.')]
+
+
+def published_at(model_name: str, path: str) -> Optional[PublishedWeights]:
+  """The published weights of `model_name` that `path` is an unpacked
+  archive of, told by its folder's name (Keras caches an archive unpacked
+  in '<folder>_extracted'); None if no folder says so unambiguously. The
+  folder of V1 'imagenet' (AdvProp) and of V2 'imagenet' is the model's
+  own name, which a checkpoint trained with the model's preset may carry
+  too, so it names nothing.
+  """
+  folders = set(os.path.normpath(os.path.abspath(path)).split(os.sep))
+  for tag in tags(model_name):
+    entry = _REGISTRY[model_name, tag]
+    folder = archive_folder(entry)
+    if folder != model_name and (folder in folders or
+                                 folder + '_extracted' in folders):
+      return entry
+  return None
 
 
 def list_published() -> List[str]:

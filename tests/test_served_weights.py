@@ -160,3 +160,34 @@ def test_predict_with_named_weights_gives_the_originals_probabilities(
     assert best['id'] == int(np.argmax(probabilities))
     assert np.log(best['probability']) == pytest.approx(
         np.log(probabilities.max()), abs=1e-3)
+
+
+@pytest.mark.parametrize('folder, tag', [
+    # The 21k-ft1k archive unpacked by hand: its folder names the weights.
+    ('efficientnetv2-b0-21k-ft1k', 'imagenet21k-ft1k'),
+    # A folder with the model's own name: the recipe its preset trains
+    # with, for B0 the V1 one, as its 'imagenet' weights were trained.
+    ('efficientnetv2-b0', 'imagenet')])
+def test_unpacked_archive_passed_as_a_path_serves_the_originals_probabilities(
+    folder, tag, tmp_path):
+  model_name = 'efficientnetv2-b0'
+  directory = str(tmp_path / 'downloads' / folder)
+  oracle_fixtures.write_official_checkpoint(directory, model_name)
+  source = export.load_pretrained(model_name, directory,
+                                  oracle_fixtures.model_config(model_name))
+  assert source.contract == hparams.published_weights(model_name,
+                                                      tag).contract
+  serving = export.ServingModule(source)
+  probabilities = serving.serving_bytes(tf.constant(oracle_fixtures.jpegs()))
+  _check_log_probabilities(probabilities['probabilities'].numpy(),
+                           model_name, tag)
+
+
+def test_a_folder_names_published_weights_only_unambiguously():
+  published_at = hparams.weights.published_at
+  assert published_at('efficientnet-b0', '/d/noisy_student_efficientnet-b0'
+                      ).tag == 'jft'
+  assert published_at('efficientnetv2-s', '/c/efficientnetv2-s-21k_extracted/'
+                      'efficientnetv2-s-21k').tag == 'imagenet21k'
+  assert published_at('efficientnet-b0', '/d/efficientnet-b0') is None
+  assert published_at('efficientnetv2-s', '/runs/my-s-21k-ft1k') is None
