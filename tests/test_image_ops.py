@@ -48,11 +48,13 @@ def test_op_gives_same_uint8_image_eagerly_and_in_dataset_map(name):
 
 @pytest.mark.parametrize('name', PHOTOMETRIC_OPS)
 def test_photometric_op_matches_the_original_at_every_magnitude(name):
+  # Exactly: a tolerance of one level would let a rounding where the
+  # original truncates (blend, Equalize's lookup table) pass.
   image = original()['image']
   for magnitude in MAGNITUDES:
-    np.testing.assert_allclose(
-        op(image, name, magnitude).astype(int), original()[name][magnitude],
-        rtol=0, atol=1, err_msg=f'{name} at magnitude {magnitude}')
+    np.testing.assert_array_equal(
+        op(image, name, magnitude), original()[name][magnitude],
+        err_msg=f'{name} at magnitude {magnitude}')
 
 
 @pytest.mark.parametrize('negate', [False, True])
@@ -60,9 +62,10 @@ def test_photometric_op_matches_the_original_at_every_magnitude(name):
 def test_geometric_op_with_fixed_sign_matches_the_original(name, negate):
   image = original()['image']
   for magnitude in MAGNITUDES:
-    expected = original()[name][int(negate), magnitude]
-    differing = (op(image, name, magnitude, negate=negate) != expected).any(-1)
-    assert differing.mean() <= 0.005, (name, magnitude)
+    np.testing.assert_array_equal(
+        op(image, name, magnitude, negate=negate),
+        original()[name][int(negate), magnitude],
+        err_msg=f'{name} at magnitude {magnitude}, negate={negate}')
 
 
 def test_fixes_change_only_contrast_and_high_solarize_and_posterize_levels():
@@ -77,7 +80,7 @@ def test_fixes_change_only_contrast_and_high_solarize_and_posterize_levels():
       difference = np.abs(op(image, name, magnitude, fixes=True).astype(int)
                           - original()[name][magnitude]).max()
       should_change = magnitude in changed.get(name, [])
-      assert (difference > 1) == should_change, (name, magnitude, difference)
+      assert (difference > 0) == should_change, (name, magnitude, difference)
 
 
 def test_invert_is_255_minus_pixels():
