@@ -201,15 +201,22 @@ def decode_rgb(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(image, tf.uint8)
 
 
+# The aspect ratios (width / height) a random crop may have: V1 asked for
+# 3/4 to 4/3; V2 left TF's default, which stops at 1.33.
+_V1_ASPECT_RATIOS = (3 / 4, 4 / 3)
+_V2_ASPECT_RATIOS = (0.75, 1.33)
+
+
 def _random_crop(image: tf.Tensor, seed: tf.Tensor, area_range: Tuple[float,
-                 float], min_object_covered: float,
+                 float], aspect_ratio_range: Tuple[float, float],
+                 min_object_covered: float,
                  max_attempts: int) -> Tuple[tf.Tensor, tf.Tensor]:
   """An inception-style crop; also says whether the whole image came back."""
   shape = tf.shape(image)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape, tf.zeros([0, 0, 4], tf.float32), seed=seed,
       min_object_covered=min_object_covered,
-      aspect_ratio_range=(3 / 4, 4 / 3), area_range=area_range,
+      aspect_ratio_range=aspect_ratio_range, area_range=area_range,
       max_attempts=max_attempts, use_image_if_no_bounding_boxes=True)
   whole = tf.reduce_all(tf.equal(size[:2], shape[:2]))
   return tf.slice(image, begin, size), whole
@@ -309,7 +316,8 @@ def _distort(image: tf.Tensor, policy: Optional[str], augmentation:
 
 
 def _default(image, image_size, augmentation, seeds):
-  image, _ = _random_crop(image, seeds[0], (0.05, 1.0), 0.0, 100)
+  image, _ = _random_crop(image, seeds[0], (0.05, 1.0), _V2_ASPECT_RATIOS,
+                          0.0, 100)
   image = _resize(image, image_size, 'bilinear')
   image = _flip(image, augmentation, seeds[1])
   return _distort(image, augmentation.pipeline.policy, augmentation, seeds[2])
@@ -322,7 +330,8 @@ def _finetune(image, image_size, augmentation, seeds):
 
 
 def _effnetv1(image, image_size, augmentation, seeds):
-  cropped, whole = _random_crop(image, seeds[0], (0.08, 1.0), 0.1, 10)
+  cropped, whole = _random_crop(image, seeds[0], (0.08, 1.0),
+                                _V1_ASPECT_RATIOS, 0.1, 10)
   # When no crop satisfies the constraints, fall back to the eval crop.
   image = tf.cond(whole, lambda: _centre_crop(image, image_size, True),
                   lambda: cropped)

@@ -71,6 +71,31 @@ def test_training_output_shape_range_and_repeatability(augname):
                             tf.constant([5, 6])))
 
 
+def _original_crop_aspect_ratios():
+  """The aspect ratios the original's V2 crop allowed: it left them to
+  `tf.image.sample_distorted_bounding_box`'s default."""
+  with tf.Graph().as_default():
+    begin, _, _ = tf.image.sample_distorted_bounding_box(
+        [8, 8, 3], tf.zeros([0, 0, 4]), area_range=(0.05, 1.0),
+        min_object_covered=0, use_image_if_no_bounding_boxes=True)
+    return begin.op.get_attr('aspect_ratio_range')
+
+
+def test_v2_training_crop_allows_the_originals_aspect_ratios(monkeypatch):
+  sample, asked = tf.image.stateless_sample_distorted_bounding_box, []
+
+  def recording_sample(*args, **kwargs):
+    asked.append(kwargs['aspect_ratio_range'])
+    return sample(*args, **kwargs)
+
+  monkeypatch.setattr(tf.image, 'stateless_sample_distorted_bounding_box',
+                      recording_sample)
+  image = tf.constant(image_files.pixels(50, 70))
+  preprocess_image(image, 32, True, Augmentation('none'), SEED)
+  np.testing.assert_array_equal(np.float32(asked),
+                                np.float32([_original_crop_aspect_ratios()]))
+
+
 def test_training_preprocessing_inside_dataset_map_matches_eager():
   image = tf.constant(image_files.pixels(40, 40))
   augmentation = Augmentation('randaug', 2, 12.0)
