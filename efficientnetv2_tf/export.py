@@ -33,19 +33,16 @@ computation.
 The export is written to a temporary sibling directory and moved into
 place at the end, so an interrupted export leaves nothing half-written.
 """
-import dataclasses
 import datetime
 import json
 import os
 import shutil
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
-import hparams
 from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import loading
 from efficientnetv2_tf import onnx_export
@@ -55,6 +52,7 @@ from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import Normalize
 from efficientnetv2_tf.preprocessing import eval_image
+from efficientnetv2_tf.preprocessing import weights_contract
 from efficientnetv2_tf.run_dir import RunDir
 # What a deployable model is, re-exported: callers build and read these
 # from here.
@@ -64,8 +62,6 @@ from efficientnetv2_tf.source import readable_labels
 from efficientnetv2_tf.source import Source
 from efficientnetv2_tf.source import tflite_converter
 from hparams.errors import UserError
-from hparams.weights import InputContract
-from hparams.weights import published_at
 from hparams.weights import TAGS
 
 QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
@@ -114,10 +110,9 @@ def load_pretrained(model_name: str, weights: str,
                     model_config: Optional[str] = None,
                     normalization: Optional[str] = None) -> Source:
   """Published weights ('imagenet', ...) with their own input contract, or a
-  checkpoint path: with the contract of the published weights whose
-  archive it was unpacked from (`hparams.weights.published_at`), else with
-  the evaluation contract of the model preset's recipe at its eval size
-  (`normalization` changes it); `model_config` as for `get_model`.
+  checkpoint path, with the contract `preprocessing.weights_contract` gives
+  it (`normalization` changes that of an unpublished one); `model_config`
+  as for `get_model`.
 
   A checkpoint of a training run, or the run's directory or checkpoints/,
   is that run's model, contract and labels: `load_run`, whose config.yaml
@@ -128,32 +123,9 @@ def load_pretrained(model_name: str, weights: str,
     return load_run(*run)
   model = loading.get_model(model_name, model_config, weights=weights,
                             training=False)
-  entry = (hparams.published_weights(model.name, weights) if weights in TAGS
-           else published_at(model.name, weights))
-  if entry is not None:
-    contract, name = entry.contract, entry.name
-  else:
-    contract, name = _preset_contract(model.name, weights, normalization), None
+  contract, name = weights_contract(model.name, weights, normalization)
   return Source(model, model.name, contract,
                 default_labels(model.num_classes), weights, weights=name)
-
-
-def _preset_contract(model_name: str, weights: str,
-                     normalization: Optional[str]) -> InputContract:
-  """The evaluation contract of the recipe the model's preset trains with
-  (what the original code would have trained a checkpoint at `weights`
-  with), with a warning: the checkpoint may have been trained otherwise."""
-  specs = hparams.get_specs(model_name)
-  contract = Augmentation.from_specs(specs).contract(
-      specs.data.eval_image_size)
-  if normalization:
-    contract = dataclasses.replace(contract, normalization=normalization)
-  logging.warning(
-      'weights %r: serving them as %s trains (%s); published weights are '
-      'served with their own contract when named by tag, with their '
-      'archive in the cache (official.archive_path)', weights, model_name,
-      contract)
-  return contract
 
 
 def _check_images(images: tf.Tensor) -> tf.Tensor:

@@ -16,10 +16,10 @@ import hparams
 from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import official
 from efficientnetv2_tf.model import EfficientNet
+from efficientnetv2_tf.preprocessing import weights_contract
 from hparams.errors import UserError
 from hparams.registry import close_matches
 from hparams.registry import unknown_name_message
-from hparams.weights import published_at
 from hparams.weights import TAGS
 
 
@@ -167,17 +167,8 @@ def get_model(model_name: str,
 
 
 def _weights_normalization(model_name: str, weights: Optional[str]) -> str:
-  """The normalisation `weights` expect: the registry's for published ones
-  (by tag, or the folder their archive unpacked into); for another path,
-  the V2 code's `(x - 128) / 128`, with a warning."""
-  entry = (hparams.published_weights(model_name, weights) if weights in TAGS
-           else weights and published_at(model_name, weights))
-  if entry:
-    return entry.contract.normalization
-  if weights:
-    logging.warning(
-        'include_preprocessing=True with weights %r, whose input contract is '
-        "unknown: assuming 'symmetric' normalisation, (x - 128) / 128. Pass "
-        "preprocessing_mode='inception' or 'imagenet' to choose another.",
-        weights)
-  return 'symmetric'
+  """The normalisation `weights` expect (`weights_contract`); without
+  weights, the V2 code's `(x - 128) / 128`."""
+  if not weights:
+    return 'symmetric'
+  return weights_contract(model_name, weights)[0].normalization

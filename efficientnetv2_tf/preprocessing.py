@@ -14,12 +14,14 @@ with stateless randomness so that a seed makes it repeatable.
 import dataclasses
 from typing import Optional, Tuple
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
 from efficientnetv2_tf import augment
 from efficientnetv2_tf.blocks import serializable
+import hparams
 from hparams.errors import UserError
 from hparams.registry import Registry
 from hparams.specs import Specs
@@ -173,6 +175,34 @@ def _named_weights(model_name: str, weights: Optional[str]):
     return published_weights(model_name, weights) if weights else None
   except UserError:
     return None
+
+
+def weights_contract(model_name: str, weights: str,
+                     normalization: Optional[str] = None
+                     ) -> Tuple[InputContract, Optional[str]]:
+  """The input contract of checkpoint `weights` of `model_name`, and the
+  name of the published weights it is, if any.
+
+  Published weights (a tag, or the folder their archive unpacked into,
+  `hparams.weights.published_at`) have their own contract. Any other
+  checkpoint gets the evaluation contract of the recipe the model's preset
+  trains with, at its eval size, with a warning; `normalization` replaces
+  its normalisation.
+  """
+  entry = (published_weights(model_name, weights) if weights in TAGS
+           else published_at(model_name, weights))
+  if entry is not None:
+    return entry.contract, entry.name
+  specs = hparams.get_specs(model_name)
+  contract = Augmentation.from_specs(specs).contract(
+      specs.data.eval_image_size)
+  if normalization:
+    contract = dataclasses.replace(contract, normalization=normalization)
+  logging.warning(
+      'weights %r are not published ones named by tag or by their '
+      "archive's folder: assuming the input contract of the recipe %s "
+      'trains with, %s', weights, model_name, contract)
+  return contract, None
 
 
 def decode_rgb(image: tf.Tensor) -> tf.Tensor:

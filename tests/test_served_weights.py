@@ -105,15 +105,29 @@ def test_built_in_preprocessing_normalises_as_the_weights_expect(
       atol=1e-4)
 
 
-def test_built_in_preprocessing_for_a_path_says_what_it_assumes(
+def test_built_in_preprocessing_for_a_path_follows_the_presets_recipe(
     tmp_path, caplog):
+  # B0's preset trains with the V1 recipe: ImageNet mean and stddev, as
+  # export.load_pretrained serves such a path.
   directory = str(tmp_path / 'checkpoint')
   oracle_fixtures.write_official_checkpoint(directory, 'efficientnetv2-b0')
-  efficientnetv2_tf.get_model(
-      'efficientnetv2-b0', oracle_fixtures.model_config('efficientnetv2-b0'),
-      weights=directory, include_preprocessing=True)
-  assert "assuming 'symmetric' normalisation" in caplog.text
-  assert "preprocessing_mode='inception' or 'imagenet'" in caplog.text
+  config = oracle_fixtures.model_config('efficientnetv2-b0')
+  with_preprocessing = efficientnetv2_tf.get_model(
+      'efficientnetv2-b0', config, weights=directory,
+      include_preprocessing=True)
+  assert 'assuming the input contract of the recipe' in caplog.text
+  plain = efficientnetv2_tf.get_model('efficientnetv2-b0', config,
+                                      weights=directory)
+  mean = np.float32([0.485, 0.456, 0.406]) * 255
+  stddev = np.float32([0.229, 0.224, 0.225]) * 255
+  pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+  np.testing.assert_allclose(
+      with_preprocessing(pixels.astype('float32'), training=False),
+      plain(((pixels - mean) / stddev).astype('float32'), training=False),
+      atol=1e-4)
+  contract = export.load_pretrained('efficientnetv2-b0', directory,
+                                    config).contract
+  assert contract.normalization == 'imagenet'
 
 
 def test_named_weights_of_another_model_list_the_tags_it_has():
