@@ -28,7 +28,6 @@ takes subsets (`per_class`, `fraction`), shards, caches, shuffles,
 preprocesses, batches and mixes.
 """
 import dataclasses
-import math
 import random
 from typing import (Any, Callable, ClassVar, Dict, List, Optional, Sequence,
                     Tuple)
@@ -37,6 +36,7 @@ import tensorflow as tf
 
 from datasets.subsets import cap_per_class
 from datasets.subsets import Subset
+from datasets.subsets import take_spread
 from efficientnetv2_tf.augment import mix_batch
 from efficientnetv2_tf.distribute import check_batch_size
 from efficientnetv2_tf.preprocessing import Augmentation
@@ -184,7 +184,8 @@ class Dataset:
     if split not in self.subset_splits:
       return examples
     if self.subset.fraction < 1:
-      examples = examples.take(self._fraction_count(split))
+      total = self.count(split)
+      examples = take_spread(examples, total, self.subset.kept(total))
     if self.subset.per_class is not None:
       examples = cap_per_class(examples, self.num_classes,
                                self.subset.per_class)
@@ -199,7 +200,7 @@ class Dataset:
       elif self.subset.per_class is not None:
         size = self._count_capped(split)
       elif self.subset.fraction < 1:
-        size = self._fraction_count(split)
+        size = self.subset.kept(self.count(split))
       else:
         size = self.count(split)
       if size == 0:
@@ -207,9 +208,6 @@ class Dataset:
                         f'{self.where()} has no images')
       self._sizes[split] = size
     return self._sizes[split]
-
-  def _fraction_count(self, split: str) -> int:
-    return max(1, math.ceil(self.count(split) * self.subset.fraction))
 
   def _count_capped(self, split: str) -> int:
     labels = self.examples(split).map(lambda image, label: label)
@@ -293,7 +291,12 @@ class Dataset:
   def _soft_label(self, label: tf.Tensor, num_classes: int) -> tf.Tensor:
     if self.multi_label:
       return tf.cast(label, tf.float32)
-    return tf.one_hot(tf.cast(label, tf.int32), num_classes)
+    label = tf.cast(label, tf.int32)
+    # tf.one_hot would give it zeros: no loss, and class 0 in evaluation.
+    check = tf.debugging.Assert((label >= 0) & (label < num_classes), [
+        f'{self.name}: a label outside 0..{num_classes - 1}:', label])
+    with tf.control_dependencies([check]):
+      return tf.one_hot(label, num_classes)
 
   def _should_cache(self, split: str) -> bool:
     if self.cache != 'auto':
@@ -332,6 +335,10 @@ def _shard_of(input_context: Optional[tf.distribute.InputContext],
 def _decode(examples: tf.data.Dataset, deterministic: bool,
             skip_errors: bool) -> tf.data.Dataset:
   """(position, RGB image, label) for each (image, label) example."""
+  dtype = examples.element_spec[0].dtype  # uint8 would floor [0, 1] to 0
+  if dtype.is_floating:
+    raise UserError(f'images must be encoded or uint8 pixels 0-255; '
+                    f'received: {dtype.name}')
 
   def decode(position, example):
     image, label = example

@@ -9,6 +9,7 @@ class that sources without an evaluation split set aside for one.
     (1, 1)
 """
 import dataclasses
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -36,6 +37,23 @@ class Subset:
   @property
   def everything(self) -> bool:
     return self.per_class is None and self.fraction == 1
+
+  def kept(self, total: int) -> int:
+    """How many of a split's `total` examples `fraction` keeps."""
+    return max(1, math.ceil(total * self.fraction))
+
+
+def take_spread(examples: tf.data.Dataset, total: int,
+                kept: int) -> tf.data.Dataset:
+  """`kept` of the `total` examples, evenly spaced through their order, so
+  that a source sorted by class gives a share of every class, as a shuffled
+  one does; the first `kept` would give the first classes alone."""
+
+  def keep(position, example):
+    del example
+    return (position + 1) * kept // total > position * kept // total
+
+  return examples.enumerate().filter(keep).map(lambda _, example: example)
 
 
 def cap_per_class(examples: tf.data.Dataset, num_classes: int,

@@ -81,6 +81,57 @@ def test_fraction_takes_a_share_of_the_split():
   assert len(list(dataset.examples('train'))) == dataset.split_size('train')
 
 
+class Sorted(datasets.Dataset):
+  """A source sorted by class, as one built from per-class lists is."""
+  name = 'test-sorted'
+
+  def load_class_names(self):
+    return ['dark', 'light']
+
+  def source(self, split):
+    labels = np.repeat([0, 1], 8 if split == 'train' else 2)
+    images = (labels * 255).astype(np.uint8).reshape(-1, 1, 1, 1)
+    return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+def test_fraction_of_a_source_sorted_by_class_keeps_every_class():
+  dataset = datasets.get_dataset('test-sorted', fraction=0.5)
+  labels = [int(label) for _, label in dataset.examples('train')]
+  assert collections.Counter(labels) == {0: 4, 1: 4}
+  assert dataset.split_size('train') == len(labels)
+
+
+def _eval_labels(dataset):
+  batches = dataset.pipeline('eval', 4, training=False, image_size=8,
+                             augmentation=FT_NONE)
+  return np.concatenate([labels for _, labels in batches])
+
+
+def test_a_label_outside_the_classes_is_an_error_not_a_zero_row():
+  class OneBased(Sorted):
+    name = 'test-one-based'
+
+    def source(self, split):
+      return super().source(split).map(lambda image, label: (image,
+                                                              label + 1))
+  np.testing.assert_array_equal(_eval_labels(Sorted()).sum(1), np.ones(4))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r'test-one-based: a label outside 0\.\.1'):
+    _eval_labels(OneBased())
+
+
+def test_float_pixels_are_refused_rather_than_floored_to_black():
+  class Floats(Sorted):
+    name = 'test-float-pixels'
+
+    def source(self, split):
+      return super().source(split).map(
+          lambda image, label: (tf.cast(image, tf.float32) / 255, label))
+  with pytest.raises(UserError, match='uint8 pixels 0-255; received: '
+                     'float32'):
+    _eval_labels(Floats())
+
+
 @pytest.mark.parametrize('kwargs, message', [
     ({'per_class': 0}, r'data.per_class must be a positive integer .*: 0'),
     ({'per_class': -3}, r'data.per_class .*: -3'),

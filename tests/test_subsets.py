@@ -29,3 +29,11 @@ def test_subset_of_everything_is_marked_so():
   assert not subsets.Subset(per_class=3).everything
   with pytest.raises(UserError, match=r'data.fraction must be in \(0, 1\]'):
     subsets.Subset(fraction=0)
+
+
+def test_take_spread_keeps_evenly_spaced_examples_of_the_order():
+  examples = tf.data.Dataset.from_tensor_slices((tf.range(10), tf.range(10)))
+  kept = [int(i) for i, _ in subsets.take_spread(examples, 10, 4)]
+  assert kept == [2, 4, 7, 9]
+  assert subsets.Subset(fraction=0.35).kept(10) == 4
+  assert subsets.Subset(fraction=0.01).kept(10) == 1
