@@ -76,9 +76,15 @@ for batch in ${batch_sizes//,/ }; do
   # Latency includes the copies to and from the GPU, as the rows above do.
   trtexec --loadEngine="$engine" --shapes="images:${batch}x${size}x${size}x3" \
     --iterations="$iterations" >"$log"
-  qps=$(grep -oP 'Throughput: \K[0-9.]+' "$log")
-  p50=$(grep -oP 'Latency: .*median = \K[0-9.]+' "$log")
-  p95=$(grep -oP 'Latency: .*percentile\(95%\) = \K[0-9.]+' "$log")
+  # "] Latency:" is the end-to-end line, not "H2D Latency:" or "D2H ...".
+  qps=$(grep -oP '\] Throughput: \K[0-9.]+' "$log" | head -n 1 || true)
+  p50=$(grep -oP '\] Latency: .*median = \K[0-9.]+' "$log" | head -n 1 || true)
+  p95=$(grep -oP '\] Latency: .*percentile\(95%\) = \K[0-9.]+' "$log" \
+    | head -n 1 || true)
+  if [[ -z "$qps" || -z "$p50" || -z "$p95" ]]; then
+    echo "gpu_check: no trtexec performance summary in $log" >&2
+    exit 1
+  fi
   awk -v b="$batch" -v s="$size" -v q="$qps" -v p50="$p50" -v p95="$p95" \
     -v m="$model" 'BEGIN {
       printf "benchmark {\"batch_size\": %d, \"device\": \"GPU\", " \

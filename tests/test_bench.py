@@ -7,6 +7,7 @@ arithmetic can be checked.
 import ast
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -215,3 +216,59 @@ def test_benchmarks_use_only_public_attributes():
                if isinstance(node, ast.Attribute) and
                node.attr.startswith('_') and not node.attr.endswith('__')]
     assert not private, (name, private)
+
+
+# trtexec's summary (TensorRT 10): "Latency" is end to end; the copies have
+# lines of their own.
+TRTEXEC_SUMMARY = """\
+[I] Throughput: 100.5 qps
+[I] Latency: min = 1 ms, max = 3 ms, mean = 2 ms, median = 2.5 ms, \
+percentile(90%) = 2.7 ms, percentile(95%) = 2.9 ms, percentile(99%) = 3 ms
+[I] H2D Latency: min = 0.1 ms, max = 0.3 ms, mean = 0.2 ms, median = 0.2 \
+ms, percentile(90%) = 0.2 ms, percentile(95%) = 0.3 ms, percentile(99%) = 0.3 ms
+[I] D2H Latency: min = 0.01 ms, max = 0.03 ms, mean = 0.02 ms, median = \
+0.02 ms, percentile(90%) = 0.02 ms, percentile(95%) = 0.03 ms, \
+percentile(99%) = 0.03 ms
+"""
+
+
+def _fake_tools(folder, summary):
+  """nvidia-smi, trtexec and a python that skips the export and ONNX rows;
+  `python -c` is the real one."""
+  tools = {
+      'nvidia-smi': 'exit 0',
+      'trtexec': f'cat <<"EOF"\n{summary}EOF',
+      'python': f"""case "$1" in
+  main.py) out=${{5#--export_dir=}}; mkdir -p "$out"
+           echo '{{"image_size": 32}}' > "$out/export.json";;
+  -) cat > /dev/null;;
+  *) exec {sys.executable} "$@";;
+esac""",
+  }
+  for name, body in tools.items():
+    path = os.path.join(folder, name)
+    with open(path, 'w') as f:
+      f.write(f'#!/usr/bin/env bash\n{body}\n')
+    os.chmod(path, 0o755)
+
+
+@pytest.mark.parametrize('summary, rows', [(TRTEXEC_SUMMARY, 1), ('', 0)],
+                         ids=['summary', 'no-summary'])
+def test_gpu_check_reads_the_end_to_end_trtexec_latency(tmp_path, summary,
+                                                        rows):
+  _fake_tools(tmp_path, summary)
+  env = {**os.environ, 'PATH': f'{tmp_path}:{os.environ["PATH"]}',
+         'BATCH_SIZES': '4'}
+  result = subprocess.run(
+      ['bash', os.path.join(ROOT, 'bench', 'gpu_check.sh'),
+       str(tmp_path / 'out')], env=env, capture_output=True, text=True,
+      check=False)
+  lines = [json.loads(line.split(' ', 1)[1]) for line in
+           result.stdout.splitlines() if line.startswith('benchmark {')]
+  assert len(lines) == rows and result.returncode == 1 - rows, result.stderr
+  if rows:
+    assert lines[0]['latency_p50_ms'] == 2.5
+    assert lines[0]['latency_p95_ms'] == 2.9
+    assert lines[0]['images_per_second'] == pytest.approx(402.0)
+  else:
+    assert 'no trtexec performance summary' in result.stderr
