@@ -3,8 +3,8 @@
     python tools/check_gpu.py            # about two minutes on one GPU
 
 1. `--strategy=gpu` trains the quick start, reduced, in float32 and with
-   `runtime.mixed_precision=true` (float16 with loss scaling), and the loss
-   is finite.
+   `runtime.mixed_precision=true` (float16 with loss scaling), each run
+   reports that precision, and the loss is finite.
 2. With two GPUs or more, `--strategy=gpus` with `model.bn_sync=true`: after
    a step on a different batch per replica, every BatchNorm's moving mean
    is the same on all replicas; without it, they differ.
@@ -32,7 +32,10 @@ def train_on_one_gpu(mixed_precision: bool) -> bool:
          f'--model_dir={model_dir}', f'--hparam_str={TINY},'
          f'runtime.mixed_precision={str(mixed_precision).lower()}'],
         capture_output=True, text=True, check=False)
-    ok = result.returncode == 0 and 'nan' not in result.stdout.lower()
+    # The run's first line ends with the dtype policy it trained with.
+    policy = 'mixed_float16' if mixed_precision else 'float32'
+    ok = (result.returncode == 0 and 'nan' not in result.stdout.lower()
+          and f'replica(s), {policy}\n' in result.stdout)
     if not ok:
       print(result.stdout[-2000:], result.stderr[-2000:], sep='\n')
     return ok
