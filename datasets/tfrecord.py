@@ -48,11 +48,13 @@ class TFRecordDataset(Dataset):
     if not self.data_dir:
       raise UserError(f'dataset {self.name!r} reads TFRecord files and is '
                       f'not downloaded; pass data_dir. {self.download_hint}')
-    if not tf.io.gfile.isdir(self.data_dir):
+    # `--data_dir=~/x` reaches us unexpanded: the shell expands `~` only at
+    # the start of a word or of an assignment's value.
+    root = os.path.expanduser(self.data_dir)
+    if not tf.io.gfile.isdir(root):
       raise UserError(f'data_dir {self.data_dir!r} of dataset {self.name!r} '
                       f'does not exist')
-    return sorted(tf.io.gfile.glob(os.path.join(self.data_dir,
-                                                spec.pattern)))
+    return sorted(tf.io.gfile.glob(os.path.join(root, spec.pattern)))
 
   def filenames(self, split: str) -> List[str]:
     spec = self.files[split]

@@ -1,4 +1,6 @@
 """TFRecord datasets: files per split, counts and per-pipeline files."""
+import os
+
 import pytest
 import tensorflow as tf
 
@@ -63,6 +65,13 @@ def test_fewer_files_than_pipelines_are_shared_by_record(records_dir):
   shards = [_labels(dataset.shard_source('counted', 4, i)) for i in range(4)]
   assert sorted(sum(shards, [])) == _labels(dataset.source('counted'))
   assert [len(shard) for shard in shards] == [2, 2, 1, 1]
+
+
+def test_a_data_dir_under_the_home_folder_may_start_with_a_tilde(
+    records_dir, monkeypatch):
+  home, folder = os.path.split(records_dir)
+  monkeypatch.setenv('HOME', home)
+  assert Records(os.path.join('~', folder)).split_size('counted') == 6
 
 
 def test_missing_files_name_the_directory_and_pattern(tmp_path):
