@@ -27,20 +27,16 @@ are called (`load_class_names`) and which splits it has; the base class
 takes subsets (`per_class`, `fraction`), shards, caches, shuffles,
 preprocesses, batches and mixes.
 """
-import dataclasses
 import random
-from typing import (Any, Callable, ClassVar, Dict, List, Optional, Sequence,
-                    Tuple)
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
+from datasets import steps
 from datasets.subsets import cap_per_class
 from datasets.subsets import Subset
 from datasets.subsets import take_spread
-from efficientnetv2_tf.augment import mix_batch
-from efficientnetv2_tf.distribute import check_batch_size
 from efficientnetv2_tf.preprocessing import Augmentation
-from efficientnetv2_tf.preprocessing import decode_rgb
 from efficientnetv2_tf.preprocessing import preprocess_image
 from hparams.datasets import register_dataset_default
 from hparams.errors import UserError
@@ -245,21 +241,31 @@ class Dataset:
     self.check_split(split)
     repeat = training if repeat is None else repeat
     drop_remainder = training if drop_remainder is None else drop_remainder
-    num_shards, index, batch_size = _shard_of(input_context, batch_size)
+    num_shards, index, batch_size = steps.shard_of(input_context, batch_size)
     num_classes = len(self.class_names)  # also checks a declared count
     examples = self._read(split, num_shards, index)
-    seeds = _Seeds(random.randrange(2**31) if seed is None else seed, index)
+    seeds = steps.Seeds(random.randrange(2**31) if seed is None else seed,
+                        index)
     if training:
       examples = examples.shuffle(self.shuffle_buffer, seed=seeds.shuffle,
                                   reshuffle_each_iteration=True)
     if repeat:
       examples = examples.repeat()
     deterministic = not training or seed is not None
-    decoded = _decode(examples, deterministic, skip_errors=not self.strict)
+
+    def preprocess(position, image):
+      return preprocess_image(image, image_size, training, augmentation,
+                              seeds.element(position), dtype)
+
+    # The V1 recipe decodes a JPEG within its crop window, as V1 did, so
+    # its images are preprocessed from their bytes where others decode.
+    early = augmentation.pipeline.path == 'effnetv1'
+    decoded = steps.decode(examples, deterministic, not self.strict,
+                      preprocess if early else None)
 
     def prepare(position, image, label):
-      image = preprocess_image(image, image_size, training, augmentation,
-                               seeds.element(position), dtype)
+      if not early:
+        image = preprocess(position, image)
       return image, self._soft_label(label, num_classes)
 
     batches = decoded.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
@@ -267,8 +273,8 @@ class Dataset:
     batches = batches.batch(batch_size, drop_remainder=drop_remainder,
                             num_parallel_calls=tf.data.AUTOTUNE)
     if training and (augmentation.mixup_alpha or augmentation.cutmix_alpha):
-      batches = _mix(batches, augmentation, seeds)
-    return _tuned(batches, deterministic)
+      batches = steps.mix(batches, augmentation, seeds)
+    return steps.tuned(batches, deterministic)
 
   def distribute_fn(
       self, split: str, batch_size: int, **kwargs: Any
@@ -303,76 +309,6 @@ class Dataset:
       return self.cache == 'memory'
     stored = self.stored_bytes(split)
     return stored is not None and stored < AUTO_CACHE_BYTES
-
-
-@dataclasses.dataclass(frozen=True)
-class _Seeds:
-  """The seeds of input pipeline `index` of a run seeded with `base`."""
-  base: int
-  index: int
-
-  @property
-  def shuffle(self) -> int:
-    return self.base + self.index
-
-  def element(self, position: tf.Tensor, stream: int = 0) -> tf.Tensor:
-    """A stateless seed for the element or batch at `position`; each random
-    step (augmenting, mixing) draws from its own `stream`."""
-    # A prime stride keeps the pipelines' seeds apart.
-    return tf.stack([tf.cast(self.base + self.index * 7919 + stream,
-                             tf.int64), position])
-
-
-def _shard_of(input_context: Optional[tf.distribute.InputContext],
-              batch_size: int) -> Tuple[int, int, int]:
-  """(number of input pipelines, this one's index, its batch size)."""
-  if not input_context:
-    return 1, 0, batch_size
-  return (input_context.num_input_pipelines, input_context.input_pipeline_id,
-          check_batch_size(batch_size, input_context.num_replicas_in_sync))
-
-
-def _decode(examples: tf.data.Dataset, deterministic: bool,
-            skip_errors: bool) -> tf.data.Dataset:
-  """(position, RGB image, label) for each (image, label) example."""
-  dtype = examples.element_spec[0].dtype  # uint8 would floor [0, 1] to 0
-  if dtype.is_floating:
-    raise UserError(f'images must be encoded or uint8 pixels 0-255; '
-                    f'received: {dtype.name}')
-
-  def decode(position, example):
-    image, label = example
-    return position, decode_rgb(image), label
-
-  decoded = examples.enumerate().map(
-      decode, num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=deterministic)
-  if skip_errors:
-    # Sources check their files when they list them; this drops what such
-    # checks cannot see, such as damage inside a file. Only decoding is
-    # covered, so that errors in later steps still surface.
-    decoded = decoded.ignore_errors(log_warning=True)
-  return decoded
-
-
-def _mix(batches: tf.data.Dataset, augmentation: Augmentation,
-         seeds: _Seeds) -> tf.data.Dataset:
-  """Batches mixed by the recipe's mixup and CutMix."""
-
-  def mix(position, batch):
-    return mix_batch(batch[0], batch[1], augmentation.mixup_alpha,
-                     augmentation.cutmix_alpha, seeds.element(position, 1),
-                     fixes=augmentation.fixes)
-
-  return batches.enumerate().map(mix, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _tuned(batches: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
-  """The batches with the pipeline's options, prefetched."""
-  options = tf.data.Options()
-  options.deterministic = deterministic
-  options.experimental_optimization.map_parallelization = True
-  return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def get_dataset(name: str, data_dir: Optional[str] = None,

@@ -52,7 +52,6 @@ from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import Normalize
 from efficientnetv2_tf.preprocessing import eval_image
-from efficientnetv2_tf.preprocessing import weights_contract
 from efficientnetv2_tf.run_dir import RunDir
 # What a deployable model is, re-exported: callers build and read these
 # from here.
@@ -110,7 +109,7 @@ def load_pretrained(model_name: str, weights: str,
                     model_config: Optional[str] = None,
                     normalization: Optional[str] = None) -> Source:
   """Published weights ('imagenet', ...) with their own input contract, or a
-  checkpoint path, with the contract `preprocessing.weights_contract` gives
+  checkpoint path, with the contract `loading.weights_contract` gives
   it (`normalization` changes that of an unpublished one); `model_config`
   as for `get_model`.
 
@@ -123,7 +122,7 @@ def load_pretrained(model_name: str, weights: str,
     return load_run(*run)
   model = loading.get_model(model_name, model_config, weights=weights,
                             training=False)
-  contract, name = weights_contract(model.name, weights, normalization)
+  contract, name = loading.weights_contract(model.name, weights, normalization)
   return Source(model, model.name, contract,
                 default_labels(model.num_classes), weights, weights=name)
 

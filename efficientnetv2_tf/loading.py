@@ -7,7 +7,7 @@ weights first, so that the classifier can be built to fit them.
 """
 import dataclasses
 import os
-from typing import Any, List, Mapping, Optional, Union
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 from absl import logging
 import tensorflow as tf
@@ -16,10 +16,12 @@ import hparams
 from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import official
 from efficientnetv2_tf.model import EfficientNet
-from efficientnetv2_tf.preprocessing import weights_contract
+from efficientnetv2_tf.preprocessing import Augmentation
 from hparams.errors import UserError
 from hparams.registry import close_matches
 from hparams.registry import unknown_name_message
+from hparams.weights import InputContract
+from hparams.weights import published_at
 from hparams.weights import TAGS
 
 
@@ -172,3 +174,31 @@ def _weights_normalization(model_name: str, weights: Optional[str]) -> str:
   if not weights:
     return 'symmetric'
   return weights_contract(model_name, weights)[0].normalization
+
+
+def weights_contract(model_name: str, weights: str,
+                     normalization: Optional[str] = None
+                     ) -> Tuple[InputContract, Optional[str]]:
+  """The input contract of checkpoint `weights` of `model_name`, and the
+  name of the published weights it is, if any.
+
+  Published weights (a tag, or the folder their archive unpacked into,
+  `hparams.weights.published_at`) have their own contract. Any other
+  checkpoint gets the evaluation contract of the recipe the model's preset
+  trains with, at its eval size, with a warning; `normalization` replaces
+  its normalisation.
+  """
+  entry = (hparams.published_weights(model_name, weights) if weights in TAGS
+           else published_at(model_name, weights))
+  if entry is not None:
+    return entry.contract, entry.name
+  specs = hparams.get_specs(model_name)
+  contract = Augmentation.from_specs(specs).contract(
+      specs.data.eval_image_size)
+  if normalization:
+    contract = dataclasses.replace(contract, normalization=normalization)
+  logging.warning(
+      'weights %r are not published ones named by tag or by their '
+      "archive's folder: assuming the input contract of the recipe %s "
+      'trains with, %s', weights, model_name, contract)
+  return contract, None

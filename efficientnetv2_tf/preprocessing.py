@@ -14,14 +14,12 @@ with stateless randomness so that a seed makes it repeatable.
 import dataclasses
 from typing import Optional, Tuple
 
-from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
 from efficientnetv2_tf import augment
 from efficientnetv2_tf.blocks import serializable
-import hparams
 from hparams.errors import UserError
 from hparams.registry import Registry
 from hparams.specs import Specs
@@ -177,34 +175,6 @@ def _named_weights(model_name: str, weights: Optional[str]):
     return None
 
 
-def weights_contract(model_name: str, weights: str,
-                     normalization: Optional[str] = None
-                     ) -> Tuple[InputContract, Optional[str]]:
-  """The input contract of checkpoint `weights` of `model_name`, and the
-  name of the published weights it is, if any.
-
-  Published weights (a tag, or the folder their archive unpacked into,
-  `hparams.weights.published_at`) have their own contract. Any other
-  checkpoint gets the evaluation contract of the recipe the model's preset
-  trains with, at its eval size, with a warning; `normalization` replaces
-  its normalisation.
-  """
-  entry = (published_weights(model_name, weights) if weights in TAGS
-           else published_at(model_name, weights))
-  if entry is not None:
-    return entry.contract, entry.name
-  specs = hparams.get_specs(model_name)
-  contract = Augmentation.from_specs(specs).contract(
-      specs.data.eval_image_size)
-  if normalization:
-    contract = dataclasses.replace(contract, normalization=normalization)
-  logging.warning(
-      'weights %r are not published ones named by tag or by their '
-      "archive's folder: assuming the input contract of the recipe %s "
-      'trains with, %s', weights, model_name, contract)
-  return contract, None
-
-
 def decode_rgb(image: tf.Tensor) -> tf.Tensor:
   """Encoded bytes (JPEG, PNG, BMP, GIF) or a uint8 array -> uint8 [H, W, 3].
 
@@ -237,19 +207,19 @@ _V1_ASPECT_RATIOS = (3 / 4, 4 / 3)
 _V2_ASPECT_RATIOS = (0.75, 1.33)
 
 
-def _random_crop(image: tf.Tensor, seed: tf.Tensor, area_range: Tuple[float,
-                 float], aspect_ratio_range: Tuple[float, float],
-                 min_object_covered: float,
-                 max_attempts: int) -> Tuple[tf.Tensor, tf.Tensor]:
-  """An inception-style crop; also says whether the whole image came back."""
-  shape = tf.shape(image)
+def _crop_window(shape: tf.Tensor, seed: tf.Tensor,
+                 area_range: Tuple[float, float],
+                 aspect_ratio_range: Tuple[float, float],
+                 min_object_covered: float, max_attempts: int
+                 ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """An inception-style crop window of an image of `shape` [h, w, c]:
+  (begin, size, whether it is the whole image)."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape, tf.zeros([0, 0, 4], tf.float32), seed=seed,
       min_object_covered=min_object_covered,
       aspect_ratio_range=aspect_ratio_range, area_range=area_range,
       max_attempts=max_attempts, use_image_if_no_bounding_boxes=True)
-  whole = tf.reduce_all(tf.equal(size[:2], shape[:2]))
-  return tf.slice(image, begin, size), whole
+  return begin, size, tf.reduce_all(tf.equal(size[:2], shape[:2]))
 
 
 def _centre_window(height: tf.Tensor, width: tf.Tensor, image_size: int,
@@ -345,26 +315,53 @@ def _distort(image: tf.Tensor, policy: Optional[str], augmentation:
   return tf.cast(pixels, tf.float32)
 
 
+def _float_pixels(image: tf.Tensor) -> tf.Tensor:
+  return tf.cast(decode_rgb(image), tf.float32)
+
+
 def _default(image, image_size, augmentation, seeds):
-  image, _ = _random_crop(image, seeds[0], (0.05, 1.0), _V2_ASPECT_RATIOS,
-                          0.0, 100)
-  image = _resize(image, image_size, 'bilinear')
+  image = _float_pixels(image)
+  begin, size, _ = _crop_window(tf.shape(image), seeds[0], (0.05, 1.0),
+                                _V2_ASPECT_RATIOS, 0.0, 100)
+  image = _resize(tf.slice(image, begin, size), image_size, 'bilinear')
   image = _flip(image, augmentation, seeds[1])
   return _distort(image, augmentation.pipeline.policy, augmentation, seeds[2])
 
 
 def _finetune(image, image_size, augmentation, seeds):
-  image = _resize(image, image_size, 'bilinear')
+  image = _resize(_float_pixels(image), image_size, 'bilinear')
   image = _flip(image, augmentation, seeds[0])
   return _distort(image, augmentation.pipeline.policy, augmentation, seeds[1])
 
 
+def _v1_crop(image: tf.Tensor, image_size: int, seed: tf.Tensor) -> tf.Tensor:
+  """V1's training crop of encoded bytes or pixels: a window of 8 to 100%
+  of the area covering a tenth of the image or, where ten attempts find
+  none, the evaluation crop. A JPEG is decoded within the window, as V1
+  did (see `_decode_centre_crop`)."""
+  def window(shape):
+    return _crop_window(shape, seed, (0.08, 1.0), _V1_ASPECT_RATIOS, 0.1, 10)
+
+  def from_pixels(pixels):
+    begin, size, whole = window(tf.shape(pixels))
+    return tf.cond(whole, lambda: _centre_crop(pixels, image_size, True),
+                   lambda: tf.slice(pixels, begin, size))
+
+  def from_jpeg():
+    begin, size, whole = window(tf.image.extract_jpeg_shape(image))
+    return tf.cond(
+        whole, lambda: _decode_centre_crop(image, image_size),
+        lambda: tf.image.decode_and_crop_jpeg(
+            image, tf.concat([begin[:2], size[:2]], 0), channels=3))
+
+  if image.dtype != tf.string:
+    return from_pixels(decode_rgb(image))
+  return tf.cond(tf.io.is_jpeg(image), from_jpeg,
+                 lambda: from_pixels(decode_rgb(image)))
+
+
 def _effnetv1(image, image_size, augmentation, seeds):
-  cropped, whole = _random_crop(image, seeds[0], (0.08, 1.0),
-                                _V1_ASPECT_RATIOS, 0.1, 10)
-  # When no crop satisfies the constraints, fall back to the eval crop.
-  image = tf.cond(whole, lambda: _centre_crop(image, image_size, True),
-                  lambda: cropped)
+  image = tf.cast(_v1_crop(image, image_size, seeds[0]), tf.float32)
   image = _resize(image, image_size, 'bicubic_tf1')
   image = _flip(image, augmentation, seeds[1])
   return _distort(image, augmentation.pipeline.policy, augmentation, seeds[2])
@@ -393,7 +390,6 @@ def preprocess_image(image: tf.Tensor,
   contract = augmentation.contract(image_size)
   if not training:
     return tf.cast(eval_image(image, contract), dtype)
-  image = tf.cast(decode_rgb(image), tf.float32)
   if seed is None:
     seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
   seeds = tf.random.experimental.stateless_split(seed, 4)

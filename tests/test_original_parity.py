@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import datasets
 import efficientnetv2_tf
 from efficientnetv2_tf import official
 from efficientnetv2_tf.preprocessing import Augmentation
@@ -35,6 +36,30 @@ def test_eval_preprocessing_of_jpeg_files_matches_the_original(recipe, size):
   print(f'{recipe} {size} px: max |difference| per image = '
         + ', '.join(f'{d:.1e}' for d in differences))
   assert max(differences) < 1e-5
+
+
+def test_dataset_evaluation_of_jpeg_files_matches_the_original(tmp_path):
+  # The files go through an image folder's evaluation pipeline, which
+  # decodes them before preprocessing unless the recipe needs the bytes.
+  # Each file is a class of its own, which tells the outputs apart.
+  for split in ('train', 'val'):
+    for index, jpeg in enumerate(oracle_fixtures.jpegs()):
+      folder = tmp_path / split / f'image{index}'
+      folder.mkdir(parents=True)
+      (folder / 'image.jpg').write_bytes(jpeg)
+  dataset = datasets.get_dataset('image_folder', data_dir=str(tmp_path))
+  for recipe, sizes in oracle_fixtures.RECIPE_SIZES.items():
+    augmentation = Augmentation(oracle_fixtures.RECIPE_AUGNAMES[recipe])
+    for size in sizes:
+      kept = np.ix_(oracle_fixtures.kept_pixels(size),
+                    oracle_fixtures.kept_pixels(size))
+      for images, labels in dataset.pipeline(
+          'eval', 1, training=False, image_size=size,
+          augmentation=augmentation):
+        expected = oracle_fixtures.preprocessed(
+            recipe, size, int(np.argmax(labels[0])))
+        difference = np.abs(images[0].numpy()[kept] - expected).max()
+        assert difference < 1e-5, (recipe, size, difference)
 
 
 def _checkpoint(tmp_path, model_name, classifier_scope='head'):

@@ -112,6 +112,28 @@ def test_effnetv1_normalises_with_imagenet_mean_and_stddev():
   np.testing.assert_allclose(out, 0.0, atol=0.01)
 
 
+@pytest.mark.parametrize('seed', [[3, 4], [0, 1], [7, 7]])
+def test_v1_training_decodes_a_jpeg_within_its_crop_window(seed,
+                                                           monkeypatch):
+  # As V1 did; the window is the one drawn for the decoded pixels, which
+  # differ from it only where colour is upsampled near the window's edges.
+  windows, decode = [], tf.image.decode_and_crop_jpeg
+
+  def recording_decode(image, window, **kwargs):
+    windows.append(window.numpy())
+    return decode(image, window, **kwargs)
+
+  monkeypatch.setattr(tf.image, 'decode_and_crop_jpeg', recording_decode)
+  jpeg = image_files.encode(image_files.pixels(90, 120), 'jpeg')
+  augmentation, seed = Augmentation('effnetv1'), tf.constant(seed)
+  from_bytes = preprocess_image(tf.constant(jpeg), 48, True, augmentation,
+                                seed).numpy()
+  assert len(windows) == 1 and windows[0][2:].prod() < 90 * 120
+  from_pixels = preprocess_image(tf.io.decode_jpeg(jpeg, channels=3), 48,
+                                 True, augmentation, seed).numpy()
+  assert np.abs(from_bytes - from_pixels).mean() < 0.02
+
+
 def test_finetune_path_does_not_crop_and_cutout_adds_noise():
   image = _bordered(64, 8)
   out = preprocess_image(image, 64, False, Augmentation('ft'))
