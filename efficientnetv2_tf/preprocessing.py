@@ -329,9 +329,19 @@ def _default(image, image_size, augmentation, seeds):
 
 
 def _finetune(image, image_size, augmentation, seeds):
-  image = _resize(_float_pixels(image), image_size, 'bilinear')
-  image = _flip(image, augmentation, seeds[0])
-  return _distort(image, augmentation.pipeline.policy, augmentation, seeds[1])
+  policy = augmentation.pipeline.policy
+  # The original resized in [-1, 1] and came back to 0-255 for a policy,
+  # which float32 leaves a hair below many integers: the policy's uint8
+  # cast takes those a level down.
+  round_trip = policy and not augmentation.fixes
+  image = _float_pixels(image)
+  if round_trip:
+    image = (image / 255.0 - 0.5) / 0.5
+  image = _flip(_resize(image, image_size, 'bilinear'), augmentation,
+                seeds[0])
+  if round_trip:
+    image = (image * 0.5 + 0.5) * 255.0
+  return _distort(image, policy, augmentation, seeds[1])
 
 
 def _v1_crop(image: tf.Tensor, image_size: int, seed: tf.Tensor) -> tf.Tensor:

@@ -6,6 +6,8 @@ original code (see tools/oracle/README.md); nothing here imports it.
 
 - `preprocessing.npz`: JPEG bytes and the original's eval preprocessing of
   them, per recipe and size (`jpegs`, `preprocessed`, `kept_pixels`).
+- `finetune.npz`: the uint8 image the original's fine-tuning recipe hands
+  RandAugment, per output size (`load('finetune')`).
 - `PARAM_COUNTS`: each model's variables, as the original counts them.
 - `official_checkpoints.npz`: tiny models' checkpoints as the original's
   training saved them, the logits the original computes from their EMA

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import datasets
 import efficientnetv2_tf
+from efficientnetv2_tf import augment
 from efficientnetv2_tf import official
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import preprocess_image
@@ -60,6 +61,35 @@ def test_dataset_evaluation_of_jpeg_files_matches_the_original(tmp_path):
             recipe, size, int(np.argmax(labels[0])))
         difference = np.abs(images[0].numpy()[kept] - expected).max()
         assert difference < 1e-5, (recipe, size, difference)
+
+
+@pytest.mark.parametrize('size', [24, 20, 32])
+def test_fine_tuning_hands_randaugment_the_originals_pixels(size,
+                                                            monkeypatch):
+  # The original's flip is random: its image or the mirror of it.
+  handed = []
+
+  def recording_distort(pixels, *unused_args, **unused_kwargs):
+    handed.append(pixels.numpy())
+    return pixels
+
+  monkeypatch.setattr(augment, 'distort', recording_distort)
+  fixture = oracle_fixtures.load('finetune')
+  image = tf.constant(fixture['image'])
+  for fixes in (False, True):
+    preprocess_image(image, size, True,
+                     Augmentation('ft_randaug', fixes=fixes),
+                     tf.constant([1, 2]))
+  expected = fixture[f'input/{size}']
+  assert any(np.array_equal(handed[0], candidate)
+             for candidate in (expected, expected[:, ::-1]))
+  # The fixes leave out the round trip, which only ever lowers a pixel; at
+  # the image's own size they hand over the image itself.
+  assert (handed[1] >= handed[0]).all()
+  if size == fixture['image'].shape[0]:
+    assert any(np.array_equal(handed[1], candidate) for candidate in (
+        fixture['image'], fixture['image'][:, ::-1]))
+    assert not np.array_equal(handed[0], handed[1])
 
 
 def _checkpoint(tmp_path, model_name, classifier_scope='head'):
