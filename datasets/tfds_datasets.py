@@ -100,7 +100,16 @@ class TfdsDataset(Dataset):
 
   def stored_bytes(self, split: str) -> Optional[int]:
     info = self._split_info(split)
-    return info.num_bytes if info and info.num_bytes else None
+    if not info or info.num_bytes:
+      return info.num_bytes if info else None
+    # A slice or union of splits ('train[:70%]') has no size of its own:
+    # its examples at the dataset's mean example size.
+    splits = list(self.builder().info.splits.values())
+    stored = sum(whole.num_bytes for whole in splits)
+    examples = sum(whole.num_examples for whole in splits)
+    if not stored or not examples:
+      return None
+    return round(stored / examples * info.num_examples)
 
 
 class Cifar10(TfdsDataset):

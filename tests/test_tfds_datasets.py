@@ -63,6 +63,26 @@ def test_split_sizes_come_from_tfds_metadata(monkeypatch):
   assert dataset.stored_bytes('train') == 456
 
 
+def test_a_slice_of_a_split_is_sized_for_the_cache(monkeypatch, tmp_path):
+  # tfds gives a slice such as tf_flowers' 'train[:80%]' 0 bytes; at its
+  # share of the split's bytes it is small enough to cache.
+  template = tfds.core.ShardedFileTemplate(
+      data_dir=str(tmp_path), dataset_name='tf_flowers', split='train',
+      filetype_suffix='tfrecord')
+  splits = tfds.core.SplitDict([tfds.core.SplitInfo(
+      name='train', shard_lengths=[3670], num_bytes=228_000_000,
+      filename_template=template)])
+  assert splits['train[:80%]'].num_bytes == 0
+  dataset = datasets.get_dataset('tf_flowers')
+  info = type('Info', (), {'splits': splits})
+  monkeypatch.setattr(dataset, 'builder',
+                      lambda: type('Builder', (), {'info': info})())
+  assert dataset.count('train') == 2936
+  assert dataset.stored_bytes('train') == round(228_000_000 * 2936 / 3670)
+  assert dataset.stored_bytes('eval') == round(228_000_000 * 734 / 3670)
+  assert dataset._should_cache('train')
+
+
 @pytest.mark.parametrize('name, train, held_out', [
     ('tf_flowers', 'train[:70%]', {'eval': 'train[70%:]'}),
     ('imagenet2012', 'train[:98%]', {'minival': 'train[98%:]'}),
