@@ -264,17 +264,29 @@ class ImageFolder(Dataset):
   # The dataset interface. ---------------------------------------------------
 
   def source(self, split: str) -> tf.data.Dataset:
+    return _read(self._files(split))
+
+  def shard_source(self, split: str, num_shards: int,
+                   index: int) -> tf.data.Dataset:
+    # The list is sharded, so that each input pipeline reads its own files.
+    return _read(self._files(split).shard(num_shards, index))
+
+  def _files(self, split: str) -> tf.data.Dataset:
     listing = self.listing(split)
-    files = tf.data.Dataset.from_tensor_slices((listing.paths,
-                                                listing.labels))
-    return files.map(lambda path, label: (tf.io.read_file(path), label),
-                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return tf.data.Dataset.from_tensor_slices((listing.paths,
+                                               listing.labels))
 
   def count(self, split: str) -> int:
     return len(self.listing(split).paths)
 
   def stored_bytes(self, split: str) -> int:
     return self.listing(split).num_bytes
+
+
+def _read(files: tf.data.Dataset) -> tf.data.Dataset:
+  """(bytes, label) for each (path, label)."""
+  return files.map(lambda path, label: (tf.io.read_file(path), label),
+                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _is_image_name(name: str) -> bool:

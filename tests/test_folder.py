@@ -237,3 +237,16 @@ def test_a_folder_that_both_splits_share_is_checked_once(tmp_path, caplog):
     sizes = dataset.split_size('train') + dataset.split_size('eval')
   assert sizes == 10 and dataset.skipped == 1
   assert caplog.text.count('skipped 1 unreadable image(s)') == 1
+
+
+def test_an_input_pipeline_reads_only_the_files_of_its_shard(tmp_path):
+  # Another shard's file, removed after the listing, is never opened.
+  image_files.write_classes(str(tmp_path), [
+      (label, f'{i}.png', 'png', 4, 4, 3) for label in 'ab' for i in range(3)])
+  dataset = datasets.get_dataset('image_folder', str(tmp_path),
+                                 val_fraction=0.5)
+  paths = dataset.listing('train').paths
+  whole = [image.numpy() for image, _ in dataset.source('train')]
+  os.remove(paths[1])
+  first = [image.numpy() for image, _ in dataset.shard_source('train', 2, 0)]
+  assert first == whole[0::2]
