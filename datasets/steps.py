@@ -61,8 +61,9 @@ def decode(examples: tf.data.Dataset, deterministic: bool,
       deterministic=deterministic)
   if skip_errors:
     # Sources check their files when they list them; this drops what such
-    # checks cannot see, such as damage inside a file. Only decoding is
-    # covered, so that errors in later steps still surface.
+    # checks cannot see, such as damage inside a file. Only decoding (with
+    # `preprocess`, when given) is covered, so that errors in later steps
+    # still surface.
     decoded = decoded.ignore_errors(log_warning=True)
   return decoded
 
