@@ -257,9 +257,8 @@ class Dataset:
       return preprocess_image(image, image_size, training, augmentation,
                               seeds.element(position), dtype)
 
-    # The V1 recipe decodes a JPEG within its crop window, as V1 did, so
-    # its images are preprocessed from their bytes where others decode.
-    early = augmentation.pipeline.path == 'effnetv1'
+    # A recipe that reads the bytes (V1's) preprocesses where others decode.
+    early = augmentation.reads_bytes
     decoded = steps.decode(examples, deterministic, not self.strict,
                       preprocess if early else None)
 

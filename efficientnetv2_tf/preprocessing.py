@@ -146,6 +146,11 @@ class Augmentation:
   def pipeline(self) -> Pipeline:
     return AUGMENTATIONS.get(self.augname or 'none')
 
+  @property
+  def reads_bytes(self) -> bool:
+    """Whether images should come encoded: V1 decoded a JPEG's crop."""
+    return self.pipeline.path == 'effnetv1'
+
   def contract(self, image_size: int) -> InputContract:
     """How this recipe evaluates: crop, resize and normalisation."""
     return recipe_contract(self.pipeline.path, image_size, self.normalization)
