@@ -170,6 +170,9 @@ def run_predict(source: Union[str, export_lib.Source], image_path: str,
   failed = sum('error' in row for row in rows)
   print(f'{len(rows) - failed} images classified, {failed} unreadable; '
         f'predictions: {output}')
+  if rows and failed == len(rows):
+    raise UserError(f'none of the {failed} image(s) of --image_path='
+                    f'{image_path} could be read')
   return rows
 
 

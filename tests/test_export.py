@@ -203,6 +203,11 @@ def test_predict_reports_a_corrupt_image_and_classifies_the_rest(
   assert len(rows[0]['top_k']) == 3
   assert json.load(open(output)) == rows
   assert '2 images classified, 1 unreadable' in capsys.readouterr().out
+  # Nothing readable is an error, after each file's line and the JSON.
+  with pytest.raises(UserError, match=r'none of the 1 image\(s\) of '
+                     r'--image_path=.*broken.jpg could be read'):
+    inference.run_predict(export_dir, str(folder / 'broken.jpg'), 3, output)
+  assert 'error' in json.load(open(output))[0]
   # A run directory, and the export's model files in their runtimes, give
   # the same answer as the export.
   ids = [p['id'] for p in rows[0]['top_k']]
