@@ -9,6 +9,8 @@ original code (see tools/oracle/README.md); nothing here imports it.
 - `finetune.npz`: the uint8 image the original's fine-tuning recipe hands
   RandAugment, per output size (`load('finetune')`).
 - `PARAM_COUNTS`: each model's variables, as the original counts them.
+- `presets.json`: the original's config for each model preset with each
+  dataset preset, as its `main.py` resolves it (`load_presets()`).
 - `official_checkpoints.npz`: tiny models' checkpoints as the original's
   training saved them, the logits the original computes from their EMA
   weights, and log-probabilities of the JPEGs (`official_tensors`,
@@ -52,6 +54,13 @@ RECIPE_AUGNAMES = {'v2': 'none', 'v1': 'effnetv1', 'ft': 'ft'}
 RECIPE_SIZES = {'v2': (32, 64, 224, 384), 'v1': (32, 224, 240),
                 'ft': (32, 224, 384)}
 CLASSIFIER_SCOPES = ('head', 'head_1')
+
+
+@functools.lru_cache(maxsize=1)
+def load_presets() -> Dict[str, Any]:
+  """`tests/fixtures/presets.json`; see tools/oracle/preset_fixtures.py."""
+  with open(os.path.join(FIXTURES_DIR, 'presets.json')) as f:
+    return json.load(f)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,12 +1,16 @@
+import dataclasses
 import os
 import subprocess
 import sys
 
 import pytest
 
+import datasets
+from efficientnetv2_tf import blockargs
 import hparams
 from hparams import config
 from hparams.errors import UserError
+from tests.oracle_fixtures import load_presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -296,3 +300,41 @@ def test_the_config_keys_doc_is_rendered_from_the_specs():
     assert f.read() == config.render_config_keys(), (
         'regenerate docs/config_keys.md from '
         'hparams.config.render_config_keys()')
+
+
+# Where the original's None means what another value means here.
+_SAME_AS_NONE = {'model.conv_dropout': 0.0, 'train.sched': False,
+                 'data.augname': 'none'}
+
+
+def _as_here(key, value):
+  return _SAME_AS_NONE.get(key, value) if value is None else value
+
+
+@pytest.mark.parametrize('pair', sorted(load_presets()['configs']))
+def test_each_preset_pair_resolves_to_the_original_config(pair):
+  fixture = load_presets()
+  model_name, dataset_cfg = pair.split()
+  *values, train_size = fixture['configs'][pair]
+  cfg = hparams.get_config(model_name, dataset_cfg)
+  ours = {key: cfg[key.split('.')[0]][key.split('.')[1]]
+          for key in fixture['keys']}
+  assert ours == {key: _as_here(key, value)
+                  for key, value in zip(fixture['keys'], values)}
+  assert hparams.build_specs(cfg).data.train_image_size == train_size
+
+
+@pytest.mark.parametrize('model_name', sorted(load_presets()['blocks']))
+def test_each_model_preset_has_the_original_blocks(model_name):
+  blocks = hparams.get_config(model_name).model.blocks_args
+  assert [dataclasses.asdict(blockargs.decode(b)) for b in blocks] == (
+      load_presets()['blocks'][model_name])
+
+
+@pytest.mark.parametrize('dataset_cfg', sorted(load_presets()['datasets']))
+def test_each_dataset_preset_reads_the_original_classes(dataset_cfg):
+  num_classes, multi_label = load_presets()['datasets'][dataset_cfg]
+  name = hparams.dataset_preset(dataset_cfg)['data']['dataset']
+  dataset = datasets.DATASETS.get(name)
+  assert (dataset.num_classes, dataset.multi_label) == (
+      num_classes, multi_label)
