@@ -261,8 +261,8 @@ class ProgressiveSpec(_Spec):
       0, 'train.stages', 'progressive stages; 0 or 1: none',
       (non_negative, '>= 0 (0 or 1: no progressive learning)'))
   schedule_regularization: bool = _option(
-      False, 'train.sched', 'stages also grow RandAugment, mixup, cutmix '
-      'and dropout')
+      False, 'train.sched', 'stages also grow RandAugment, mixup and '
+      'cutmix, and dropout under the paper schedule')
   schedule: str = _option(
       'code', 'progressive.schedule', "code (the original code's) or paper "
       '(Table 6)')
@@ -275,7 +275,9 @@ class ProgressiveSpec(_Spec):
       '(at the stage\'s size, scaled as the eval size is to the training '
       'size)', (lambda v: v in ('final', 'stage'), "'final' or 'stage'"))
   first_image_size: int = _option(
-      128, 'data.ibase', 'first-stage image size; 0: half the training size',
+      128, 'data.ibase', "the first stage's image size under the paper "
+      'schedule, one step below it under the code schedule; 0: half the '
+      'training size',
       (non_negative, '>= 0 (0: half the training size)'))
   ram_min: float = _option(
       5.0, 'progressive.ram_min', 'first-stage RandAugment magnitude', GE0)
