@@ -114,13 +114,15 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
   `SCHEDULES.names()`, floored at `minimum` (warm-up is not floored).
   Steps count from 0, as `optimizer.iterations` does, and the decay is a
   function of the step itself, not of the steps since warm-up.
+  `steps_per_epoch` may be fractional, as the original's training-split
+  size over the batch size was.
 
   For 'plateau' the rate is `peak * plateau_scale`, a non-trainable
   variable that `PlateauReducer` lowers; it is state, so `get_config`
   leaves it out. Other schedules have `plateau_scale = None`.
   """
 
-  def __init__(self, peak: float, steps_per_epoch: int, total_steps: int,
+  def __init__(self, peak: float, steps_per_epoch: float, total_steps: int,
                schedule: str = 'exponential', warmup_epochs: float = 5.0,
                decay_epochs: float = 2.4, decay_factor: float = 0.97,
                minimum: float = 0.0):

@@ -56,19 +56,26 @@ Evaluations during training are at the eval size, or, with
 `make_plan` plans a whole run (`RunPlan`) from its specs, the training
 split's size and the number of replicas: the global batch, steps per epoch,
 epochs (`train.epochs`, stretched until there are `train.min_steps` steps,
-`progressive.stage_epochs` with them) and the stages.
+`progressive.stage_epochs` with them) and the stages. As in the original's
+main.py, a run is `epochs * train_size // batch` steps and the schedules'
+epoch is `train_size / batch` steps (`epoch_steps`), fractions kept; the
+loop's epochs, after which it evaluates, are whole batches.
 `RunPlan.applied_to(specs)` gives the specs that run, to save beside the
 plan:
 
     >>> run = make_plan(specs, train_size=409_600, num_replicas=8)
     >>> run.global_batch, run.steps_per_epoch, run.epochs, run.total_steps
     (4096, 100, 10, 1000)
+    >>> run = make_plan(specs, train_size=410_000, num_replicas=8)
+    >>> run.steps_per_epoch, run.epoch_steps, run.total_steps
+    (100, 100.09765625, 1000)
 """
 import bisect
 import dataclasses
 from fractions import Fraction
 import itertools
 import math
+from numbers import Rational
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from efficientnetv2_tf import distribute
@@ -167,13 +174,13 @@ def _schedule(name: str) -> Callable[[int, int], Progress]:
 
 def _end_steps(epochs: float, stage_epochs: Sequence[float],
                configured_stages: int, num_stages: int,
-               steps_per_epoch: int) -> List[int]:
+               steps_per_epoch: Rational) -> List[int]:
   """The exclusive last global step of each stage."""
-  if (not isinstance(steps_per_epoch, int) or isinstance(steps_per_epoch, bool)
-      or steps_per_epoch < 1):
-    raise UserError(f'steps per epoch must be an integer >= 1; received: '
-                    f'steps_per_epoch={steps_per_epoch!r}')
-  total = int(epochs * steps_per_epoch)
+  if (not isinstance(steps_per_epoch, Rational)
+      or isinstance(steps_per_epoch, bool) or steps_per_epoch < 1):
+    raise UserError(f'steps per epoch must be an int or Fraction >= 1; '
+                    f'received: steps_per_epoch={steps_per_epoch!r}')
+  total = int(Fraction(epochs) * steps_per_epoch)
   if not stage_epochs:
     return [total * (i + 1) // num_stages for i in range(num_stages)]
   if len(stage_epochs) != num_stages:
@@ -232,9 +239,12 @@ def _progress(specs: Specs, num_stages: int) -> List[Progress]:
   return progress
 
 
-def plan(specs: Specs, steps_per_epoch: int,
+def plan(specs: Specs, steps_per_epoch: Rational,
          epochs: Optional[float] = None) -> List[Stage]:
-  """The stages of a run: `epochs * steps_per_epoch` steps in all.
+  """The stages of a run: `int(epochs * steps_per_epoch)` steps in all.
+
+  `steps_per_epoch` is an int or, as the original's training-split size
+  over the batch size, a `Fraction`.
 
   `epochs` defaults to `train.epochs`; a longer run stretches
   `progressive.stage_epochs` with it. Raises `UserError`, naming the config
@@ -305,14 +315,16 @@ class RunPlan:
   """How long a run is and what each part of it does: derived from the
   config and the dataset once, saved beside the config as plan.json."""
   global_batch: int
-  steps_per_epoch: int
+  steps_per_epoch: int  # whole batches: the loop's epochs
+  epoch_steps: float  # train size / global batch: the schedules' epoch
   epochs: float  # train.epochs, stretched to train.min_steps
   stage_epochs: Tuple[float, ...]  # progressive.stage_epochs, stretched
   total_steps: int
   stages: Tuple[Stage, ...]
 
   def epoch_of(self, step: int) -> float:
-    return step / self.steps_per_epoch
+    """Passes over the training split that `step` steps make."""
+    return step / self.epoch_steps
 
   def applied_to(self, specs: Specs) -> Specs:
     """`specs` with the epochs this plan trains: what runs, to save.
@@ -328,7 +340,7 @@ class RunPlan:
     stages = [{**dataclasses.asdict(s),
                'epochs': self.epoch_of(s.num_steps)} for s in self.stages]
     return {'epochs': self.epochs, 'steps_per_epoch': self.steps_per_epoch,
-            'total_steps': self.total_steps,
+            'epoch_steps': self.epoch_steps, 'total_steps': self.total_steps,
             'global_batch': self.global_batch, 'stages': stages}
 
 
@@ -342,14 +354,17 @@ def make_plan(specs: Specs, train_size: int, num_replicas: int) -> RunPlan:
   if (global_batch // num_replicas) % accum:
     raise UserError(f'train.grad_accum_steps={accum} must divide the '
                     f'per-replica batch {global_batch // num_replicas}')
-  steps_per_epoch = train_size // global_batch
-  if not steps_per_epoch:
+  if global_batch > train_size:
     raise UserError(f'train.batch_size={global_batch} is larger than the '
                     f'{train_size} training images')
+  # As the original's main.py: `epochs * train_size // batch` steps, and
+  # an epoch of `train_size / batch` steps for the schedules.
+  epoch_steps = Fraction(train_size, global_batch)
   epochs = optim.epochs
   if optim.min_steps:
-    epochs = max(epochs, math.ceil(optim.min_steps / steps_per_epoch))
-  stages = plan(specs, steps_per_epoch, epochs)
-  return RunPlan(global_batch, steps_per_epoch, epochs,
+    epochs = max(epochs, math.ceil(optim.min_steps / epoch_steps))
+  stages = plan(specs, epoch_steps, epochs)
+  return RunPlan(global_batch, train_size // global_batch,
+                 float(epoch_steps), epochs,
                  stretched_stage_epochs(specs, epochs),
                  stages[-1].end_step, tuple(stages))

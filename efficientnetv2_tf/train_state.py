@@ -63,7 +63,7 @@ def _build_model(specs: Specs, strategy: tf.distribute.Strategy,
 def _learning_rate(spec: OptimSpec, plan: RunPlan) -> optim.LearningRate:
   peak = optim.scaled_learning_rate(spec.lr_base, plan.global_batch)
   return optim.LearningRate(
-      peak, plan.steps_per_epoch, plan.total_steps,
+      peak, plan.epoch_steps, plan.total_steps,
       schedule=spec.lr_schedule, warmup_epochs=spec.lr_warmup_epoch,
       decay_epochs=spec.lr_decay_epoch,
       decay_factor=spec.lr_decay_factor,

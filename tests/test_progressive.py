@@ -265,3 +265,18 @@ def test_eval_image_size_follows_progressive_eval_size(eval_size, sizes):
   stages = progressive.plan(specs, steps_per_epoch=10)
   assert [s.image_size for s in stages] == [128, 185, 242, 300]
   assert [progressive.eval_image_size(specs, s) for s in stages] == sizes
+
+
+def test_make_plan_counts_steps_as_the_originals_main_does():
+  # google/automl main.py, ImageNet 'train' split (1,256,144 images), batch
+  # 4096, 350 epochs, 4 stages: `train_steps = epochs * images // batch`
+  # and stage i ends at `int((i + 1) / 4 * train_steps)`. These figures
+  # are what the original printed, not 350 * (1,256,144 // 4096) = 107,100.
+  specs = hparams.get_specs('efficientnetv2-s', 'ImageNet', None)
+  plan = progressive.make_plan(specs, 1_256_144, 1)
+  assert plan.total_steps == 107_336
+  assert [s.end_step for s in plan.stages] == [26_834, 53_668, 80_502,
+                                               107_336]
+  assert plan.steps_per_epoch == 306  # whole batches between evaluations
+  assert plan.epoch_steps == 1_256_144 / 4096
+  assert plan.epoch_of(plan.total_steps) == pytest.approx(350, abs=0.01)

@@ -114,3 +114,28 @@ def test_a_checkpoint_in_the_model_dir_wins_over_finetuning(tmp_path):
   # Would fail to load if it were read: the run resumes instead.
   again = new_state(tmp_path, 'train.ft_init_ckpt=/nonexistent/checkpoint')
   assert again.restore().endswith('ckpt-2')
+
+
+@pytest.mark.parametrize('schedule, expected', [
+    # (step, learning rate) from the original's WarmupLearningRateSchedule
+    # as its main.py builds it: steps_per_epoch = 1,256,144 / 4096 (not
+    # rounded), so warm-up lasts int(5 * 306.67) = 1533 steps and a stair
+    # of the exponential decay 2.4 * 306.67 = 736 steps. Its cosine and
+    # linear decays ran to 350 * 306.67 = 107,336.7 steps, where it trained
+    # 107,336: hence rel=2e-4.
+    ('exponential', [(734, 0.12257273), (1530, 0.25549904),
+                     (1533, 0.24087042), (50_000, 0.03326190),
+                     (100_000, 0.00419204), (107_334, 0.00309132)]),
+    ('cosine', [(1532, 0.25583303), (50_000, 0.14171632),
+                (100_000, 0.00293964), (107_100, 0.00000307)]),
+    ('linear', [(1530, 0.25549904), (100_000, 0.01749777)]),
+])
+def test_learning_rate_is_the_originals_on_imagenet(schedule, expected):
+  specs = hparams.get_specs('efficientnetv2-s', 'ImageNet',
+                            f'train.lr_sched={schedule}')
+  plan = progressive.make_plan(specs, 1_256_144, 1)
+  # pylint: disable-next=protected-access
+  rate = train_state._learning_rate(specs.optim, plan)
+  steps, rates = zip(*expected)
+  assert [float(rate(s)) for s in steps] == pytest.approx(rates, rel=2e-4,
+                                                          abs=2e-8)
