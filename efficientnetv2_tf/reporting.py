@@ -140,6 +140,13 @@ class EpochProgress:
     self._first_step = first_step
     self._global_batch = global_batch
     self._loss_sum = self._correct = self._images = 0.0
+    self._done, self._steps = 0, steps_per_epoch
+
+  def break_line(self) -> None:
+    """Ends the line of a bar that is part way, so that what is printed
+    next, such as a new stage inside the epoch, starts a line of its own."""
+    if self._bar.verbose and 0 < self._done < self._steps:
+      print(flush=True)
 
   def update(self, done: int, steps: int, loss_sum: float, correct: float,
              seconds: float) -> None:
@@ -153,6 +160,7 @@ class EpochProgress:
               ('top1', self._correct / self._images),
               ('img/s', images / seconds)]
     self._bar.update(done, values)
+    self._done = done
     step = self._first_step + done
     if self._log_every and step // self._log_every > (
         step - steps) // self._log_every:

@@ -220,6 +220,8 @@ class Trainer:
     while self.step < plan.total_steps:
       stage = progressive.stage_at(plan.stages, self.step)
       if self.chief:
+        if self._progress is not None:  # a stage can start inside an epoch
+          self._progress[1].break_line()
         print(f'{stage.describe()}', flush=True)
       iterator = self._pipeline(stage) if upcoming is None else upcoming
       upcoming = None
@@ -318,7 +320,8 @@ class Trainer:
     epoch_end = min(first + plan.steps_per_epoch, stage.end_step)
     if self._progress is None or self._progress[0] != epoch:
       self._progress = (epoch, reporting.EpochProgress(
-          plan.steps_per_epoch, plan.global_batch, self.chief,
+          min(plan.steps_per_epoch, plan.total_steps - first),
+          plan.global_batch, self.chief,
           self.specs.runtime.log_every_steps, first))
     progress = self._progress[1]
     every = self.specs.runtime.checkpoint_every_steps

@@ -1,9 +1,9 @@
 """main.py as a user runs it: a subprocess, its output and its exit code."""
+import json
 import os
+import re
 import subprocess
 import sys
-
-import json
 
 import pytest
 import yaml
@@ -26,9 +26,12 @@ TINY_RUN = ('model.width_coefficient=0.25,model.depth_coefficient=0.2,'
 
 @pytest.fixture(scope='module')
 def quick_start(tmp_path_factory):
-  """The quick start at a tiny size: its output and its run directory."""
+  """The quick start at a tiny size: its output and its run directory. Its
+  90 images make epochs of 5.625 steps: 2 take 11 steps, the last one in
+  an epoch of its own, and its 3 stages start inside epochs."""
   run_dir = tmp_path_factory.mktemp('quick_start')
-  result = run_main(f'--hparam_str={TINY_RUN}', f'--model_dir={run_dir}')
+  result = run_main(f'--hparam_str={TINY_RUN},data.per_class=9,'
+                    'train.stages=3', f'--model_dir={run_dir}')
   return result, run_dir
 
 
@@ -36,15 +39,20 @@ def test_quick_start_trains_evaluates_and_says_where_everything_went(
     quick_start):
   result, tmp_path = quick_start
   assert result.returncode == 0, result.stderr
-  assert ('digits: 10 classes, 80 training images; 10 steps of batch 16 in '
-          '2 stage(s)') in result.stdout
-  assert 'stage 2/2: steps 5-9, 32 px' in result.stdout
-  assert 'eval at step 10: top-1' in result.stdout
+  assert ('digits: 10 classes, 90 training images; 11 steps of batch 16 in '
+          '3 stage(s)') in result.stdout
+  # Each stage and evaluation on a line of its own, not after the part of
+  # an epoch's progress bar that came before it.
+  assert re.findall(r'^stage (\d/3: steps \d+-\d+)', result.stdout,
+                    re.M) == ['1/3: steps 0-2', '2/3: steps 3-6',
+                              '3/3: steps 7-10']
+  assert re.findall(r'^eval at step (\d+): top-1', result.stdout,
+                    re.M) == ['5', '10', '11']
   assert f'model_dir: {tmp_path}' in result.stdout
   saved = yaml.safe_load((tmp_path / 'config.yaml').read_text())
   assert saved['model']['num_classes'] == 10 and saved['train']['epochs'] == 2
   results = json.loads((tmp_path / 'results.json').read_text())
-  assert results['step'] == 10 and results['eval_images'] == 359
+  assert results['step'] == 11 and results['eval_images'] == 359
 
 
 @pytest.mark.parametrize('args, message', [
