@@ -170,6 +170,16 @@ def import_file(path: str) -> None:
                     f'{type(e).__name__}: {e}') from None
 
 
+def data_error(error: BaseException) -> Optional[str]:
+  """The line of a failed label check of the input pipeline, if `error` is
+  one (TensorFlow raises it from inside the traced step)."""
+  from datasets.base import BAD_LABEL  # pylint: disable=g-import-not-at-top
+  from efficientnetv2_tf import predict  # pylint: disable=g-import-not-at-top
+  if BAD_LABEL not in str(error):
+    return None
+  return re.sub(r'^assertion failed: |[\[\]]', '', predict.reason(error))
+
+
 def parse_flags(argv):
   """absl's flag parsing, whose errors end the run in one line, status 2."""
   try:
@@ -395,6 +405,12 @@ def main(argv) -> None:
   except train_state.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(143)
+  except Exception as e:  # pylint: disable=broad-except
+    line = data_error(e)
+    if line is None:
+      raise
+    print(f'error: {line}', file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -46,6 +46,8 @@ from hparams.specs import DataSpec
 
 DATASETS: Registry = Registry('dataset')
 
+# What the input pipeline's label check says; main.py reports it in a line.
+BAD_LABEL = 'a label outside'
 # `cache='auto'` keeps a split in memory when its stored size is below this.
 AUTO_CACHE_BYTES = 2 * 1024**3
 CACHE_MODES = ('auto', 'memory', 'none')
@@ -260,7 +262,7 @@ class Dataset:
     # A recipe that reads the bytes (V1's) preprocesses where others decode.
     early = augmentation.reads_bytes
     decoded = steps.decode(examples, deterministic, not self.strict,
-                      preprocess if early else None)
+                           preprocess if early else None)
 
     def prepare(position, image, label):
       if not early:
@@ -299,7 +301,8 @@ class Dataset:
     label = tf.cast(label, tf.int32)
     # tf.one_hot would give it zeros: no loss, and class 0 in evaluation.
     check = tf.debugging.Assert((label >= 0) & (label < num_classes), [
-        f'{self.name}: a label outside 0..{num_classes - 1}:', label])
+        f'dataset {self.name!r} has {BAD_LABEL} 0..{num_classes - 1}:',
+        label])
     with tf.control_dependencies([check]):
       return tf.one_hot(label, num_classes)
 
