@@ -173,11 +173,11 @@ def import_file(path: str) -> None:
 def data_error(error: BaseException) -> Optional[str]:
   """The line of a failed label check of the input pipeline, if `error` is
   one (TensorFlow raises it from inside the traced step)."""
-  from datasets.base import BAD_LABEL  # pylint: disable=g-import-not-at-top
+  from datasets.subsets import BAD_LABEL  # pylint: disable=g-import-not-at-top
   from efficientnetv2_tf import predict  # pylint: disable=g-import-not-at-top
-  if BAD_LABEL not in str(error):
-    return None
-  return re.sub(r'^assertion failed: |[\[\]]', '', predict.reason(error))
+  found = re.search(r'assertion failed: (.*' + BAD_LABEL + r'.*)',
+                    predict.reason(error))
+  return re.sub(r'[\[\]]', '', found.group(1)) if found else None
 
 
 def parse_flags(argv):

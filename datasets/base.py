@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from datasets import steps
 from datasets.subsets import cap_per_class
+from datasets.subsets import checked_label
 from datasets.subsets import Subset
 from datasets.subsets import take_spread
 from efficientnetv2_tf.preprocessing import Augmentation
@@ -46,8 +47,6 @@ from hparams.specs import DataSpec
 
 DATASETS: Registry = Registry('dataset')
 
-# What the input pipeline's label check says; main.py reports it in a line.
-BAD_LABEL = 'a label outside'
 # `cache='auto'` keeps a split in memory when its stored size is below this.
 AUTO_CACHE_BYTES = 2 * 1024**3
 CACHE_MODES = ('auto', 'memory', 'none')
@@ -186,7 +185,7 @@ class Dataset:
       examples = take_spread(examples, total, self.subset.kept(total))
     if self.subset.per_class is not None:
       examples = cap_per_class(examples, self.num_classes,
-                               self.subset.per_class)
+                               self.subset.per_class, self.name)
     return examples
 
   def split_size(self, split: str) -> int:
@@ -298,13 +297,8 @@ class Dataset:
   def _soft_label(self, label: tf.Tensor, num_classes: int) -> tf.Tensor:
     if self.multi_label:
       return tf.cast(label, tf.float32)
-    label = tf.cast(label, tf.int32)
-    # tf.one_hot would give it zeros: no loss, and class 0 in evaluation.
-    check = tf.debugging.Assert((label >= 0) & (label < num_classes), [
-        f'dataset {self.name!r} has {BAD_LABEL} 0..{num_classes - 1}:',
-        label])
-    with tf.control_dependencies([check]):
-      return tf.one_hot(label, num_classes)
+    return tf.one_hot(checked_label(label, num_classes, self.name),
+                      num_classes)
 
   def _should_cache(self, split: str) -> bool:
     if self.cache != 'auto':

@@ -56,12 +56,28 @@ def take_spread(examples: tf.data.Dataset, total: int,
   return examples.enumerate().filter(keep).map(lambda _, example: example)
 
 
+# What `checked_label` says; main.py reports it in one line.
+BAD_LABEL = 'a label outside'
+
+
+def checked_label(label: tf.Tensor, num_classes: int,
+                  dataset: str) -> tf.Tensor:
+  """`label` as an int32, or an error naming it and `dataset` when it is
+  not a class: `tf.one_hot` would make it a row of zeros, which trains
+  nothing and evaluates as class 0."""
+  label = tf.cast(label, tf.int32)
+  check = tf.debugging.Assert((label >= 0) & (label < num_classes), [
+      f'dataset {dataset} has {BAD_LABEL} 0..{num_classes - 1}:', label])
+  with tf.control_dependencies([check]):
+    return tf.identity(label)
+
+
 def cap_per_class(examples: tf.data.Dataset, num_classes: int,
-                  per_class: int) -> tf.data.Dataset:
+                  per_class: int, dataset: str = '') -> tf.data.Dataset:
   """Keeps the first `per_class` examples of each class, in order."""
 
   def count(seen, example):
-    label = tf.cast(example[1], tf.int32)
+    label = checked_label(example[1], num_classes, dataset)
     seen = tf.tensor_scatter_nd_add(seen, [[label]], [1])
     return seen, (example, seen[label] <= per_class)
 

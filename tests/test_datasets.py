@@ -120,8 +120,12 @@ def test_a_label_outside_the_classes_is_an_error_not_a_zero_row():
     _eval_labels(OneBased())
   # main.py reports it in one line.
   assert main.data_error(raised.value) == (
-      "dataset 'test-one-based' has a label outside 0..1: 2")
+      'dataset test-one-based has a label outside 0..1: 2')
   assert main.data_error(ValueError('another fault')) is None
+  with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+    OneBased(per_class=1).split_size('train')  # counts by class
+  assert main.data_error(raised.value) == (
+      'dataset test-one-based has a label outside 0..1: 2')
 
 
 def test_float_pixels_are_refused_rather_than_floored_to_black():
