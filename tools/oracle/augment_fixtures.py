@@ -23,9 +23,7 @@ Arrays in the file:
   [6, 12, 12], and what the original's `cutmix` made of them:
   `cutmix_mixed_images`, `cutmix_mixed_labels`.
 """
-import os
 import sys
-import time
 
 import numpy as np
 
@@ -38,9 +36,6 @@ GEOMETRIC_OPS = ('Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
 MAGNITUDES = range(26)
 REPLACE = [128, 128, 128]
 CUTMIX_BATCH, CUTMIX_SIZE = 6, 12
-DEFAULT_OUT = os.path.normpath(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'tests',
-    'fixtures', 'augment_ops.npz'))
 
 
 def fixture_image() -> np.ndarray:
@@ -108,11 +103,7 @@ def cutmix_graphs(tf, datasets):
 
 
 def main() -> None:
-  parser = original.argument_parser(__doc__)
-  parser.add_argument('--output', default=DEFAULT_OUT)
-  args = parser.parse_args()
-  start = time.time()
-  original.load(args.automl_dir)
+  args = original.start(__doc__, 'augment_ops.npz')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import autoaugment  # pylint: disable=g-import-not-at-top
   import datasets  # pylint: disable=g-import-not-at-top
@@ -125,8 +116,7 @@ def main() -> None:
   with tf.compat.v1.Session() as session:
     arrays = session.run(graphs)
   arrays['image'] = image
-  original.save(args.output, arrays)
-  print(f'in {time.time() - start:.0f} s')
+  original.save(args, arrays)
 
 
 if __name__ == '__main__':

@@ -49,9 +49,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import original  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
 MODELS = {
     'efficientnetv2-b0': {'width_coefficient': 0.1, 'depth_coefficient': 0.2,
                           'num_classes': 1000},
@@ -198,14 +195,12 @@ def model_fixtures(tf, effnetv2_model, utils, preprocessing, name,
 
 
 def main() -> None:
-  parser = original.argument_parser(__doc__)
-  parser.add_argument('--jpegs', default=os.path.join(FIXTURES,
-                                                      'preprocessing.npz'),
-                      help='the npz whose JPEGs the end-to-end entries score')
-  parser.add_argument('--output', default=os.path.join(
-      FIXTURES, 'official_checkpoints.npz'))
-  args = parser.parse_args()
-  original.load(args.automl_dir)
+  args = original.start(
+      __doc__, 'official_checkpoints.npz',
+      lambda parser: parser.add_argument(
+          '--jpegs', default=os.path.join(original.FIXTURES_DIR,
+                                          'preprocessing.npz'),
+          help='the npz whose JPEGs the end-to-end entries score'))
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   import effnetv2_model
@@ -223,7 +218,7 @@ def main() -> None:
   for seed, (name, model_config) in enumerate(MODELS.items()):
     fixtures.update(model_fixtures(tf, effnetv2_model, utils, preprocessing,
                                    name, model_config, seed, images, jpegs))
-  original.save(args.output, fixtures)
+  original.save(args, fixtures)
 
 
 if __name__ == '__main__':

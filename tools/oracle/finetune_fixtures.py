@@ -19,16 +19,12 @@ for output size `size`: 24 keeps the size, 20 and 32 resize).
 """
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import original  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-DEFAULT_OUT = os.path.normpath(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'tests',
-    'fixtures', 'finetune.npz'))
 SIZES = (24, 20, 32)
 
 
@@ -40,11 +36,7 @@ def fixture_image() -> np.ndarray:
 
 
 def main() -> None:
-  parser = original.argument_parser(__doc__)
-  parser.add_argument('--output', default=DEFAULT_OUT)
-  args = parser.parse_args()
-  start = time.time()
-  original.load(args.automl_dir)
+  args = original.start(__doc__, 'finetune.npz')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import autoaugment  # pylint: disable=g-import-not-at-top
   import preprocessing  # pylint: disable=g-import-not-at-top
@@ -64,8 +56,7 @@ def main() -> None:
     inputs = session.run(recorded)
   arrays = {f'input/{size}': array for size, array in zip(SIZES, inputs)}
   arrays['image'] = image
-  original.save(args.output, arrays)
-  print(f'in {time.time() - start:.0f} s')
+  original.save(args, arrays)
 
 
 if __name__ == '__main__':

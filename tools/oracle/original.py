@@ -21,9 +21,12 @@ Get the original once (the scripts fetch nothing themselves):
 and pass `--automl_dir=/tmp/automl/efficientnetv2` to a fixture script.
 """
 import argparse
+import json
 import os
 import sys
+import time
 import types
+from typing import Callable, Optional
 
 os.environ['TF_USE_LEGACY_KERAS'] = '1'
 
@@ -32,6 +35,9 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tf_keras  # pylint: disable=g-import-not-at-top
 
 ORIGINAL_COMMIT = '6a54c87'
+FIXTURES_DIR = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'tests',
+    'fixtures'))
 
 
 def _flat_transforms(transforms):
@@ -95,21 +101,42 @@ def install_addons_stub() -> None:
                       'tensorflow_addons.image': addons.image})
 
 
-def argument_parser(doc: str) -> argparse.ArgumentParser:
-  """A fixture script's parser, with the `--automl_dir` every one needs."""
+def start(doc: str, fixture: str,
+          configure: Optional[Callable[[argparse.ArgumentParser], None]]
+          = None) -> argparse.Namespace:
+  """A fixture script's flags, parsed, with the original loaded.
+
+  Every script takes `--automl_dir` and `--output`, which defaults to
+  `tests/fixtures/<fixture>`; `configure` adds its own. The namespace's
+  `started` is when the script began, for `save` to report.
+  """
+  started = time.time()
   parser = argparse.ArgumentParser(description=doc.split('\n')[0])
   parser.add_argument('--automl_dir', required=True,
                       help='the efficientnetv2/ folder of google/automl at '
                       f'commit {ORIGINAL_COMMIT}')
-  return parser
+  parser.add_argument('--output', default=os.path.join(FIXTURES_DIR, fixture))
+  if configure:
+    configure(parser)
+  args = parser.parse_args()
+  args.started = started
+  load(args.automl_dir)
+  return args
 
 
-def save(path: str, arrays) -> None:
-  """Writes a fixture file and says how large it is."""
+def save(args: argparse.Namespace, arrays) -> None:
+  """Writes a fixture file to `args.output` and says how large it is and
+  how long the script took."""
+  path = args.output
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez_compressed(path, **arrays)
-  print(f'wrote {len(arrays)} arrays to {path} '
-        f'({os.path.getsize(path) / 1e3:.0f} kB)')
+  if path.endswith('.json'):
+    with open(path, 'w') as f:
+      json.dump(arrays, f, separators=(',', ':'), sort_keys=True)
+  else:
+    np.savez_compressed(path, **arrays)
+  print(f'wrote {len(arrays)} entries to {path} '
+        f'({os.path.getsize(path) / 1e3:.0f} kB) in '
+        f'{time.time() - args.started:.0f} s')
 
 
 def load(automl_dir: str) -> None:

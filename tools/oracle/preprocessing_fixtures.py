@@ -34,8 +34,6 @@ from PIL import ImageDraw
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import original  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 # (height, width): odd and even, portrait and landscape, and one smaller
 # than the 32 px outputs.
 IMAGE_SHAPES = [(97, 131), (120, 160), (333, 250), (30, 40)]
@@ -101,11 +99,7 @@ def run_original(jpegs, tf, preprocessing):
 
 
 def main() -> None:
-  parser = original.argument_parser(__doc__)
-  parser.add_argument('--output', default=os.path.join(
-      ROOT, 'tests', 'fixtures', 'preprocessing.npz'))
-  args = parser.parse_args()
-  original.load(args.automl_dir)
+  args = original.start(__doc__, 'preprocessing.npz')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import preprocessing  # pylint: disable=g-import-not-at-top
 
@@ -116,7 +110,7 @@ def main() -> None:
     fixtures[f'shape/{index}'] = np.array(shape, np.int32)
   for size in sorted({s for _, sizes in RECIPES.values() for s in sizes}):
     fixtures[f'pixels/{size}'] = kept_pixels(size)
-  original.save(args.output, fixtures)
+  original.save(args, fixtures)
 
 
 if __name__ == '__main__':

@@ -19,17 +19,12 @@ then `datasets.get_dataset_config(dataset_cfg)`. Keys:
   dataset class it reads.
 """
 import copy
-import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import original  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-DEFAULT_OUT = os.path.normpath(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'tests',
-    'fixtures', 'presets.json'))
 DATASET_CFGS = ('ImageNet', 'ImageNet21k', 'ImagenetFt', 'Cifar10Ft',
                 'Cifar100Ft', 'FlowersFt', 'TFFlowersFt', 'CarsFt')
 KEYS = (
@@ -69,11 +64,7 @@ def resolved(hparams, effnetv2_configs, datasets, model, dataset_cfg):
 
 
 def main() -> None:
-  parser = original.argument_parser(__doc__)
-  parser.add_argument('--output', default=DEFAULT_OUT)
-  args = parser.parse_args()
-  start = time.time()
-  original.load(args.automl_dir)
+  args = original.start(__doc__, 'presets.json')
   # pylint: disable=g-import-not-at-top
   import datasets
   import effnetv2_configs
@@ -93,11 +84,7 @@ def main() -> None:
     classes[name] = [data.num_classes, data.multiclass]
   fixture = {'commit': original.ORIGINAL_COMMIT, 'keys': list(KEYS),
              'configs': configs, 'blocks': blocks, 'datasets': classes}
-  with open(args.output, 'w') as f:
-    json.dump(fixture, f, separators=(',', ':'), sort_keys=True)
-  print(f'wrote {len(configs)} configs to {args.output} '
-        f'({os.path.getsize(args.output) / 1e3:.0f} kB) in '
-        f'{time.time() - start:.0f} s')
+  original.save(args, fixture)
 
 
 if __name__ == '__main__':
