@@ -258,23 +258,31 @@ class Dataset:
       return preprocess_image(image, image_size, training, augmentation,
                               seeds.element(position), dtype)
 
-    # A recipe that reads the bytes (V1's) preprocesses where others decode.
-    early = augmentation.reads_bytes
-    decoded = steps.decode(examples, deterministic, not self.strict,
-                           preprocess if early else None)
-
-    def prepare(position, image, label):
-      if not early:
-        image = preprocess(position, image)
-      return image, self._soft_label(label, num_classes)
-
-    batches = decoded.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=deterministic)
-    batches = batches.batch(batch_size, drop_remainder=drop_remainder,
-                            num_parallel_calls=tf.data.AUTOTUNE)
+    prepared = self._prepared(examples, preprocess, augmentation.reads_bytes,
+                              deterministic, num_classes)
+    batches = prepared.batch(batch_size, drop_remainder=drop_remainder,
+                             num_parallel_calls=tf.data.AUTOTUNE)
     if training and (augmentation.mixup_alpha or augmentation.cutmix_alpha):
       batches = steps.mix(batches, augmentation, seeds)
     return steps.tuned(batches, deterministic)
+
+  def _prepared(self, examples: tf.data.Dataset,
+                preprocess: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+                reads_bytes: bool, deterministic: bool,
+                num_classes: int) -> tf.data.Dataset:
+    """(image, soft label) of each example, its image decoded, then
+    preprocessed by `preprocess(position, image)`; a recipe that reads the
+    bytes (V1's) preprocesses in the decoding step instead."""
+    decoded = steps.decode(examples, deterministic, not self.strict,
+                           preprocess if reads_bytes else None)
+
+    def prepare(position, image, label):
+      if not reads_bytes:
+        image = preprocess(position, image)
+      return image, self._soft_label(label, num_classes)
+
+    return decoded.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=deterministic)
 
   def distribute_fn(
       self, split: str, batch_size: int, **kwargs: Any

@@ -21,7 +21,7 @@ from hparams.errors import UserError
 from hparams.registry import close_matches
 from hparams.registry import unknown_name_message
 from hparams.weights import InputContract
-from hparams.weights import published_at
+from hparams.weights import named_weights
 from hparams.weights import TAGS
 
 
@@ -182,14 +182,13 @@ def weights_contract(model_name: str, weights: str,
   """The input contract of checkpoint `weights` of `model_name`, and the
   name of the published weights it is, if any.
 
-  Published weights (a tag, or the folder their archive unpacked into,
-  `hparams.weights.published_at`) have their own contract. Any other
+  Published weights (a tag, or the folder their archive unpacked into:
+  `hparams.weights.named_weights`) have their own contract. Any other
   checkpoint gets the evaluation contract of the recipe the model's preset
   trains with, at its eval size, with a warning; `normalization` replaces
   its normalisation.
   """
-  entry = (hparams.published_weights(model_name, weights) if weights in TAGS
-           else published_at(model_name, weights))
+  entry = named_weights(model_name, weights)
   if entry is not None:
     return entry.contract, entry.name
   specs = hparams.get_specs(model_name)

@@ -27,11 +27,9 @@ from hparams.weights import CENTRE_CROP_BELOW
 from hparams.weights import check_normalization
 from hparams.weights import CROP_PADDING
 from hparams.weights import InputContract
+from hparams.weights import named_weights
 from hparams.weights import NORMALIZATIONS
-from hparams.weights import published_at
-from hparams.weights import published_weights
 from hparams.weights import recipe_contract
-from hparams.weights import TAGS
 
 # The image files that datasets and predict read (case-insensitive).
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
@@ -161,23 +159,15 @@ class Augmentation:
     run fine-tuning from published weights normalises as they expect."""
     data = specs.data
     normalization = data.normalization
-    entry = _named_weights(specs.model.name, specs.optim.init_checkpoint)
+    try:
+      entry = named_weights(specs.model.name, specs.optim.init_checkpoint)
+    except UserError:  # refused where the checkpoint is loaded
+      entry = None
     if normalization is None and entry is not None:
       normalization = entry.contract.normalization
     return cls(data.augmentation, data.randaug_layers,
                data.randaug_magnitude, data.mixup_alpha, data.cutmix_alpha,
                data.flip, data.augment_fixes, normalization)
-
-
-def _named_weights(model_name: str, weights: Optional[str]):
-  """The registry entry of `weights` if it names published weights, by tag
-  or as the folder their archive unpacked into."""
-  if weights and weights not in TAGS:
-    return published_at(model_name, weights)
-  try:
-    return published_weights(model_name, weights) if weights else None
-  except UserError:
-    return None
 
 
 def decode_rgb(image: tf.Tensor) -> tf.Tensor:

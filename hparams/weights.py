@@ -244,6 +244,18 @@ def published_at(model_name: str, path: str) -> Optional[PublishedWeights]:
   return None
 
 
+def named_weights(model_name: str,
+                  weights: Optional[str]) -> Optional[PublishedWeights]:
+  """The published weights of `model_name` that `weights` names: by tag (a
+  `UserError` where the model has none under it), or as the folder their
+  archive unpacked into (`published_at`); None for other paths and None."""
+  if not weights:
+    return None
+  if weights in TAGS:
+    return published_weights(model_name, weights)
+  return published_at(model_name, weights)
+
+
 def list_published() -> List[str]:
   """Every published checkpoint as 'model.tag'."""
   return sorted(entry.name for entry in _REGISTRY.values())
