@@ -145,11 +145,13 @@ def _classes(model: EfficientNet) -> Optional[int]:
 def _read_copy(model: EfficientNet, path: str, classes: Optional[int],
                use_ema: bool) -> EfficientNet:
   """A copy of `model` with a classifier of `classes`, read from `path`
-  and holding its EMA values if `use_ema`. Reading into a copy leaves
-  `model` as it was when the checkpoint does not fit."""
+  and holding its EMA values if `use_ema`, built without preprocessing as
+  checkpoints hold it (see `save`). Reading into a copy leaves `model` as
+  it was when the checkpoint does not fit."""
   config = model.get_config()
   config.update(include_top=classes is not None,
-                num_classes=classes or model.num_classes, with_endpoints=False)
+                num_classes=classes or model.num_classes, with_endpoints=False,
+                include_preprocessing=False)
   source = type(model).from_config(config)
   tracked = {'model': source}
   if use_ema:
@@ -200,9 +202,17 @@ def save(model: EfficientNet, path: str) -> str:
 
   The write goes to a temporary prefix that is renamed into place, so a
   killed process never leaves a half-written checkpoint under `path`.
-  `model_info.json` is written beside it.
+  `model_info.json` is written beside it. A model with
+  `include_preprocessing` is written as one without, as training writes
+  it: its normalisation holds no variable, but would renumber the layers
+  that a checkpoint's paths go by.
   """
   write_model_info(os.path.dirname(path), model)
+  if model.spec.include_preprocessing:
+    plain = type(model).from_config({**model.get_config(),
+                                     'include_preprocessing': False})
+    _copy_weights(model, plain)
+    model = plain
   tmp = tf.train.Checkpoint(model=model).write(path + '.tmp')
   # Data shards first, the index last: a prefix with an index is complete.
   for src in sorted(tf.io.gfile.glob(tmp + '.*')):

@@ -105,6 +105,23 @@ def test_training_checkpoint_loads_raw_weights_when_asked(tmp_path):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_checkpoints_load_across_built_in_preprocessing(tmp_path):
+  # The normalisation layer holds no variable but renumbers the layers.
+  pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+  normalised = ((pixels - 128) / 128).astype('float32')
+  source, _, prefix = _training_checkpoint(tmp_path, num_classes=10)
+  with_preprocessing = _tiny(include_preprocessing=True)
+  checkpoints.load_own(with_preprocessing, prefix, prefer_ema=False)
+  np.testing.assert_allclose(
+      with_preprocessing(pixels.astype('float32'), training=False),
+      source(normalised, training=False), atol=1e-5)
+  saved = checkpoints.save(with_preprocessing, str(tmp_path / 'saved'))
+  plain = _tiny()
+  checkpoints.restore(plain, saved)
+  np.testing.assert_allclose(plain(normalised, training=False),
+                             source(normalised, training=False), atol=1e-5)
+
+
 def test_training_checkpoint_of_another_shape_is_refused_untouched(tmp_path):
   _, _, prefix = _training_checkpoint(tmp_path, num_classes=10)
   wider = efficientnetv2_tf.get_model('efficientnetv2-b0',
