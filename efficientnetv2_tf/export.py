@@ -37,17 +37,17 @@ import datetime
 import json
 import os
 import shutil
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import loading
 from efficientnetv2_tf import onnx_export
 from efficientnetv2_tf import quantize
 from efficientnetv2_tf import runtimes
+from efficientnetv2_tf.loading import weights_run
 from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.preprocessing import Augmentation
 from efficientnetv2_tf.preprocessing import Normalize
@@ -61,7 +61,6 @@ from efficientnetv2_tf.source import readable_labels
 from efficientnetv2_tf.source import Source
 from efficientnetv2_tf.source import tflite_converter
 from hparams.errors import UserError
-from hparams.weights import TAGS
 
 QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
 TOP_K = 5
@@ -89,20 +88,6 @@ def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
       specs.data.eval_image_size)
   return Source(model, specs.model.name, contract, labels, checkpoint,
                 _checkpoint_step(checkpoint))
-
-
-def weights_run(weights: str) -> Optional[Tuple[str, Optional[str]]]:
-  """(run directory, checkpoint or None for its newest) when `weights` is
-  a training run's directory, its checkpoints/ or a checkpoint there."""
-  if (weights in TAGS or weights.endswith(('.weights.h5', '.keras')) or
-      not tf.io.gfile.exists(weights + '.index') and
-      not tf.io.gfile.isdir(weights)):
-    return None  # for `loading` to name what it takes
-  if os.path.isfile(RunDir(weights).config):
-    return weights, None
-  prefix = checkpoints.find_checkpoint(weights)
-  run = RunDir.of_checkpoint(prefix)
-  return (run.path, prefix) if run else None
 
 
 def load_pretrained(model_name: str, weights: str,

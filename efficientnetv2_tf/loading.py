@@ -17,6 +17,7 @@ from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import official
 from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.preprocessing import Augmentation
+from efficientnetv2_tf.run_dir import RunDir
 from hparams.errors import UserError
 from hparams.registry import close_matches
 from hparams.registry import unknown_name_message
@@ -169,11 +170,31 @@ def get_model(model_name: str,
 
 
 def _weights_normalization(model_name: str, weights: Optional[str]) -> str:
-  """The normalisation `weights` expect (`weights_contract`); without
-  weights, the V2 code's `(x - 128) / 128`."""
+  """The normalisation `weights` expect: a training run's checkpoint its
+  run's recipe's, others `weights_contract`'s; without weights, the V2
+  code's `(x - 128) / 128`."""
   if not weights:
     return 'symmetric'
+  run = weights_run(weights)
+  if run:  # a training run's checkpoint: its run's recipe
+    specs = RunDir(run[0]).load_specs()
+    return Augmentation.from_specs(specs).contract(
+        specs.data.eval_image_size).normalization
   return weights_contract(model_name, weights)[0].normalization
+
+
+def weights_run(weights: str) -> Optional[Tuple[str, Optional[str]]]:
+  """(run directory, checkpoint or None for its newest) when `weights` is
+  a training run's directory, its checkpoints/ or a checkpoint there."""
+  if (weights in TAGS or weights.endswith(('.weights.h5', '.keras')) or
+      not tf.io.gfile.exists(weights + '.index') and
+      not tf.io.gfile.isdir(weights)):
+    return None  # for `loading` to name what it takes
+  if os.path.isfile(RunDir(weights).config):
+    return weights, None
+  prefix = checkpoints.find_checkpoint(weights)
+  run = RunDir.of_checkpoint(prefix)
+  return (run.path, prefix) if run else None
 
 
 def weights_contract(model_name: str, weights: str,

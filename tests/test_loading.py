@@ -4,11 +4,15 @@ import pytest
 import efficientnetv2_tf
 from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import loading
+from efficientnetv2_tf import progressive
+from efficientnetv2_tf.run_dir import RunDir
+import hparams
 from hparams import models
 from hparams.errors import UserError
 from tests import tf1_reference
 from tests.tf1_reference import IMAGES
 from tests.conftest import TINY
+from tests.conftest import TINY_RUN
 
 
 def test_locate_tells_the_kinds_of_checkpoint_apart(v2_b0, tmp_path):
@@ -57,6 +61,27 @@ def test_classes_follow_our_checkpoint_when_not_given(tmp_path):
   assert model.num_classes == 7
   for a, b in zip(source.weights, model.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_built_in_preprocessing_of_a_runs_checkpoint_follows_its_recipe(
+    tmp_path):
+  # A digits run fine-tunes ('ft_none'): (x - 127.5) / 127.5, where
+  # B0's preset would take ImageNet mean and stddev.
+  specs = hparams.get_specs('efficientnetv2-b0', 'digits', TINY_RUN)
+  assert specs.data.augmentation == 'ft_none'
+  run = RunDir(str(tmp_path / 'run'))
+  run.save(specs, progressive.make_plan(specs, 320, 1), list('0123456789'))
+  source = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY)
+  prefix = checkpoints.save(source, f'{run.checkpoints}/ckpt-1')
+  pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+  expected = source(((pixels - 127.5) / 127.5).astype('float32'),
+                    training=False)
+  for weights in (run.path, prefix):
+    model = efficientnetv2_tf.get_model('efficientnetv2-b0', TINY,
+                                        weights=weights,
+                                        include_preprocessing=True)
+    np.testing.assert_allclose(model(pixels.astype('float32'),
+                                     training=False), expected, atol=1e-5)
 
 
 def test_load_weights_takes_a_path_into_a_built_model(tmp_path):
