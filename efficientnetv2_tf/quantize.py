@@ -46,7 +46,8 @@ def _calibration(images: Iterable[np.ndarray], image_size: int,
   """Up to `max_images` images as float32 [1, size, size, 3], checked."""
   batches = []
   for image in itertools.islice(images, max_images):
-    image = np.asarray(image, np.float32)
+    image = runtimes.check_float(image, 'calibration images').astype(
+        np.float32)
     if image.shape != (image_size, image_size, 3):
       raise UserError(f'calibration images must be [{image_size}, '
                       f'{image_size}, 3] in [0, 1]; received shape '

@@ -59,6 +59,16 @@ def import_optional(module: str, purpose: str) -> ModuleType:
                     f'install it with: pip install {package}') from None
 
 
+def check_float(images: Any, name: str) -> np.ndarray:
+  """`images` as an array, refused in one line unless floating point: 0-255
+  integer pixels taken as they are would be 255 times too bright."""
+  images = np.asarray(images)
+  if not np.issubdtype(images.dtype, np.floating):
+    raise UserError(f'{name} must be float32 in [0, 1]; received '
+                    f'{images.dtype} (divide 0-255 pixels by 255)')
+  return images
+
+
 class Runtime(abc.ABC):
   """A loaded classifier: `run` maps [0, 1] images to probabilities.
 
@@ -74,7 +84,7 @@ class Runtime(abc.ABC):
 
   def run(self, images: np.ndarray) -> np.ndarray:
     """Probabilities [n, num_classes] of float images [n, size, size, 3]."""
-    images = np.asarray(images, np.float32)
+    images = np.asarray(check_float(images, 'images'), np.float32)
     size = self.image_size
     if images.ndim != 4 or images.shape[1:] != (size, size, 3):
       raise UserError(f'images must be [n, {size}, {size}, 3] in [0, 1] for '

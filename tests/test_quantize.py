@@ -151,6 +151,12 @@ def test_calibration_images_of_another_size_are_refused(trained):
     quantize.int8_tflite(trained, np.zeros((2, 64, 64, 3), np.float32))
 
 
+def test_integer_calibration_pixels_are_refused(trained):
+  with pytest.raises(UserError, match=r'^calibration images must be float32 '
+                     r'in \[0, 1\]; received uint8'):
+    quantize.int8_tflite(trained, np.zeros((2, 32, 32, 3), np.uint8))
+
+
 class Fixed(runtimes.Runtime):
   """A runtime whose top-1 classes are given."""
   name, model_name, image_size = 'fixed', 'fixed', 1

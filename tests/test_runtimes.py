@@ -93,6 +93,16 @@ def test_images_of_another_size_are_refused(model_files):
     runtime.run(np.zeros((1, 64, 64, 3), np.float32))
 
 
+@pytest.mark.parametrize('kind', ['tf', 'onnx', 'tflite'])
+def test_integer_pixels_are_refused_not_taken_as_0_to_1(model_files, kind):
+  # uint8 0-255 pixels cast as they are would read 255 times too bright.
+  runtime = runtimes.load(model_files[kind])
+  pixels = np.round(IMAGES[:2] * 255).astype(np.uint8)
+  with pytest.raises(UserError, match=r'^images must be float32 in \[0, '
+                     r'1\]; received uint8 \(divide 0-255 pixels by 255\)$'):
+    runtime.run(pixels)
+
+
 def test_a_runtime_that_cannot_run_the_model_is_refused(model_files):
   with pytest.raises(UserError, match="runtime 'litert' cannot run .*model."
                      "onnx'; that takes runtime 'onnxruntime'"):
