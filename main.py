@@ -258,8 +258,11 @@ def run_inference(model_dir: str) -> None:
                       f'received: {FLAGS.onnx_precision!r}')
     export.check_options(export_dir, FLAGS.overwrite,
                          FLAGS.tflite_quantization, onnx_precision or 'fp32')
-    if (FLAGS.tflite_quantization == 'int8' and FLAGS.weights and
-        not FLAGS.calibration_dir):
+    run = export.weights_run(FLAGS.weights) if FLAGS.weights else None
+    if run:  # a training run's weights calibrate on its training split
+      model_dir = run[0]
+    elif (FLAGS.tflite_quantization == 'int8' and FLAGS.weights and
+          not FLAGS.calibration_dir):
       raise UserError('--tflite_quantization=int8 with --weights needs '
                       '--calibration_dir: images like those the model will '
                       'see, to calibrate it (a run calibrates on its own '

@@ -5,10 +5,18 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
+from app import inference
+from efficientnetv2_tf import progressive
+from efficientnetv2_tf import quantize
+from efficientnetv2_tf.model import EfficientNet
+from efficientnetv2_tf.run_dir import RunDir
 import main
+from tests import conftest
 from tests import image_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -356,3 +364,28 @@ def test_a_dataset_name_is_a_dataset_config(tmp_path):
   saved = yaml.safe_load((tmp_path / 'run' / 'config.yaml').read_text())
   assert saved['data']['augname'] == 'ft'
   assert saved['train']['lr_sched'] == 'constant'
+
+
+def test_int8_export_of_weights_naming_a_run_calibrates_on_its_split(
+    tmp_path, monkeypatch, capsys):
+  # --weights=<run> reads the run as --model_dir=<run> does, int8
+  # calibration on its training split included. The export itself is
+  # left out: what it is handed is what is compared.
+  specs, _ = conftest.tiny_run('data.per_class=2', 'train.batch_size=10')
+  run = RunDir(str(tmp_path / 'run'))
+  run.save(specs, progressive.make_plan(specs, 20, 1), list('0123456789'))
+  tf.train.Checkpoint(model=EfficientNet.from_spec(specs.model)).save(
+      os.path.join(run.checkpoints, 'ckpt'))  # with a state file, as runs
+  handed = []
+  monkeypatch.setattr(inference, 'run_export',
+                      lambda *args: handed.append(args[-1]))
+  monkeypatch.setattr(inference, 'REPORT_IMAGES', 10)  # not compared
+  monkeypatch.setattr(inference, 'int8_report',
+                      lambda *args: quantize.Agreement(1, 1.0, 1.0, 1.0))
+  for flag in (f'--model_dir={run.path}', f'--weights={run.path}'):
+    _main('--mode=export', flag, '--tflite_quantization=int8',
+          f'--export_dir={tmp_path / "export"}')
+  capsys.readouterr()
+  by_model_dir, by_weights = handed
+  assert by_model_dir.shape == (20, 32, 32, 3)
+  np.testing.assert_array_equal(by_weights, by_model_dir)
