@@ -105,8 +105,8 @@ def load_pretrained(model_name: str, weights: str,
   run = weights_run(weights)
   if run:
     return load_run(*run)
-  model = loading.get_model(model_name, model_config, weights=weights,
-                            training=False)
+  # Not frozen, as a run's model is not: the hub modules fine-tune it.
+  model = loading.get_model(model_name, model_config, weights=weights)
   contract, name = loading.weights_contract(model.name, weights, normalization)
   return Source(model, model.name, contract,
                 default_labels(model.num_classes), weights, weights=name)

@@ -17,7 +17,9 @@ import tf_keras
 from app import inference
 from app import runs
 import datasets
+import efficientnetv2_tf
 import hparams
+from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import distribute
 from efficientnetv2_tf import export
 from efficientnetv2_tf import predict
@@ -105,6 +107,26 @@ def test_hub_keras_layer_fine_tunes_in_tf_keras(exported):
   assert model.evaluate(IMAGES, labels, verbose=0) < first
   # Training mode updated BatchNorm's statistics, as in training.
   assert not np.allclose(before_stats, moving.numpy())
+
+
+def test_hub_module_of_given_weights_fine_tunes_as_a_runs_does(tmp_path):
+  # Weights given by path or tag load unfrozen, as a run's do: a hub
+  # module of a frozen model had no trainable variable, and in training
+  # its BatchNorm kept its averages.
+  model = efficientnetv2_tf.get_model('efficientnetv2-b0', conftest.TINY)
+  prefix = checkpoints.save(model, str(tmp_path / 'weights' / 'ckpt'))
+  source = export.load_pretrained('efficientnetv2-b0', prefix, conftest.TINY)
+  path = str(tmp_path / 'hub_feature_vector')
+  export.HubModule(export.feature_model(source.model),
+                   source.normalization).save(path)
+  layer = hub.KerasLayer(path, trainable=True)
+  classifier = len(model.classifier.trainable_weights)
+  assert len(layer.trainable_weights) == (len(model.trainable_weights) -
+                                          classifier)
+  moving = [w for w in layer.weights if 'moving_mean' in w.name][0]
+  before = moving.numpy().copy()
+  layer(IMAGES, training=True)
+  assert not np.allclose(before, moving.numpy())
 
 
 def test_tfsm_layer_serves_the_hub_module_in_keras_3(exported):
