@@ -157,9 +157,9 @@ def get_model(model_name: str,
   if checkpoint and checkpoint.head_classes and include_top and \
       overrides.get('num_classes') is None:
     kwargs['num_classes'] = checkpoint.head_classes
-  if kwargs.get('include_preprocessing'):
-    kwargs.setdefault('preprocessing_mode',
-                      _weights_normalization(model_name, weights))
+  if kwargs.get('include_preprocessing') and \
+      kwargs.get('preprocessing_mode') is None:  # None, as unset
+    kwargs['preprocessing_mode'] = _weights_normalization(model_name, weights)
 
   model = EfficientNet.from_spec(
       spec, include_top=include_top, with_endpoints=with_endpoints, **kwargs)

@@ -39,14 +39,15 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 class Normalize(keras.layers.Layer):
   """Maps 0-255 pixels to the model's input range: `(x - mean) / stddev`.
 
-  `mode` names one of `hparams.weights.NORMALIZATIONS`.
+  `mode` names one of `hparams.weights.NORMALIZATIONS`; None is the
+  default, 'symmetric'.
   """
 
-  def __init__(self, mode: str = 'symmetric', **kwargs):
+  def __init__(self, mode: Optional[str] = 'symmetric', **kwargs):
     super().__init__(**kwargs)
     check_normalization(mode, 'preprocessing mode')
-    self.mode = mode
-    self.mean, self.stddev = NORMALIZATIONS[mode]
+    self.mode = mode or 'symmetric'
+    self.mean, self.stddev = NORMALIZATIONS[self.mode]
 
   def call(self, images):
     images = keras.ops.cast(images, self.compute_dtype)

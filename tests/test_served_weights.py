@@ -18,6 +18,7 @@ import efficientnetv2_tf
 import hparams
 from efficientnetv2_tf import export
 from efficientnetv2_tf import official
+from efficientnetv2_tf.preprocessing import Normalize
 from hparams.errors import UserError
 from tests import commands
 from tests import oracle_fixtures
@@ -103,6 +104,21 @@ def test_built_in_preprocessing_normalises_as_the_weights_expect(
       with_preprocessing(pixels.astype('float32'), training=False),
       plain(((pixels - mean) / stddev).astype('float32'), training=False),
       atol=1e-4)
+
+
+def test_preprocessing_mode_none_is_unset(tmp_path, monkeypatch):
+  # None, as the error for an unknown mode says ('or unset'): the weights'
+  # own normalisation (ImageNet mean and stddev), the layer's default
+  # without weights; it was a KeyError.
+  _place('efficientnetv2-b0', 'imagenet', tmp_path, monkeypatch)
+  config = oracle_fixtures.model_config('efficientnetv2-b0')
+  model = efficientnetv2_tf.get_model(
+      'efficientnetv2-b0', config, weights='imagenet',
+      include_preprocessing=True, preprocessing_mode=None)
+  assert model.get_layer('normalize').mode == 'imagenet'
+  pixels = np.float32([[[[0.0, 128.0, 255.0]]]])
+  np.testing.assert_allclose(
+      Normalize(None)(pixels), (pixels - 128) / 128, atol=1e-6)
 
 
 def test_built_in_preprocessing_for_a_path_follows_the_presets_recipe(
