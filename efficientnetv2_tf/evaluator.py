@@ -8,6 +8,7 @@ Evaluation uses the EMA of the weights when there is one, as the original
 did, and leaves the raw weights in place afterwards.
 """
 import contextlib
+import os
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -138,7 +139,8 @@ class Evaluator:
 
     Without `timeout`, evaluates the latest checkpoint once and fails at
     once if there is none; with it, waits up to `timeout` seconds for each
-    next checkpoint, as the original's eval job did.
+    next checkpoint, as the original's eval job did, and skips one that
+    cannot be read with a warning.
     """
     directory = state.checkpoint_dir
     if not timeout:
@@ -146,10 +148,19 @@ class Evaluator:
         raise UserError(f'no checkpoint in {directory!r} to evaluate; train '
                         f'first, or pass --eval_timeout=SECONDS to wait')
       return self.evaluate(state.step)
-    metrics = {}
+    metrics, unreadable = {}, []
     for path in tf.train.checkpoints_iterator(directory, timeout=timeout,
                                               min_interval_secs=1):
-      state.load(path)
+      try:
+        state.load(path)
+      # Damaged (a short read is an IndexError) or deleted since it was
+      # listed: skipped, as the original's eval job skipped it.
+      except (tf.errors.OpError, IndexError) as e:
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        logging.warning('checkpoint %s cannot be read (%s); skipped', path,
+                        reason)
+        unreadable.append(os.path.basename(path))
+        continue
       # The stage that trained the checkpoint's last step.
       stage = progressive.stage_at(plan.stages, max(state.step - 1, 0))
       metrics = self.evaluate(
@@ -160,6 +171,8 @@ class Evaluator:
       if state.step >= plan.total_steps:
         break
     if not metrics:
-      raise UserError(f'no checkpoint appeared in {directory!r} within '
-                      f'{timeout:g} s')
+      read = (f' that can be read (not {", ".join(unreadable)})'
+              if unreadable else '')
+      raise UserError(f'no checkpoint{read} appeared in {directory!r} '
+                      f'within {timeout:g} s')
     return metrics

@@ -3,6 +3,8 @@ freezing and precision."""
 import csv
 import json
 import os
+import shutil
+import threading
 
 import keras
 import numpy as np
@@ -14,6 +16,7 @@ from efficientnetv2_tf import progressive
 from efficientnetv2_tf import train_state
 from efficientnetv2_tf import trainer as trainer_lib
 from efficientnetv2_tf.run_dir import RunDir
+from hparams.errors import UserError
 from tests.conftest import tiny_run
 
 
@@ -183,6 +186,38 @@ def test_evaluate_checkpoints_evaluates_the_latest_checkpoint(finished_run):
   again = trainer_lib.Trainer(specs, trainer.dataset, model_dir,
                               distribute.get_strategy('cpu'))
   evaluated = again.evaluate_checkpoints(timeout=5)
+  assert evaluated['step'] == 10
+  assert evaluated['eval_top1'] == pytest.approx(results['eval_top1'])
+
+
+def _point_state_at(directory, name):
+  with open(os.path.join(directory, 'checkpoint'), 'w') as f:
+    f.write(f'model_checkpoint_path: "{name}"\n'
+            f'all_model_checkpoint_paths: "{name}"\n')
+
+
+def test_evaluate_checkpoints_skips_an_unreadable_checkpoint(finished_run,
+                                                            tmp_path):
+  model_dir, specs, trainer, results = finished_run
+  copy = str(tmp_path / 'run')
+  shutil.copytree(model_dir, copy)
+  folder = os.path.join(copy, 'checkpoints')
+  for suffix in ('.index', '.data-00000-of-00001'):
+    shutil.copy(os.path.join(folder, 'ckpt-10' + suffix),
+                os.path.join(folder, 'ckpt-9' + suffix))
+  with open(os.path.join(folder, 'ckpt-9.data-00000-of-00001'), 'r+') as f:
+    f.truncate(1000)  # cut short, as a full disk leaves it
+  _point_state_at(folder, 'ckpt-9')
+  again = trainer_lib.Trainer(specs, trainer.dataset, copy,
+                              distribute.get_strategy('cpu'))
+  with pytest.raises(UserError, match=r'no checkpoint that can be read '
+                     r'\(not ckpt-9\) appeared in .* within 1 s'):
+    again.evaluate_checkpoints(timeout=1)
+  # The one that appears next is evaluated.
+  timer = threading.Timer(1.5, _point_state_at, (folder, 'ckpt-10'))
+  timer.start()
+  evaluated = again.evaluate_checkpoints(timeout=5)
+  timer.join()
   assert evaluated['step'] == 10
   assert evaluated['eval_top1'] == pytest.approx(results['eval_top1'])
 
