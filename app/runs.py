@@ -68,6 +68,23 @@ def check_model_dir(run: RunDir, spec: ModelSpec) -> None:
                     f'({key}={before!r}, now {now!r}); use a new --model_dir')
 
 
+def check_eval_dir(model_dir: str) -> None:
+  """Refuses a checkpoint, or a run's checkpoints/ folder, as the model_dir
+  to evaluate: a run directory would be made there, beside the run's
+  checkpoints."""
+  path = os.path.normpath(model_dir)
+  if tf.io.gfile.exists(path + '.index'):
+    run = RunDir.of_checkpoint(path)
+    where = f' (the run in {run.path!r})' if run else ''
+    raise UserError(f'model_dir {model_dir!r} is a checkpoint; --mode=eval '
+                    f'takes the directory of a training run{where} and '
+                    'evaluates its latest checkpoint')
+  run = RunDir.of_checkpoint(os.path.join(path, 'ckpt'))
+  if run:
+    raise UserError(f'model_dir {model_dir!r} is the checkpoints folder of '
+                    f'the run in {run.path!r}; pass the run\'s directory')
+
+
 def check_recipe(mode: str, specs: Specs) -> None:
   """Refuses settings that a training `mode` could not honour."""
   if mode not in ('train', 'traineval'):
@@ -96,6 +113,8 @@ def run(mode: str, cfg: Any, bind: Callable[[Any], DatasetSource],
   from then on the run reads only its specs and plan.
   """
   check_mode(mode)
+  if mode == 'eval':
+    check_eval_dir(model_dir)
   dataset = bind(cfg)
   specs = hparams.build_specs(cfg)
   check_recipe(mode, specs)

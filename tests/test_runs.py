@@ -51,6 +51,27 @@ def test_eval_mode_without_a_checkpoint_fails_at_once(tmp_path):
   assert not (tmp_path / 'config.yaml').exists()
 
 
+@pytest.mark.parametrize('given, message', [
+    ('checkpoints/ckpt-4', "is a checkpoint; --mode=eval takes the "
+     r"directory of a training run \(the run in '{run}'\)"),
+    ('checkpoints', "is the checkpoints folder of the run in '{run}'"),
+    ('checkpoints/', "is the checkpoints folder of the run in '{run}'"),
+])
+def test_eval_mode_refuses_a_checkpoint_and_makes_nothing_there(
+    tmp_path, given, message):
+  run = tmp_path / 'run'
+  (run / 'checkpoints').mkdir(parents=True)
+  hparams.save_yaml(tiny_config(), str(run / 'config.yaml'))
+  (run / 'checkpoints' / 'ckpt-4.index').write_text('')
+  model_dir = os.path.join(str(run), given)
+  with pytest.raises(UserError,
+                     match=message.format(run=re.escape(str(run)))):
+    runs.run('eval', tiny_config(), datasets.bind, model_dir,
+             distribute.get_strategy('cpu'))
+  # A folder named as the checkpoint would hide it from --weights.
+  assert sorted(os.listdir(run / 'checkpoints')) == ['ckpt-4.index']
+
+
 def test_a_model_dir_of_another_model_is_refused(tmp_path):
   specs = hparams.build_specs(tiny_config())
   hparams.save_yaml(tiny_config(), str(tmp_path / 'config.yaml'))
