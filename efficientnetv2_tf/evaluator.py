@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import cluster
 from efficientnetv2_tf import distribute
 from efficientnetv2_tf import ema as ema_lib
@@ -133,6 +134,15 @@ class Evaluator:
     self.seconds += time.time() - started
     return metrics
 
+  def _check_ema(self, path: str) -> None:
+    """Refuses to evaluate the averages of a checkpoint that holds none (a
+    run trained without them): they would be the initial weights."""
+    if self.ema and not checkpoints.holds_ema(path):
+      raise UserError(
+          f'checkpoint {path!r} holds no moving average of the weights, '
+          f'which train.ema_decay={self.specs.optim.ema_decay:g} evaluates; '
+          'evaluate its weights with train.ema_decay=0')
+
   def evaluate_checkpoints(self, state: TrainState, plan: RunPlan,
                            timeout: Optional[float]) -> Dict[str, Any]:
     """Evaluates each new checkpoint of `state`'s run until the last one.
@@ -144,9 +154,11 @@ class Evaluator:
     """
     directory = state.checkpoint_dir
     if not timeout:
-      if not state.restore():
+      path = state.restore()
+      if not path:
         raise UserError(f'no checkpoint in {directory!r} to evaluate; train '
                         f'first, or pass --eval_timeout=SECONDS to wait')
+      self._check_ema(path)
       return self.evaluate(state.step)
     metrics, unreadable = {}, []
     for path in tf.train.checkpoints_iterator(directory, timeout=timeout,
@@ -161,6 +173,7 @@ class Evaluator:
                         reason)
         unreadable.append(os.path.basename(path))
         continue
+      self._check_ema(path)
       # The stage that trained the checkpoint's last step.
       stage = progressive.stage_at(plan.stages, max(state.step - 1, 0))
       metrics = self.evaluate(

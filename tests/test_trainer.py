@@ -285,3 +285,20 @@ def test_a_run_resumed_at_a_stage_boundary_feeds_that_stage_as_before(
   for ours, theirs in zip(again.model.weights, trainer.model.weights):
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6,
                                err_msg=ours.path)
+
+
+@pytest.mark.parametrize('timeout', [0, 1])
+def test_evaluating_the_ema_of_a_run_that_kept_none_is_refused(tmp_path,
+                                                               timeout):
+  # Else the averages evaluated would be the initial weights.
+  specs, dataset = tiny_run('train.ema_decay=0.0')
+  strategy = distribute.get_strategy('cpu')
+  trainer_lib.Trainer(specs, dataset, str(tmp_path), strategy).state.save()
+  with_ema, _ = tiny_run('train.ema_decay=0.99')
+  evaluating = trainer_lib.Trainer(with_ema, dataset, str(tmp_path),
+                                   strategy)
+  with pytest.raises(UserError, match=r"checkpoint '.*ckpt-0' holds no "
+                     r'moving average of the weights, which '
+                     r'train.ema_decay=0.99 evaluates; evaluate its weights '
+                     r'with train.ema_decay=0'):
+    evaluating.evaluate_checkpoints(timeout)
