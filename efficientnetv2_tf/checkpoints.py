@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from efficientnetv2_tf import ema
 from efficientnetv2_tf.model import EfficientNet
@@ -65,6 +66,26 @@ def open_checkpoint(path: str):
   except tf.errors.OpError as e:
     raise UserError(f'checkpoint {path!r} cannot be read: '
                     f'{str(e).strip().splitlines()[0]}') from None
+
+
+def check_shapes(tracked: tf.train.Checkpoint, path: str) -> None:
+  """Refuses the checkpoint at prefix `path` when a variable of `tracked`
+  has another shape there, as one of another model has: restoring it would
+  fail part way, with some variables assigned. Damage is TensorFlow's
+  error, as `restore` would raise it."""
+  reader = tf.train.load_checkpoint(path)
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
+  shapes = reader.get_variable_to_shape_map()
+  for node, obj in tf.train.CheckpointView(path).match(tracked).items():
+    for attribute in graph.nodes[node].attributes:
+      saved = shapes.get(attribute.checkpoint_key)
+      if (attribute.name == 'VARIABLE_VALUE' and saved is not None and
+          saved != list(obj.shape)):
+        name = getattr(obj, 'path', None) or obj.name
+        raise UserError(f'checkpoint {path!r} does not fit the model of '
+                        f'this config: {name} has shape {saved} there and '
+                        f'{list(obj.shape)} here')
 
 
 def write_model_info(directory: str, model: EfficientNet) -> None:

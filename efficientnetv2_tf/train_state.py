@@ -158,7 +158,9 @@ class TrainState:
     return tf.train.latest_checkpoint(self.checkpoint_dir)
 
   def load(self, path: str) -> None:
-    """Restores the checkpoint at `path`."""
+    """Restores the checkpoint at `path`; one of another model is a
+    UserError."""
+    checkpoints.check_shapes(self.checkpoint, path)
     self.checkpoint.restore(path).expect_partial()
 
   def restore(self) -> Optional[str]:

@@ -302,3 +302,22 @@ def test_evaluating_the_ema_of_a_run_that_kept_none_is_refused(tmp_path,
                      r'train.ema_decay=0.99 evaluates; evaluate its weights '
                      r'with train.ema_decay=0'):
     evaluating.evaluate_checkpoints(timeout)
+
+
+@pytest.mark.parametrize('timeout', [0, 1])
+def test_evaluating_checkpoints_of_another_model_is_refused(tmp_path,
+                                                            timeout):
+  specs, dataset = tiny_run()
+  strategy = distribute.get_strategy('cpu')
+  trainer_lib.Trainer(specs, dataset, str(tmp_path), strategy).state.save()
+  wider, _ = tiny_run('model.width_coefficient=0.5')
+  evaluating = trainer_lib.Trainer(wider, dataset, str(tmp_path), strategy)
+  before = [v.numpy() for v in evaluating.state.checkpoint.model.weights]
+  with pytest.raises(UserError, match=r"checkpoint '.*ckpt-0' does not fit "
+                     r'the model of this config: .* has shape \[3, 3, 3, '
+                     r'8\] there and \[3, 3, 3, 16\] here'):
+    evaluating.evaluate_checkpoints(timeout)
+  # Refused before any variable was assigned (a restore that fails part way
+  # also leaves TensorFlow's warnings of values unread, as the process ends).
+  after = [v.numpy() for v in evaluating.state.checkpoint.model.weights]
+  assert all(np.array_equal(b, a) for b, a in zip(before, after))
