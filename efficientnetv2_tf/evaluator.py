@@ -143,6 +143,14 @@ class Evaluator:
           f'which train.ema_decay={self.specs.optim.ema_decay:g} evaluates; '
           'evaluate its weights with train.ema_decay=0')
 
+  def _evaluate_loaded(self, state: TrainState,
+                       plan: RunPlan) -> Dict[str, Any]:
+    """Evaluates the checkpoint `state` holds at the size training
+    evaluated it at: that of the stage that trained its last step."""
+    stage = progressive.stage_at(plan.stages, max(state.step - 1, 0))
+    return self.evaluate(state.step,
+                         progressive.eval_image_size(self.specs, stage))
+
   def evaluate_checkpoints(self, state: TrainState, plan: RunPlan,
                            timeout: Optional[float]) -> Dict[str, Any]:
     """Evaluates each new checkpoint of `state`'s run until the last one.
@@ -159,7 +167,7 @@ class Evaluator:
         raise UserError(f'no checkpoint in {directory!r} to evaluate; train '
                         f'first, or pass --eval_timeout=SECONDS to wait')
       self._check_ema(path)
-      return self.evaluate(state.step)
+      return self._evaluate_loaded(state, plan)
     metrics, unreadable = {}, []
     for path in tf.train.checkpoints_iterator(directory, timeout=timeout,
                                               min_interval_secs=1):
@@ -174,10 +182,7 @@ class Evaluator:
         unreadable.append(os.path.basename(path))
         continue
       self._check_ema(path)
-      # The stage that trained the checkpoint's last step.
-      stage = progressive.stage_at(plan.stages, max(state.step - 1, 0))
-      metrics = self.evaluate(
-          state.step, progressive.eval_image_size(self.specs, stage))
+      metrics = self._evaluate_loaded(state, plan)
       if self.reporter:
         self.reporter.row({'epoch': plan.epoch_of(state.step),
                            'step': state.step, **metrics})

@@ -321,3 +321,22 @@ def test_evaluating_checkpoints_of_another_model_is_refused(tmp_path,
   # also leaves TensorFlow's warnings of values unread, as the process ends).
   after = [v.numpy() for v in evaluating.state.checkpoint.model.weights]
   assert all(np.array_equal(b, a) for b, a in zip(before, after))
+
+
+@pytest.mark.parametrize('timeout', [0, 1])
+def test_evaluating_a_checkpoint_uses_the_size_training_evaluated_it_at(
+    finished_run, tmp_path, timeout):
+  model_dir, specs, trainer, _ = finished_run
+  copy = str(tmp_path / 'run')
+  shutil.copytree(model_dir, copy)
+  _point_state_at(os.path.join(copy, 'checkpoints'), 'ckpt-5')
+  again = trainer_lib.Trainer(specs, trainer.dataset, copy,
+                              distribute.get_strategy('cpu'))
+  evaluated = again.evaluate_checkpoints(timeout)
+  # progressive.eval_size=stage: the first stage's checkpoint at its size.
+  row = next(r for r in csv.DictReader(open(os.path.join(
+      model_dir, 'metrics.csv'))) if r['step'] == '5')
+  assert evaluated['step'] == 5
+  assert evaluated['eval_image_size'] == int(row['eval_image_size']) == 16
+  assert evaluated['eval_top1'] == pytest.approx(float(row['eval_top1']),
+                                                 abs=1e-5)
