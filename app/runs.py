@@ -68,10 +68,11 @@ def check_model_dir(run: RunDir, spec: ModelSpec) -> None:
                     f'({key}={before!r}, now {now!r}); use a new --model_dir')
 
 
-def check_eval_dir(model_dir: str) -> None:
+def check_eval_dir(model_dir: str, eval_timeout: float = 0.0) -> None:
   """Refuses a checkpoint, or a run's checkpoints/ folder, as the model_dir
   to evaluate: a run directory would be made there, beside the run's
-  checkpoints."""
+  checkpoints. Without `eval_timeout`, refuses a model_dir without a
+  checkpoint before anything is written there."""
   path = os.path.normpath(model_dir)
   if tf.io.gfile.exists(path + '.index'):
     run = RunDir.of_checkpoint(path)
@@ -83,6 +84,10 @@ def check_eval_dir(model_dir: str) -> None:
   if run:
     raise UserError(f'model_dir {model_dir!r} is the checkpoints folder of '
                     f'the run in {run.path!r}; pass the run\'s directory')
+  folder = RunDir(model_dir).checkpoints
+  if not eval_timeout and not tf.train.latest_checkpoint(folder):
+    raise UserError(f'no checkpoint in {folder!r} to evaluate; train first, '
+                    'or pass --eval_timeout=SECONDS to wait')
 
 
 def check_recipe(mode: str, specs: Specs) -> None:
@@ -114,7 +119,7 @@ def run(mode: str, cfg: Any, bind: Callable[[Any], DatasetSource],
   """
   check_mode(mode)
   if mode == 'eval':
-    check_eval_dir(model_dir)
+    check_eval_dir(model_dir, eval_timeout)
   dataset = bind(cfg)
   specs = hparams.build_specs(cfg)
   check_recipe(mode, specs)

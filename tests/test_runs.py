@@ -49,6 +49,11 @@ def test_eval_mode_without_a_checkpoint_fails_at_once(tmp_path):
     runs.run('eval', cfg, datasets.bind, str(tmp_path),
              distribute.get_strategy('cpu'))
   assert not (tmp_path / 'config.yaml').exists()
+  # A model_dir mistyped is not made.
+  with pytest.raises(UserError, match='no checkpoint in .* to evaluate'):
+    runs.run('eval', cfg, datasets.bind, str(tmp_path / 'typo'),
+             distribute.get_strategy('cpu'))
+  assert not (tmp_path / 'typo').exists()
 
 
 @pytest.mark.parametrize('given, message', [
