@@ -50,8 +50,11 @@ class Normalize(keras.layers.Layer):
     self.mean, self.stddev = NORMALIZATIONS[self.mode]
 
   def call(self, images):
-    images = keras.ops.cast(images, self.compute_dtype)
-    return (images - self.mean) / self.stddev
+    # In float32, then to the compute dtype: in bfloat16 the ImageNet means
+    # would round (123.675 to 123.5) before the subtraction.
+    images = keras.ops.cast(images, 'float32')
+    return keras.ops.cast((images - self.mean) / self.stddev,
+                          self.compute_dtype)
 
   def get_config(self):
     return {**super().get_config(), 'mode': self.mode}

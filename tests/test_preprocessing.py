@@ -1,4 +1,5 @@
 """Decoding, the three preprocessing recipes, and their settings."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -6,6 +7,7 @@ import tensorflow as tf
 import hparams
 from efficientnetv2_tf import preprocessing
 from efficientnetv2_tf.preprocessing import Augmentation
+from efficientnetv2_tf.preprocessing import Normalize
 from efficientnetv2_tf.preprocessing import preprocess_image
 from hparams.errors import UserError
 from hparams.weights import InputContract
@@ -196,6 +198,19 @@ def test_the_deployed_normalisation_of_unit_pixels_is_the_published_one(mode):
   mean, stddev = (np.float32(v) for v in _PUBLISHED[mode])
   np.testing.assert_allclose(pixels * scale + offset,
                              (pixels * 255 - mean) / stddev, atol=2e-6)
+
+
+def test_built_in_normalisation_under_bfloat16_rounds_only_its_result():
+  # The float64 result rounded once to bfloat16 (8 bits of mantissa):
+  # rounding the means first put inputs up to 0.02 off.
+  pixels = np.arange(256, dtype=np.float32).reshape(1, 16, 16, 1)
+  pixels = np.repeat(pixels, 3, axis=-1)
+  mean, stddev = (np.float64(v) for v in NORMALIZATIONS['imagenet'])
+  exact = (pixels.astype(np.float64) - mean) / stddev
+  out = Normalize('imagenet', dtype='mixed_bfloat16')(pixels)
+  assert out.dtype == 'bfloat16'
+  error = np.abs(np.asarray(keras.ops.cast(out, 'float32')) - exact)
+  assert np.all(error <= np.abs(exact) * 2.0**-8 + 1e-7)
 
 
 def test_a_normalization_override_changes_only_the_normalisation():
