@@ -23,8 +23,10 @@ worker and the checkpoint a rerun of every worker resumes from.
 
 The trainer receives a dataset object; it never imports `datasets`.
 """
+import contextlib
 import math
 import signal
+import threading
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -181,6 +183,20 @@ class Trainer:
         self.strategy, dataset_fn, any_image_size=self._any_image_size,
         warm_start=True))
 
+  @contextlib.contextmanager
+  def _sigterm_stops(self):
+    """While in it, SIGTERM stops the run after the step under way. Python
+    runs signal handlers in its main thread only, so a trainer run in
+    another thread leaves SIGTERM to the program that started it."""
+    if threading.current_thread() is not threading.main_thread():
+      yield
+      return
+    previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    try:
+      yield
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+
   def _on_sigterm(self, signum, frame):
     del signum, frame
     self._stop_requested = True
@@ -197,11 +213,10 @@ class Trainer:
       self.restore()
       start_time = self._run_started = time.time()
       self.evaluator.seconds = 0.0
-      previous = signal.signal(signal.SIGTERM, self._on_sigterm)
       try:
-        last_eval = self._stages(evaluate)
+        with self._sigterm_stops():
+          last_eval = self._stages(evaluate)
       finally:
-        signal.signal(signal.SIGTERM, previous)
         train_step.freeze_backbone(self.model, False)
       if not evaluate or last_eval is None or last_eval['step'] != self.step:
         last_eval = self.evaluate() if evaluate else {}

@@ -340,3 +340,24 @@ def test_evaluating_a_checkpoint_uses_the_size_training_evaluated_it_at(
   assert evaluated['eval_image_size'] == int(row['eval_image_size']) == 16
   assert evaluated['eval_top1'] == pytest.approx(float(row['eval_top1']),
                                                  abs=1e-5)
+
+
+def test_a_trainer_trains_in_a_thread_other_than_the_main_one(tmp_path):
+  # Python runs signal handlers in its main thread only: installing the
+  # SIGTERM handler there raised ValueError before the first step.
+  specs, dataset = tiny_run('train.epochs=1')
+  trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
+                                distribute.get_strategy('cpu'))
+  outcome = {}
+
+  def train():
+    try:
+      outcome['results'] = trainer.train()
+    except Exception as e:  # pylint: disable=broad-except
+      outcome['error'] = e
+
+  thread = threading.Thread(target=train)
+  thread.start()
+  thread.join()
+  assert 'error' not in outcome, outcome.get('error')
+  assert outcome['results']['step'] == trainer.plan.total_steps > 0
