@@ -294,8 +294,12 @@ def _progressive(results: Dict[str, Any]) -> List[str]:
          'class. ' if settings.get('per_class') else '') +
       'Times are training seconds: tracing, input, the checkpoint saves '
       'and the redrawn curves of each epoch included, evaluations left '
-      'out. Unlike the other sections, each run trains once, the fixed one '
-      'first. ' +
+      'out. Unlike the other sections, each run trains once: ' +
+      ('the two runs of a dataset in one process, taking turns of one '
+       'epoch each (the fixed one first), so that a busier moment of the '
+       'machine falls on both alike. '
+       if settings.get('turns') == 'epoch' else
+       'the fixed one, then the progressive one. ') +
       (f'Both runs took `--progressive_hparams={settings["hparams"]}`, '
        'which overrides the settings named here. '
        if settings.get('hparams') else '') +

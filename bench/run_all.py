@@ -29,13 +29,14 @@ sections (`--sections`) into a folder that holds a report of the same mode
 puts them in place of that report's, notes the run there and keeps the
 rest, with the matmul figure the GFLOP/s are compared with.
 """
+import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import app
 from absl import flags
@@ -341,9 +342,9 @@ def pipeline(plan: Dict[str, Any]) -> Dict[str, Any]:
 # Progressive learning. -------------------------------------------------------
 
 
-def progressive_run(dataset: str, progressive: bool,
-                    plan: Dict[str, Any]) -> Dict[str, Any]:
-  """Trains with evaluation after every epoch; returns the curve.
+def progressive_trainer(dataset: str, progressive: bool,
+                        plan: Dict[str, Any]) -> trainer_lib.Trainer:
+  """A run of the comparison, evaluated after every epoch.
 
   Progressive training has 4 stages on the paper's schedule, from
   `ibase` to `size` px; only the image size grows (`train.sched` off:
@@ -364,8 +365,14 @@ def progressive_run(dataset: str, progressive: bool,
   cfg = hparams.get_config(MODEL, 'digits', overrides,
                            FLAGS.progressive_hparams)
   keras.utils.set_random_seed(0)
-  trainer = our_trainer(cfg)
-  results = trainer.train(evaluate=True)
+  return our_trainer(cfg)
+
+
+def trained_curve(trainer: trainer_lib.Trainer,
+                  next_turn: Callable[[], float]) -> Dict[str, Any]:
+  """Trains `trainer`, ending its turn after each epoch (`next_turn`);
+  returns its eval top-1 curve."""
+  results = trainer.train(evaluate=True, after_epoch=next_turn)
   rows = trainer.reporter.rows()
   curve = [(float(r['wall_seconds']), float(r['eval_top1'])) for r in rows
            if r.get('eval_top1')]
@@ -379,13 +386,19 @@ def progressive_run(dataset: str, progressive: bool,
 
 
 def progressive_learning(plan: Dict[str, Any]) -> Dict[str, Any]:
+  """On each dataset, the fixed and the progressive run train in one
+  process, taking turns of one epoch each (fixed first)."""
   results = {'target_top1': plan['progressive']['target'],
              'settings': {**plan['progressive'],
-                          'hparams': FLAGS.progressive_hparams}}
+                          'hparams': FLAGS.progressive_hparams,
+                          'turns': 'epoch'}}
   for dataset in ('digits', 'mnist5k'):
-    fixed = progressive_run(dataset, False, plan)
-    staged = progressive_run(dataset, True, plan)
-    results[dataset] = {'fixed': fixed, 'progressive': staged}
+    trainers = {label: progressive_trainer(dataset, label == 'progressive',
+                                           plan)
+                for label in ('fixed', 'progressive')}
+    results[dataset] = common.in_turns({
+        label: functools.partial(trained_curve, trainer)
+        for label, trainer in trainers.items()})
   return results
 
 

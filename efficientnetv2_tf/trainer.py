@@ -28,7 +28,7 @@ import math
 import signal
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
 import keras
@@ -206,16 +206,23 @@ class Trainer:
     step and gets the same answer, so that all save that step."""
     return self.state.worker_sum(int(self._stop_requested)) > 0
 
-  def train(self, evaluate: bool = False) -> Dict[str, Any]:
+  def train(self, evaluate: bool = False,
+            after_epoch: Optional[Callable[[], None]] = None
+            ) -> Dict[str, Any]:
     """Trains to the planned last step, resuming from a checkpoint if any;
-    with `evaluate`, evaluates after every epoch. Returns the results."""
+    with `evaluate`, evaluates after every epoch. Returns the results.
+
+    `after_epoch` is called at the end of each epoch, once it is saved,
+    evaluated and reported; the time it takes is not training time (a
+    benchmark's runs take turns in it).
+    """
     with distribute.precision_scope(self.policy), self.state.peers_watched():
       self.restore()
-      start_time = self._run_started = time.time()
+      self._run_started = time.time()
       self.evaluator.seconds = 0.0
       try:
         with self._sigterm_stops():
-          last_eval = self._stages(evaluate)
+          last_eval = self._stages(evaluate, after_epoch)
       finally:
         train_step.freeze_backbone(self.model, False)
       if not evaluate or last_eval is None or last_eval['step'] != self.step:
@@ -223,9 +230,11 @@ class Trainer:
     last_train = {k: v for k, v in self._epoch_metrics.items()
                   if k.startswith('train_')}  # none when nothing was left
     return self._finish({**last_train, **last_eval},
-                        time.time() - start_time)
+                        time.time() - self._run_started)
 
-  def _stages(self, evaluate: bool) -> Optional[Dict[str, Any]]:
+  def _stages(self, evaluate: bool,
+              after_epoch: Optional[Callable[[], None]]
+              ) -> Optional[Dict[str, Any]]:
     """Trains stage by stage, epoch by epoch; returns the last evaluation."""
     plan = self.plan
     last_eval, upcoming = None, None
@@ -258,6 +267,10 @@ class Trainer:
           last_eval, stop = self._end_epoch(stage, evaluate, last_eval)
           if evaluate:  # again, with the early-stop and plateau state
             self.state.save()
+          if after_epoch:
+            paused = time.time()
+            after_epoch()
+            self._run_started += time.time() - paused
           if self._stop_agreed():
             raise self.state.preempted()
           if seed is not None:

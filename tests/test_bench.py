@@ -70,6 +70,49 @@ def test_interleaved_takes_turns_and_reverses_each_round():
   assert figures == {'a': [1.0] * 3, 'b': [2.0] * 3}
 
 
+def test_in_turns_runs_one_at_a_time_and_lets_the_last_run_on():
+  order = []
+
+  def run(name, turns):
+    def go(next_turn):
+      for turn in range(turns):
+        order.append((name, turn))
+        if turn < turns - 1:
+          assert next_turn() >= 0.0
+      return name
+    return go
+
+  results = common.in_turns({'a': run('a', 3), 'b': run('b', 1),
+                             'c': run('c', 2)})
+  assert results == {'a': 'a', 'b': 'b', 'c': 'c'}
+  assert order == [('a', 0), ('b', 0), ('c', 0), ('a', 1), ('c', 1),
+                   ('a', 2)]
+
+
+def test_in_turns_raises_a_runs_error_once_all_have_ended():
+  ended = []
+
+  def fails(next_turn):
+    raise ValueError('bad run')
+
+  def runs_on(next_turn):
+    next_turn()
+    next_turn()
+    ended.append(True)
+
+  with pytest.raises(ValueError, match='bad run'):
+    common.in_turns({'fails': fails, 'other': runs_on})
+  assert ended == [True]
+
+
+def test_report_says_how_the_progressive_runs_shared_the_machine():
+  results = _results()
+  page = lambda: '\n'.join(report._progressive(results))  # pylint: disable=protected-access
+  assert 'the fixed one, then the progressive one.' in page()
+  results['progressive']['settings']['turns'] = 'epoch'
+  assert 'taking turns of one epoch each (the fixed one first)' in page()
+
+
 def test_summary_holds_the_headline_ratios():
   summary = report.summary(_results())
   assert set(report.SUMMARY_KEYS) <= set(summary)

@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import threading
+import time
+import types
 
 import keras
 import numpy as np
@@ -342,17 +344,28 @@ def test_evaluating_a_checkpoint_uses_the_size_training_evaluated_it_at(
                                                  abs=1e-5)
 
 
-def test_a_trainer_trains_in_a_thread_other_than_the_main_one(tmp_path):
+def test_a_thread_trains_and_after_epoch_is_not_training_time(tmp_path,
+                                                             monkeypatch):
   # Python runs signal handlers in its main thread only: installing the
-  # SIGTERM handler there raised ValueError before the first step.
-  specs, dataset = tiny_run('train.epochs=1')
+  # SIGTERM handler in another raised ValueError before the first step.
+  specs, dataset = tiny_run('train.epochs=2')
   trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
-  outcome = {}
+  # The trainer's clock jumps an hour in each call: none of it may count.
+  hours = [0.0]
+  monkeypatch.setattr(trainer_lib, 'time', types.SimpleNamespace(
+      time=lambda: time.time() + 3600 * hours[0],
+      perf_counter=time.perf_counter))
+  calls, outcome = [], {}
+
+  def after_epoch():
+    calls.append(trainer.step)
+    hours[0] += 1
 
   def train():
     try:
-      outcome['results'] = trainer.train()
+      outcome['results'] = trainer.train(evaluate=True,
+                                         after_epoch=after_epoch)
     except Exception as e:  # pylint: disable=broad-except
       outcome['error'] = e
 
@@ -360,4 +373,8 @@ def test_a_trainer_trains_in_a_thread_other_than_the_main_one(tmp_path):
   thread.start()
   thread.join()
   assert 'error' not in outcome, outcome.get('error')
-  assert outcome['results']['step'] == trainer.plan.total_steps > 0
+  epoch = trainer.plan.steps_per_epoch
+  assert calls == [epoch, 2 * epoch] and epoch > 0
+  walls = [float(row['wall_seconds']) for row in trainer.reporter.rows()]
+  assert len(walls) == 2 and 0 < walls[0] < walls[1] < 3600
+  assert walls[1] <= outcome['results']['wall_seconds'] < 3600
