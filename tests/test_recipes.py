@@ -8,6 +8,7 @@ real download path. A recipe is named by its `--model_dir`.
 import csv
 import glob
 import os
+import re
 from typing import Any, Dict, List
 
 import keras
@@ -21,6 +22,7 @@ from efficientnetv2_tf import official
 from efficientnetv2_tf import progressive
 from efficientnetv2_tf.model import EfficientNet
 from efficientnetv2_tf.run_dir import RunDir
+import hparams
 from tests import commands
 from tests import reduced_runs
 from tests.reduced_runs import BATCH
@@ -126,6 +128,20 @@ def test_each_recipe_yaml_file_is_used_by_a_recipe():
   assert sorted(used) == sorted(
       os.path.relpath(path, commands.ROOT)
       for path in glob.glob(os.path.join(RECIPE_YAML_DIR, '*')))
+
+
+def test_min_steps_epochs_quoted_for_small_datasets_are_the_planned_ones():
+  # The tfds training splits of FashionMNIST and ImageNette (160px-v2).
+  train_sizes = {'FashionMnistFt': 60_000, 'ImagenetteFt': 9_469}
+  text = ' '.join(open(RECIPES_PATH).read().split())
+  quoted = re.search(r'at batch (\d+) that is (\d+) epochs of FashionMNIST '
+                     r'and (\d+) of ImageNette', text)
+  assert quoted, 'the recipes no longer quote the stretched epochs'
+  batch, *epochs = (int(n) for n in quoted.groups())
+  for preset, quoted_epochs in zip(train_sizes, epochs):
+    specs = hparams.get_specs('efficientnetv2-s', preset)
+    run = progressive.make_plan(specs, train_sizes[preset], num_replicas=1)
+    assert (run.global_batch, run.epochs) == (batch, quoted_epochs), preset
 
 
 @pytest.mark.parametrize('name', sorted(RECIPES))
