@@ -6,6 +6,7 @@ quick start first, and the commands that use its run after it, in README
 order; its output is checked against the one the README shows.
 """
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -106,6 +107,17 @@ def test_model_table_matches_presets_counts_and_weights():
 
 def test_readme_weights_table_is_the_registry():
   assert hparams.weights.markdown_table() in README
+
+
+def test_readme_gives_get_model_signature():
+  import efficientnetv2_tf  # pylint: disable=g-import-not-at-top
+  quoted = re.search(r'`(get_model\(model_name.*?\))`', README, re.S)
+  assert quoted, 'the README no longer quotes the signature of get_model'
+  signature = inspect.signature(efficientnetv2_tf.get_model)
+  parameters = ', '.join(
+      str(p.replace(annotation=inspect.Parameter.empty))
+      for p in signature.parameters.values())
+  assert ' '.join(quoted.group(1).split()) == f'get_model({parameters})'
 
 
 @pytest.mark.slow
