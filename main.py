@@ -67,8 +67,8 @@ flags.DEFINE_string('weights', None,
                     "'imagenet21k', 'imagenet21k-ft1k', 'jft' or a path.")
 flags.DEFINE_string('strategy', None,
                     'cpu, gpu, gpus (MirroredStrategy), multi_worker '
-                    '(from TF_CONFIG) or tpu; default: gpu if present, '
-                    'else cpu.')
+                    '(from TF_CONFIG) or tpu; default: tpu if --tpu is '
+                    'given, else gpu if present, else cpu.')
 flags.DEFINE_string('tpu', None, 'TPU name or address, for --strategy=tpu.')
 flags.DEFINE_string('tpu_zone', None, 'GCP zone of the TPU.')
 flags.DEFINE_string('gcp_project', None, 'GCP project of the TPU.')
