@@ -18,6 +18,7 @@ import pytest
 from app import runs
 import main
 from efficientnetv2_tf import official
+from efficientnetv2_tf.preprocessing import Augmentation
 import hparams
 from hparams import models
 from hparams.weights import TAGS
@@ -118,6 +119,23 @@ def test_readme_gives_get_model_signature():
       str(p.replace(annotation=inspect.Parameter.empty))
       for p in signature.parameters.values())
   assert ' '.join(quoted.group(1).split()) == f'get_model({parameters})'
+
+
+def test_imagenet_archive_folders_get_the_recipe_contract_right_for_v2():
+  # The README: such a folder names no weights, and the recipe's contract
+  # it gets is the weights' own for V2 models but not for V1 (AdvProp).
+  for entry in hparams.weights.all_published():
+    if entry.tag != 'imagenet':
+      continue
+    folder = hparams.weights.archive_folder(entry)
+    assert folder == entry.model_name
+    assert hparams.weights.named_weights(
+        entry.model_name, os.path.join(ROOT, folder)) is None
+    specs = hparams.get_specs(entry.model_name)
+    recipe = Augmentation.from_specs(specs).contract(
+        specs.data.eval_image_size)
+    assert (recipe == entry.contract) == entry.model_name.startswith(
+        'efficientnetv2-'), entry.name
 
 
 @pytest.mark.slow
