@@ -84,6 +84,11 @@ class ExponentialMovingAverage(tf.Module):
       rate = tf.cast(1.0 - decay, average.dtype)
       average.assign_sub(rate * (average - tf.cast(live, average.dtype)))
 
+  def reset(self) -> None:
+    """Sets each average to its variable's value, as construction does."""
+    for live, average in zip(self._live.variables, self.averages):
+      average.assign(tf.cast(live, average.dtype))
+
   def swap(self) -> None:
     """Exchanges averages and variables; a second call restores both."""
     for live, average in zip(self._live.variables, self.averages):

@@ -159,9 +159,13 @@ class TrainState:
 
   def load(self, path: str) -> None:
     """Restores the checkpoint at `path`; one of another model is a
-    UserError."""
+    UserError. Where it holds no EMA, the EMA starts from its weights."""
     checkpoints.check_shapes(self.checkpoint, path)
     self.checkpoint.restore(path).expect_partial()
+    if self.ema and not checkpoints.holds_ema(path):
+      # A run that kept no EMA until now: the averages start from the
+      # weights it resumes with, not from the initial ones.
+      self.ema.reset()
 
   def restore(self) -> Optional[str]:
     """Restores the newest readable checkpoint of the run, if any.

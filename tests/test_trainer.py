@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from efficientnetv2_tf import distribute
+from efficientnetv2_tf import ema as ema_lib
 from efficientnetv2_tf import progressive
 from efficientnetv2_tf import train_state
 from efficientnetv2_tf import trainer as trainer_lib
@@ -287,6 +288,24 @@ def test_a_run_resumed_at_a_stage_boundary_feeds_that_stage_as_before(
   for ours, theirs in zip(again.model.weights, trainer.model.weights):
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6,
                                err_msg=ours.path)
+
+
+def test_a_run_resumed_with_an_ema_it_kept_none_of_averages_from_there(
+    tmp_path):
+  specs, dataset = tiny_run('train.ema_decay=0.0')
+  strategy = distribute.get_strategy('cpu')
+  first = trainer_lib.Trainer(specs, dataset, str(tmp_path), strategy)
+  for weight in first.model.trainable_weights:  # as if it had trained
+    weight.assign_add(tf.ones_like(weight))
+  first.state.save()
+  with_ema, _ = tiny_run('train.ema_decay=0.99')
+  again = trainer_lib.Trainer(with_ema, dataset, str(tmp_path), strategy)
+  again.restore()
+  # Not the initial weights, which the averages were made with.
+  averaged = ema_lib.ema_variables(again.model)
+  assert len(averaged) == len(again.ema.averages)
+  for average, weight in zip(again.ema.averages, averaged):
+    np.testing.assert_array_equal(average.numpy(), weight.numpy())
 
 
 @pytest.mark.parametrize('timeout', [0, 1])
