@@ -21,6 +21,7 @@ settings, and writes `sweeps.csv` with each one's final metrics.
 import csv
 import itertools
 import os
+import re
 import tempfile
 from typing import Any, Callable, Dict, List
 
@@ -66,6 +67,19 @@ def check_model_dir(run: RunDir, spec: ModelSpec) -> None:
     key, before, now = changes[0]
     raise UserError(f'model_dir {run.path!r} holds a run of another model '
                     f'({key}={before!r}, now {now!r}); use a new --model_dir')
+
+
+def check_resumable(run: RunDir, plan: progressive.RunPlan) -> None:
+  """Refuses a model_dir whose run has trained past the last step of
+  `plan`: a shorter run cannot resume from there."""
+  latest = run.latest_checkpoint()
+  found = re.search(r'-(\d+)$', latest or '')
+  if found and int(found.group(1)) > plan.total_steps:
+    raise UserError(
+        f'model_dir {run.path!r} holds a run trained to step '
+        f'{found.group(1)}, past the {plan.total_steps} steps this config '
+        f'plans (train.epochs={plan.epochs:g}, batch {plan.global_batch}); '
+        'raise train.epochs or use a new --model_dir')
 
 
 def check_eval_dir(model_dir: str, eval_timeout: float = 0.0) -> None:
@@ -128,6 +142,8 @@ def run(mode: str, cfg: Any, bind: Callable[[Any], DatasetSource],
   train_size = dataset.split_size(specs.data.train_split)
   plan = progressive.make_plan(specs, train_size,
                                strategy.num_replicas_in_sync)
+  if mode != 'eval':
+    check_resumable(run_dir, plan)
   chief = cluster.is_chief(strategy)
   if chief and mode != 'eval':
     run_dir.save(specs, plan, dataset.class_names)

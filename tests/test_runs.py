@@ -88,6 +88,28 @@ def test_a_model_dir_of_another_model_is_refused(tmp_path):
     runs.check_model_dir(RunDir(str(tmp_path)), other.model)
 
 
+@pytest.mark.parametrize('mode', ['train', 'traineval'])
+def test_a_run_shortened_below_the_step_it_reached_is_refused(tmp_path,
+                                                              mode):
+  # A run of 3 epochs of 5 steps, trained to its end.
+  hparams.save_yaml(tiny_config('train.epochs=3,model.num_classes=10'),
+                    str(tmp_path / 'config.yaml'))
+  checkpoints = tmp_path / 'checkpoints'
+  checkpoints.mkdir()
+  (checkpoints / 'ckpt-15.index').write_text('')
+  tf.compat.v1.train.update_checkpoint_state(str(checkpoints), 'ckpt-15')
+  saved = (tmp_path / 'config.yaml').read_text()
+  with pytest.raises(UserError, match=r"holds a run trained to step 15, "
+                     r'past the 10 steps this config plans \(train.epochs=2, '
+                     r'batch 32\); raise train.epochs or use a new '
+                     r'--model_dir'):
+    runs.run(mode, tiny_config('train.epochs=2'), datasets.bind,
+             str(tmp_path), distribute.get_strategy('cpu'))
+  # The run's record still says what trained.
+  assert (tmp_path / 'config.yaml').read_text() == saved
+  assert not (tmp_path / 'plan.json').exists()
+
+
 def test_an_unwritable_model_dir_is_refused(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')
