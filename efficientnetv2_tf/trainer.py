@@ -397,11 +397,15 @@ class Trainer:
     }
     if not self.train_images:
       # Nothing trained in this process (an evaluation, a finished run run
-      # again): the figures of the training that reached this step stand.
+      # again): the figures of the training that reached this step stand,
+      # and so do its evaluation's where this process made none.
       previous = self.reporter.previous_results()
       if previous.get('step') == self.step:
         results.update({k: v for k, v in previous.items()
                         if k in reporting.TRAINING_RESULTS})
+        if 'eval_top1' not in results:
+          results.update({k: v for k, v in previous.items()
+                          if k.startswith('eval_')})
     path = self.reporter.results(results)
     if self.chief and path:
       print(f'results: {path}')

@@ -123,6 +123,11 @@ def test_a_finished_run_resumes_to_nothing_more(finished_run):
                               distribute.get_strategy('cpu'))
   results = again.train(evaluate=False)
   assert results['step'] == 10 and again.train_images == 0
+  # Run again without evaluations, it keeps those of the step it holds.
+  saved = json.load(open(os.path.join(model_dir, 'results.json')))
+  assert saved['eval_top1'] == pytest.approx(finished_run[3]['eval_top1'],
+                                             abs=1e-6)
+  assert saved['eval_images'] == 359
 
 
 def test_an_early_stopped_run_keeps_its_evaluations_and_stays_stopped(
