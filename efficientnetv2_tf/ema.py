@@ -84,6 +84,12 @@ class ExponentialMovingAverage(tf.Module):
       rate = tf.cast(1.0 - decay, average.dtype)
       average.assign_sub(rate * (average - tf.cast(live, average.dtype)))
 
+  def share_before(self, start_step: int, end_step: int) -> float:
+    """How much of the averages, once `update(end_step)` has run, still
+    comes from the variables as they were after `update(start_step)`."""
+    steps = tf.range(start_step + 1, end_step + 1)
+    return float(tf.reduce_prod(self.decay_at(steps)))
+
   def reset(self) -> None:
     """Sets each average to its variable's value, as construction does."""
     for live, average in zip(self._live.variables, self.averages):

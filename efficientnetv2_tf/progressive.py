@@ -310,6 +310,37 @@ def eval_image_size(specs: Specs, stage: Stage) -> int:
   return max(MIN_IMAGE_SIZE, round(scaled))
 
 
+# Above this share of the final average from before the last stage, the
+# EMA a run evaluates mixes in earlier stages' image sizes.
+EMA_CARRYOVER_LIMIT = 0.1
+
+
+def ema_carryover_warning(stages: Sequence[Stage], ema: Any
+                          ) -> Optional[str]:
+  """A sentence when the EMA (`ema.ExponentialMovingAverage`) that a run
+  of growing image sizes evaluates at its end still holds more than
+  `EMA_CARRYOVER_LIMIT` from before its last stage; None otherwise.
+
+  The averages include BatchNorm's moving statistics, which depend on the
+  image size. The paper's runs had tens of thousands of steps in a stage;
+  a short run under the presets' decay does not.
+  """
+  last = stages[-1]
+  if ema is None or len({s.image_size for s in stages}) < 2 or \
+      not last.num_steps:
+    return None
+  share = ema.share_before(last.start_step, last.end_step)
+  if share <= EMA_CARRYOVER_LIMIT:
+    return None
+  bound = math.floor(EMA_CARRYOVER_LIMIT ** (1 / last.num_steps) * 1000)
+  return (f'train.ema_decay={ema.decay:g} keeps {share:.0%} of the '
+          f'evaluated averages from before the last stage ({last.num_steps} '
+          f'steps at {last.image_size} px): its weights and BatchNorm '
+          f'statistics mix in smaller images. A decay of at most '
+          f'{bound / 1000:g} keeps that under '
+          f'{EMA_CARRYOVER_LIMIT:.0%}')
+
+
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
   """How long a run is and what each part of it does: derived from the

@@ -218,6 +218,9 @@ class Trainer:
     """
     with distribute.precision_scope(self.policy), self.state.peers_watched():
       self.restore()
+      warning = progressive.ema_carryover_warning(self.plan.stages, self.ema)
+      if warning and self.chief:
+        logging.warning('%s', warning)
       self._run_started = time.time()
       self.evaluator.seconds = 0.0
       try:

@@ -123,3 +123,22 @@ def test_maybe_ema_is_none_without_decay_and_bad_decays_are_user_errors():
                     ema_lib.ExponentialMovingAverage)
   with pytest.raises(UserError, match='Received: decay=1.0'):
     ema_lib.maybe_ema([w], 1.0)
+
+
+def test_share_before_multiplies_the_decays_of_the_updates_between():
+  ema = ema_lib.ExponentialMovingAverage([tf.Variable(0.0)], decay=0.99)
+  # Updates 1 and 2 are in the warm-up: 2/11 and 3/12.
+  assert ema.share_before(0, 2) == pytest.approx(2 / 11 * 3 / 12)
+  assert ema.share_before(1000, 1040) == pytest.approx(0.99 ** 40)
+  assert ema.share_before(5, 5) == 1.0
+
+
+def test_share_before_is_what_is_left_of_the_old_value():
+  w = tf.Variable(1.0)
+  ema = ema_lib.ExponentialMovingAverage([w], decay=0.9)
+  for step in range(1, 31):
+    ema.update(step)
+  w.assign(0.0)  # from here the variable adds nothing to the average
+  for step in range(31, 61):
+    ema.update(step)
+  assert float(ema.averages[0]) == pytest.approx(ema.share_before(30, 60))

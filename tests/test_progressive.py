@@ -280,3 +280,39 @@ def test_make_plan_counts_steps_as_the_originals_main_does():
   assert plan.steps_per_epoch == 306  # whole batches between evaluations
   assert plan.epoch_steps == 1_256_144 / 4096
   assert plan.epoch_of(plan.total_steps) == pytest.approx(350, abs=0.01)
+
+
+LAST_STAGE_40_STEPS = 'progressive.stage_epochs=3|3|3.6|0.4'
+
+
+class _Ema:
+  """The EMA's interface that the warning reads, with a fixed decay."""
+
+  def __init__(self, decay):
+    self.decay = decay
+
+  def share_before(self, start_step, end_step):
+    return self.decay ** (end_step - start_step)
+
+
+def test_ema_carryover_warning_names_the_share_and_a_decay_that_fits():
+  stages = make_plan(LAST_STAGE_40_STEPS)
+  assert stages[-1].num_steps == 40
+  warning = progressive.ema_carryover_warning(stages, _Ema(0.99))
+  assert warning == (
+      'train.ema_decay=0.99 keeps 67% of the evaluated averages from before '
+      'the last stage (40 steps at 300 px): its weights and BatchNorm '
+      'statistics mix in smaller images. A decay of at most 0.944 keeps '
+      'that under 10%')
+  assert 0.944 ** 40 <= 0.1 < 0.945 ** 40
+
+
+@pytest.mark.parametrize('overrides, decay', [
+    (LAST_STAGE_40_STEPS, 0.944),  # within the limit
+    ('train.stages=0', 0.99),  # one image size
+    (LAST_STAGE_40_STEPS + ',data.ibase=300', 0.99),
+])
+def test_no_ema_carryover_warning_where_the_average_fits(overrides, decay):
+  stages = make_plan(overrides)
+  assert progressive.ema_carryover_warning(stages, _Ema(decay)) is None
+  assert progressive.ema_carryover_warning(stages, None) is None

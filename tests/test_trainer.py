@@ -77,7 +77,7 @@ def test_each_epoch_trains_with_its_stage_settings(finished_run):
 
 
 def test_stages_that_differ_in_image_size_and_dropout_share_one_traced_step(
-    tmp_path):
+    tmp_path, caplog):
   # 2 epochs of 3 steps in 3 stages: the first two end inside an epoch.
   specs, dataset = tiny_run(
       'train.epochs=2,train.stages=3,progressive.schedule=paper,'
@@ -96,6 +96,10 @@ def test_stages_that_differ_in_image_size_and_dropout_share_one_traced_step(
   trainer._run_loop = recorded  # pylint: disable=protected-access
   trainer.train()
   assert [s.end_step for s in trainer.plan.stages] == [2, 4, 6]
+  # Updates 5 and 6 decay by 6/15 and 7/16 (the warm-up): 0.175 is left,
+  # a hair less in float32.
+  assert ('train.ema_decay=0.99 keeps 17% of the evaluated averages from '
+          'before the last stage (2 steps at 32 px)') in caplog.text
   # Each epoch's row counts all its steps, across the stage change within.
   rows = trainer.reporter.rows()
   assert len(rows) == 2
