@@ -266,6 +266,22 @@ def _pipeline(results: Dict[str, Any]) -> List[str]:
           '']
 
 
+def _size_transfer(progressive: Dict[str, Any]) -> List[str]:
+  """The fixed runs' final top-1 at each stage's size, where measured."""
+  parts = []
+  for name in ('digits', 'mnist5k'):
+    at_size = progressive[name]['fixed'].get('top1_at_size')
+    if at_size:
+      parts.append(f'{name} ' + ', '.join(
+          f'{top1:.3f} at {size} px' for size, top1 in
+          sorted(at_size.items(), key=lambda item: int(item[0]))))
+  if not parts:
+    return []
+  return ['What a model learns at one size carries to the others only as '
+          'far as these figures go: the fixed run\'s final model, trained '
+          'at the last size, scored ' + '; '.join(parts) + '.', '']
+
+
 def _progressive(results: Dict[str, Any]) -> List[str]:
   progressive = results['progressive']
   settings = progressive['settings']
@@ -289,7 +305,10 @@ def _progressive(results: Dict[str, Any]) -> List[str]:
       f'{settings["size"]} px (fixed), or for as many epochs in '
       f'4 equal stages growing from {settings["ibase"]} to '
       f'{settings["size"]} px (the paper\'s schedule, image size only), '
-      f'both evaluated at {settings["size"]} px after every epoch. '
+      f'both evaluated at {settings["size"]} px after every epoch'
+      + (f' with weights averaged at a decay of {settings["ema_decay"]}, '
+         'short enough for the last stage to make the average'
+         if settings.get('ema_decay') else '') + '. '
       + ('At most ' + str(settings['per_class']) + ' training images per '
          'class. ' if settings.get('per_class') else '') +
       'Times are training seconds: tracing, input, the checkpoint saves '
@@ -310,7 +329,7 @@ def _progressive(results: Dict[str, Any]) -> List[str]:
               'target', 'seconds to target'], rows), '',
       'Speed-up at equal epochs (fixed training time / progressive): ' +
       ', '.join(speedups) + '. The dashed lines mark the stage '
-      'boundaries.', '',
+      'boundaries.', '', *_size_transfer(progressive),
       '![progressive](benchmarks_progressive.png)', '']
 
 

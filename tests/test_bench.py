@@ -113,6 +113,18 @@ def test_report_says_how_the_progressive_runs_shared_the_machine():
   assert 'taking turns of one epoch each (the fixed one first)' in page()
 
 
+def test_report_gives_the_ema_decay_and_the_top1_at_each_size():
+  results = _results()
+  page = lambda: '\n'.join(report._progressive(results))  # pylint: disable=protected-access
+  assert 'decay' not in page() and 'carries' not in page()
+  results['progressive']['settings']['ema_decay'] = 0.9
+  results['progressive']['mnist5k']['fixed']['top1_at_size'] = {
+      '128': 0.8, '24': 0.25, '36': 0.5}
+  assert 'with weights averaged at a decay of 0.9, short enough' in page()
+  assert ("trained at the last size, scored mnist5k 0.250 at 24 px, "
+          "0.500 at 36 px, 0.800 at 128 px.") in page()
+
+
 def test_summary_holds_the_headline_ratios():
   summary = report.summary(_results())
   assert set(report.SUMMARY_KEYS) <= set(summary)
