@@ -277,9 +277,9 @@ def _size_transfer(progressive: Dict[str, Any]) -> List[str]:
           sorted(at_size.items(), key=lambda item: int(item[0]))))
   if not parts:
     return []
-  return ['What a model learns at one size carries to the others only as '
-          'far as these figures go: the fixed run\'s final model, trained '
-          'at the last size, scored ' + '; '.join(parts) + '.', '']
+  return ['How well training at one size carries to the others: the '
+          'fixed run\'s final model, trained at the last size only, scored '
+          + '; '.join(parts) + '.', '']
 
 
 def _progressive(results: Dict[str, Any]) -> List[str]:

@@ -121,7 +121,7 @@ def test_report_gives_the_ema_decay_and_the_top1_at_each_size():
   results['progressive']['mnist5k']['fixed']['top1_at_size'] = {
       '128': 0.8, '24': 0.25, '36': 0.5}
   assert 'with weights averaged at a decay of 0.9, short enough' in page()
-  assert ("trained at the last size, scored mnist5k 0.250 at 24 px, "
+  assert ("trained at the last size only, scored mnist5k 0.250 at 24 px, "
           "0.500 at 36 px, 0.800 at 128 px.") in page()
 
 
