@@ -21,13 +21,13 @@ settings, and writes `sweeps.csv` with each one's final metrics.
 import csv
 import itertools
 import os
-import re
 import tempfile
 from typing import Any, Callable, Dict, List
 
 import tensorflow as tf
 
 import hparams
+from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import cluster
 from efficientnetv2_tf import progressive
 from efficientnetv2_tf import trainer as trainer_lib
@@ -73,11 +73,11 @@ def check_resumable(run: RunDir, plan: progressive.RunPlan) -> None:
   """Refuses a model_dir whose run has trained past the last step of
   `plan`: a shorter run cannot resume from there."""
   latest = run.latest_checkpoint()
-  found = re.search(r'-(\d+)$', latest or '')
-  if found and int(found.group(1)) > plan.total_steps:
+  step = checkpoints.step_of(latest) if latest else None
+  if step is not None and step > plan.total_steps:
     raise UserError(
         f'model_dir {run.path!r} holds a run trained to step '
-        f'{found.group(1)}, past the {plan.total_steps} steps this config '
+        f'{step}, past the {plan.total_steps} steps this config '
         f'plans (train.epochs={plan.epochs:g}, batch {plan.global_batch}); '
         'raise train.epochs or use a new --model_dir')
 

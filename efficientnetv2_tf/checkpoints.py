@@ -140,6 +140,20 @@ def head_classes(path: str) -> Optional[int]:
   return int(classes.pop()) if len(classes) == 1 else None
 
 
+_STEP_KEY = 'optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE'
+
+
+def step_of(path: str) -> Optional[int]:
+  """The training step of our checkpoint at prefix `path`; None where it
+  holds none or cannot be read."""
+  try:
+    reader = tf.train.load_checkpoint(path)
+  except tf.errors.OpError:
+    return None
+  return int(reader.get_tensor(_STEP_KEY)) if reader.has_tensor(
+      _STEP_KEY) else None
+
+
 def holds_ema(path: str) -> bool:
   """Whether our checkpoint at prefix `path` holds a training run's EMA."""
   return any(key.startswith('ema/') for key in _shapes(path))

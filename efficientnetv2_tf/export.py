@@ -43,6 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from efficientnetv2_tf import checkpoints
 from efficientnetv2_tf import loading
 from efficientnetv2_tf import onnx_export
 from efficientnetv2_tf import quantize
@@ -66,12 +67,6 @@ QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
 TOP_K = 5
 
 
-def _checkpoint_step(path: str) -> Optional[int]:
-  reader = tf.train.load_checkpoint(path)
-  key = 'optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE'
-  return int(reader.get_tensor(key)) if reader.has_tensor(key) else None
-
-
 def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
   """The model of a training run, with the EMA weights of its latest (or the
   named) checkpoint, the evaluation contract of its recipe at its eval size,
@@ -87,7 +82,7 @@ def load_run(model_dir: str, checkpoint: Optional[str] = None) -> Source:
   contract = Augmentation.from_specs(specs).contract(
       specs.data.eval_image_size)
   return Source(model, specs.model.name, contract, labels, checkpoint,
-                _checkpoint_step(checkpoint))
+                checkpoints.step_of(checkpoint))
 
 
 def load_pretrained(model_name: str, weights: str,

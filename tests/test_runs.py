@@ -95,8 +95,10 @@ def test_a_run_shortened_below_the_step_it_reached_is_refused(tmp_path,
   hparams.save_yaml(tiny_config('train.epochs=3,model.num_classes=10'),
                     str(tmp_path / 'config.yaml'))
   checkpoints = tmp_path / 'checkpoints'
-  checkpoints.mkdir()
-  (checkpoints / 'ckpt-15.index').write_text('')
+  optimizer = tf.Module()
+  optimizer._iterations = tf.Variable(15, dtype=tf.int64)  # pylint: disable=protected-access
+  tf.train.Checkpoint(optimizer=optimizer).write(
+      str(checkpoints / 'ckpt-15'))
   tf.compat.v1.train.update_checkpoint_state(str(checkpoints), 'ckpt-15')
   saved = (tmp_path / 'config.yaml').read_text()
   with pytest.raises(UserError, match=r"holds a run trained to step 15, "
