@@ -140,7 +140,7 @@ def head_classes(path: str) -> Optional[int]:
   return int(classes.pop()) if len(classes) == 1 else None
 
 
-_STEP_KEY = 'optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE'
+_STEP_KEY = 'optimizer/_iterations' + _VALUE
 
 
 def step_of(path: str) -> Optional[int]:
