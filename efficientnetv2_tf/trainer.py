@@ -28,7 +28,7 @@ import math
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import logging
 import keras
@@ -133,7 +133,6 @@ class Trainer:
     self.model.top_dropout.rate = stage.dropout_rate
     if key != self._loop_key:
       train_step.freeze_backbone(self.model, frozen)
-      # Older traces are not needed again.
       self._loop_key, self._loop = key, train_step.build_train_loop(
           self.model, self.state.optimizer, self.ema, self.strategy,
           self.step_settings)
@@ -223,11 +222,14 @@ class Trainer:
         logging.warning('%s', warning)
       self._run_started = time.time()
       self.evaluator.seconds = 0.0
+      inputs = ([], [])  # the stage's input iterator; the next stage's
       try:
         with self._sigterm_stops():
-          last_eval = self._stages(evaluate, after_epoch)
+          last_eval = self._stages(evaluate, after_epoch, *inputs)
       finally:
         train_step.freeze_backbone(self.model, False)
+        for held in inputs:
+          distribute.release(held)
       if not evaluate or last_eval is None or last_eval['step'] != self.step:
         last_eval = self.evaluate() if evaluate else {}
     last_train = {k: v for k, v in self._epoch_metrics.items()
@@ -236,11 +238,12 @@ class Trainer:
                         time.time() - self._run_started)
 
   def _stages(self, evaluate: bool,
-              after_epoch: Optional[Callable[[], None]]
+              after_epoch: Optional[Callable[[], None]],
+              current: List[Any], upcoming: List[Any]
               ) -> Optional[Dict[str, Any]]:
-    """Trains stage by stage, epoch by epoch; returns the last evaluation."""
-    plan = self.plan
-    last_eval, upcoming = None, None
+    """Trains stage by stage, epoch by epoch; returns the last evaluation.
+    `current` holds the stage's input iterator, `upcoming` the next's."""
+    plan, last_eval = self.plan, None
     if evaluate and self.state.early_stop_due(
         self.specs.optim.early_stop_patience):
       return None  # a run that stopped early, run again
@@ -250,12 +253,14 @@ class Trainer:
         if self._progress is not None:  # a stage can start inside an epoch
           self._progress[1].break_line()
         print(f'{stage.describe()}', flush=True)
-      iterator = self._pipeline(stage) if upcoming is None else upcoming
-      upcoming = None
+      if not upcoming:
+        upcoming.append(self._pipeline(stage))
+      distribute.release(current)  # the finished stage's, if any
+      current.append(upcoming.pop())
       logging.info('%s', stage.describe())
       while self.step < stage.end_step:
         epoch = self.step // plan.steps_per_epoch
-        self._train_epoch(stage, iterator, epoch)
+        self._train_epoch(stage, current[0], epoch)
         if self.step % plan.steps_per_epoch == 0 or \
             self.step == plan.total_steps:
           self.state.save()
@@ -265,8 +270,8 @@ class Trainer:
             # Its seed is drawn for good after the last save of this step,
             # as a run resumed from that checkpoint draws it.
             seed = self._next_seed(advance=False)
-            upcoming = self._pipeline(
-                progressive.stage_at(plan.stages, self.step), seed)
+            upcoming.append(self._pipeline(
+                progressive.stage_at(plan.stages, self.step), seed))
           last_eval, stop = self._end_epoch(stage, evaluate, last_eval)
           if evaluate:  # again, with the early-stop and plateau state
             self.state.save()

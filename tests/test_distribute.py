@@ -5,7 +5,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import types
+import weakref
 
 import keras
 import pytest
@@ -440,3 +442,38 @@ def test_a_tpu_keeps_static_image_sizes(monkeypatch):
                       raising=False)
   dataset = distribute.distribute_input(tpu, _batches, any_image_size=True)
   assert dataset.element_spec[0].shape.as_list() == [4, 24, 24, 3]
+
+
+def test_release_lets_go_of_iterators_without_waiting_for_them():
+  """What `release` drops is deleted on another thread: the caller goes on
+  while a slow deletion (a tf.data iterator's, up to a minute) waits."""
+  caller_went_on, deleted = threading.Event(), threading.Event()
+  deleted_on = []
+
+  class SlowToDelete:
+    def __del__(self):
+      deleted_on.append(threading.current_thread().name)
+      caller_went_on.wait(30)
+      deleted.set()
+
+  held = [SlowToDelete(), SlowToDelete()]
+  distribute.release(held)
+  assert held == []
+  caller_went_on.set()  # too late, 30 s on, if release waited for __del__
+  assert deleted.wait(30)
+  assert threading.main_thread().name not in deleted_on
+  assert len(deleted_on) in (1, 2)  # the second may still be under way
+
+
+def test_release_deletes_a_tf_data_iterator():
+  dataset = tf.data.Dataset.range(100).map(
+      lambda x: x * 2, num_parallel_calls=tf.data.AUTOTUNE)
+  held = [iter(dataset)]
+  assert int(next(held[0])) == 0
+  gone = weakref.ref(held[0])
+  distribute.release(held)
+  for _ in range(300):
+    if gone() is None:
+      break
+    threading.Event().wait(0.1)
+  assert gone() is None
