@@ -461,7 +461,7 @@ def test_release_lets_go_of_iterators_without_waiting_for_them():
   assert held == []
   caller_went_on.set()  # too late, 30 s on, if release waited for __del__
   assert deleted.wait(30)
-  assert threading.main_thread().name not in deleted_on
+  assert threading.current_thread().name not in deleted_on
   assert len(deleted_on) in (1, 2)  # the second may still be under way
 
 
