@@ -306,8 +306,8 @@ def release(iterators: List[Any]) -> None:
   which sleeps up to a minute between rounds: a progressive run stood idle
   13 to 49 s at about one stage change in three. The wait holds no lock
   that Python needs, so on another thread it costs the training nothing.
-  Python waits for the thread as it exits: TensorFlow torn down under a
-  deletion still under way aborts the process.
+  Python waits for the thread as it exits: as a daemon thread, left
+  deleting while the process ended, it once made a process abort.
   """
   held = iterators[:]
   iterators.clear()
