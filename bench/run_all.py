@@ -426,20 +426,20 @@ def progressive_learning(plan: Dict[str, Any]) -> Dict[str, Any]:
              'settings': {**plan['progressive'],
                           'hparams': FLAGS.progressive_hparams,
                           'turns': 'epoch', 'processes': 'one per run'}}
-  folder = tempfile.mkdtemp()
   for dataset in ('digits', 'mnist5k'):
-    paths = {label: os.path.join(folder, f'{dataset}_{label}.json')
-             for label in ('fixed', 'progressive')}
-    turns.in_turns({
-        label: [sys.executable, os.path.abspath(__file__),
-                f'--internal_progressive={dataset},{label},{path}',
-                f'--quick={FLAGS.quick}',
-                f'--progressive_hparams={FLAGS.progressive_hparams}']
-        for label, path in paths.items()})
-    results[dataset] = {}
-    for label, path in paths.items():
-      with open(path) as f:
-        results[dataset][label] = json.load(f)
+    with tempfile.TemporaryDirectory() as folder:
+      paths = {label: os.path.join(folder, f'{label}.json')
+               for label in ('fixed', 'progressive')}
+      turns.in_turns({
+          label: [sys.executable, os.path.abspath(__file__),
+                  f'--internal_progressive={dataset},{label},{path}',
+                  f'--quick={FLAGS.quick}',
+                  f'--progressive_hparams={FLAGS.progressive_hparams}']
+          for label, path in paths.items()})
+      results[dataset] = {}
+      for label, path in paths.items():
+        with open(path) as f:
+          results[dataset][label] = json.load(f)
   return results
 
 

@@ -8,7 +8,8 @@ There, on two cores, the progressive run of `run_all.py --quick` on digits
 (65 images per class) trained in 298 s, its epochs that began a stage
 taking up to 65 s, and letting go of a finished stage's input sometimes
 took 17 to 22 s; in a process of its own it trained in 186 s, those
-epochs in 18 to 31 s.
+epochs in 18 to 31 s. (The trainer now lets go of finished input on a
+thread of its own, `distribute.release`.)
 
 The parent starts every command at once with two pipes; a run waits for
 its first turn (`first_turn`), and ends each turn with `next_turn`, which
