@@ -67,8 +67,8 @@ from hparams.weights import recipe_contract  # pylint: disable=g-import-not-at-t
 flags.DEFINE_bool('quick', False, 'Fewer repeats, steps and images (the '
                   'progressive section keeps its epochs, on fewer images '
                   'per class, with a lower target): on 2 cores the '
-                  'progressive section took 12 minutes and training 9. The '
-                  'figures are rougher.')
+                  'progressive section took 12 minutes and training 3 to '
+                  '9. The figures are rougher.')
 flags.DEFINE_string('output_dir', 'docs', 'Where benchmarks.md, '
                     'benchmarks.json and the charts go.')
 flags.DEFINE_list('sections', ['training', 'inference', 'pipeline', 'xla',
