@@ -94,14 +94,15 @@ class Evaluator:
         self.split, self.batch_size, training=False,
         image_size=image_size, augmentation=self.augmentation,
         dtype=self.image_dtype)
-    # The iterator is let go of off this thread (`distribute.release`).
-    held = [iter(distribute.distribute_input(self.strategy, dataset_fn))]
     totals = np.zeros(4)
     if not self.ema and self.strategy.num_replicas_in_sync > 1:
       # The EMA's swap does this as well: without it, each replica would
       # evaluate with BatchNorm statistics of its own, and not those of
       # the first replica, which checkpoints and exports keep.
       distribute.share_first_replica(ema_lib.moving_statistics(self.model))
+    # The iterator is let go of off this thread (`distribute.release`),
+    # however the evaluation ends.
+    held = [iter(distribute.distribute_input(self.strategy, dataset_fn))]
     try:
       with self.ema.applied() if self.ema else contextlib.nullcontext():
         for batch in held[0]:
