@@ -283,13 +283,32 @@ def test_mnist5k_holds_out_a_fifth_of_each_class():
 
 
 def test_benchmarks_use_only_public_attributes():
-  for name in ('run_all.py', 'common.py', 'pipeline.py', 'mnist5k.py'):
+  for name in ('run_all.py', 'common.py', 'pipeline.py', 'mnist5k.py',
+               'peer_progressive.py'):
     with open(os.path.join(ROOT, 'bench', name)) as f:
       tree = ast.parse(f.read())
     private = [node.attr for node in ast.walk(tree)
                if isinstance(node, ast.Attribute) and
                node.attr.startswith('_') and not node.attr.endswith('__')]
     assert not private, (name, private)
+
+
+@pytest.mark.slow
+def test_peer_comparison_trains_both_runs_and_evaluates_at_each_size():
+  output = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'bench', 'peer_progressive.py'),
+       '--dataset=digits', '--models=ours', '--per_class=2', '--epochs=2',
+       '--stages=2', '--ibase=32', '--size=40',
+       '--our_overrides=width_coefficient=0.25,depth_coefficient=0.2',
+       '--classifier_init=glorot'],
+      capture_output=True, text=True, check=True, cwd=ROOT)
+  result = json.loads(output.stdout.strip().splitlines()[-1])
+  assert result['model'] == 'ours' and result['stage_sizes'] == [32, 40]
+  assert set(result['fixed_at_size']) == {'32', '40'}
+  for run in ('fixed', 'progressive'):
+    assert 0.0 <= result[run] <= 1.0 and result[f'{run}_seconds'] > 0
+  assert result['top1_delta'] == pytest.approx(
+      100 * (result['progressive'] - result['fixed']), abs=0.05)
 
 
 # trtexec's summary (TensorRT 10): "Latency" is end to end; the copies have
