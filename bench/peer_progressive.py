@@ -13,7 +13,8 @@ at one size carries to another.
     python bench/peer_progressive.py --models=ours,keras --seeds=0,1
 
 prints one JSON line per model and seed. A model and seed take about 6
-minutes on 2 cores.
+minutes on 2 cores; the seconds it gives include Keras's tracing of each
+stage, so they are not a measure of speed (`run_all.py` measures that).
 """
 import json
 import time
@@ -54,6 +55,9 @@ flags.DEFINE_integer('size', 128, 'Final and fixed image size.',
 flags.register_validator(
     'models', lambda models: set(models) <= {'ours', 'keras'},
     message='--models takes ours and/or keras')
+flags.register_multi_flags_validator(
+    ['ibase', 'size'], lambda f: f['ibase'] < f['size'],
+    message='--ibase must be smaller than --size')
 flags.register_multi_flags_validator(
     ['epochs', 'stages'], lambda f: f['epochs'] >= f['stages'],
     message='--epochs must be at least --stages: each stage trains for one '
