@@ -326,6 +326,9 @@ def _progressive(results: Dict[str, Any]) -> List[str]:
       'and the redrawn curves of each epoch included, evaluations left '
       'out. Unlike the other sections, each run trains once: ' +
       _turns(settings) +
+      (f'Both runs train with `{",".join(settings["recipe_overrides"])}` '
+       f'(`--progressive_recipe={settings["recipe"]}`) over the digits '
+       'preset. ' if settings.get('recipe_overrides') else '') +
       (f'Both runs took `--progressive_hparams={settings["hparams"]}`, '
        'which overrides the settings named here. '
        if settings.get('hparams') else '') +

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import app
 from absl import flags
@@ -80,6 +80,11 @@ flags.DEFINE_string('progressive_hparams', '', 'Overrides for both runs '
                     'of the progressive section, as main.py\'s --hparam_str '
                     'takes them: "train.epochs=24,model.width_coefficient='
                     '0.5".')
+flags.DEFINE_enum('progressive_recipe', 'short', ['short', 'preset'],
+                  'The recipe of both runs of the progressive section: '
+                  'short (Adam at a constant rate, Keras\'s classifier '
+                  'initialiser; SHORT_RECIPE) or preset (the digits '
+                  'preset\'s); --progressive_hparams apply over it.')
 flags.DEFINE_string('report_from', None, 'Only write the report again, '
                     'from the benchmarks.json of an earlier run.')
 flags.DEFINE_string('internal', None, 'Internal: run one memory '
@@ -350,14 +355,37 @@ def pipeline(plan: Dict[str, Any]) -> Dict[str, Any]:
 # Progressive learning. -------------------------------------------------------
 
 
+# The recipe of both runs of the comparison (`--progressive_recipe=short`),
+# for a few hundred steps from scratch: Adam at 1e-3 (batch 32) held
+# constant from the first step, no weight decay, and a classifier drawn as
+# Keras's Dense draws it. `--progressive_recipe=preset` keeps the digits
+# preset's (RMSProp, warm-up, cosine decay, the original's classifier).
+SHORT_RECIPE = {
+    'model': {'head_init': 'glorot_uniform'},
+    'train': {'optimizer': 'adam', 'lr_base': 0.008,
+              'lr_sched': 'constant', 'lr_warmup_epoch': 0.0,
+              'weight_decay': 0.0},
+}
+
+
+def recipe_overrides() -> List[str]:
+  """The `--progressive_recipe` overrides as `section.key=value`."""
+  if FLAGS.progressive_recipe != 'short':
+    return []
+  return [f'{section}.{key}={value}'
+          for section, values in SHORT_RECIPE.items()
+          for key, value in values.items()]
+
+
 def progressive_config(dataset: str, staged: bool,
                        plan: Dict[str, Any]) -> Dict[str, Any]:
   """The config of a run of the comparison, evaluated after every epoch.
 
-  Progressive training (`staged`) has 4 stages on the paper's schedule, from
-  `ibase` to `size` px; only the image size grows (`train.sched` off:
-  `digits` has no RandAugment or mixup to grow; with it, the dropout grows
-  too). Fixed training is at `size` px throughout.
+  Both runs train with `--progressive_recipe` (`SHORT_RECIPE` or the
+  digits preset's). Progressive training (`staged`) has 4 stages on the
+  paper's schedule, from `ibase` to `size` px; only the image size grows
+  (`train.sched` off: `digits` has no RandAugment or mixup to grow; with
+  it, the dropout grows too). Fixed training is at `size` px throughout.
 
   Both runs average their weights with a decay of `ema_decay`, short
   enough that the average evaluated at the end comes from the last stage
@@ -365,10 +393,12 @@ def progressive_config(dataset: str, staged: bool,
   half of it or more from smaller images.
   """
   settings_ = plan['progressive']
+  recipe = SHORT_RECIPE if FLAGS.progressive_recipe == 'short' else {}
   overrides = {
+      'model': dict(recipe.get('model', {})),
       'data': {'dataset': dataset, 'seed': 0, 'ibase': settings_['ibase'],
                'per_class': settings_['per_class']},
-      'train': {'epochs': settings_['epochs'],
+      'train': {**recipe.get('train', {}), 'epochs': settings_['epochs'],
                 'batch_size': settings_['batch_size'],
                 'image_size': settings_['size'],
                 'stages': 4 if staged else 0, 'sched': False,
@@ -425,6 +455,8 @@ def progressive_learning(plan: Dict[str, Any]) -> Dict[str, Any]:
   results = {'target_top1': plan['progressive']['target'],
              'settings': {**plan['progressive'],
                           'hparams': FLAGS.progressive_hparams,
+                          'recipe': FLAGS.progressive_recipe,
+                          'recipe_overrides': recipe_overrides(),
                           'turns': 'epoch', 'processes': 'one per run'}}
   for dataset in ('digits', 'mnist5k'):
     with tempfile.TemporaryDirectory() as folder:
@@ -434,6 +466,7 @@ def progressive_learning(plan: Dict[str, Any]) -> Dict[str, Any]:
           label: [sys.executable, os.path.abspath(__file__),
                   f'--internal_progressive={dataset},{label},{path}',
                   f'--quick={FLAGS.quick}',
+                  f'--progressive_recipe={FLAGS.progressive_recipe}',
                   f'--progressive_hparams={FLAGS.progressive_hparams}']
           for label, path in paths.items()})
       results[dataset] = {}

@@ -23,10 +23,15 @@ def conv_initializer() -> keras.initializers.Initializer:
       scale=2.0, mode='fan_out', distribution='untruncated_normal')
 
 
-def dense_initializer() -> keras.initializers.Initializer:
-  """Uniform in +-1/sqrt(num_classes), as in the original code."""
-  return keras.initializers.VarianceScaling(
-      scale=1.0 / 3.0, mode='fan_out', distribution='uniform')
+def dense_initializer(name: str = 'original'
+                      ) -> keras.initializers.Initializer:
+  """The classifier's kernel initialiser `name` (`model.head_init`):
+  'original' is uniform in +-1/sqrt(num_classes), as in the original code;
+  the others are Keras initialisers of that name."""
+  if name == 'original':
+    return keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode='fan_out', distribution='uniform')
+  return keras.initializers.get(name)
 
 
 _ACTIVATION_ALIASES = {'swish': 'silu', 'hswish': 'hard_silu'}

@@ -130,7 +130,8 @@ def _graph(spec: ModelSpec):
                                 name='top_dropout')(outputs)
     # float32 logits under mixed precision keep the loss numerically sound.
     outputs = keras.layers.Dense(
-        spec.num_classes, kernel_initializer=blocks.dense_initializer(),
+        spec.num_classes,
+        kernel_initializer=blocks.dense_initializer(spec.head_init),
         bias_initializer=keras.initializers.Constant(spec.headbias or 0.0),
         dtype='float32', name='predictions')(outputs)
   if spec.with_endpoints:

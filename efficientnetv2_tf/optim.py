@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from hparams.errors import UserError
 from hparams.registry import Registry
+from hparams.specs import LOSS_TYPES  # what `classification_loss` computes
 
 Variables = Sequence[tf.Variable]
 Step = Union[int, tf.Tensor, tf.Variable]  # e.g. `optimizer.iterations`
@@ -347,8 +348,6 @@ def clip_gradients(grads: Sequence[Optional[tf.Tensor]], clip_norm: float,
   return tf.clip_by_global_norm(grads, clip_norm)[0]
 
 
-# What `classification_loss` computes; `train.loss_type` picks one.
-LOSS_TYPES = ('softmax', 'sigmoid')
 
 
 def check_loss_type(loss_type: str, name: str = 'loss_type') -> str:

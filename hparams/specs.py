@@ -43,6 +43,9 @@ def _option(default: Any, key: Optional[str] = None,
 
 # The classification losses a run can train with.
 LOSS_TYPES = ('softmax', 'sigmoid')
+# How the classifier's kernel starts: 'original', uniform in
+# +-1/sqrt(classes) as in the original code, or a Keras initialiser.
+HEAD_INITS = ('original', 'glorot_uniform', 'zeros')
 
 
 def image_size_in_pixels(image_size: Optional[int],
@@ -163,6 +166,11 @@ class ModelSpec(_Spec):
       (optional(below_one), 'in [0, 1)'))
   headbias: Optional[float] = _option(
       None, 'model.headbias', 'initial classifier bias; unset: 0')
+  head_init: str = _option(
+      'original', 'model.head_init', 'initial classifier kernel: original '
+      '(uniform in +-1/sqrt(classes)), glorot_uniform (Keras\'s Dense '
+      'default, about 1/5 of that range at 10 classes) or zeros',
+      (lambda v: v in HEAD_INITS, f'one of {", ".join(HEAD_INITS)}'))
   include_preprocessing: bool = _option(
       False, doc='take 0-255 pixels and normalise them in the model')
   preprocessing_mode: str = _option(

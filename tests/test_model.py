@@ -37,7 +37,8 @@ def test_parameter_count_and_output_shape(name, monkeypatch):
   # Counting needs the shapes, not random values: zeros are drawn in a
   # fraction of the time for the largest models.
   monkeypatch.setattr(blocks, 'conv_initializer', keras.initializers.Zeros)
-  monkeypatch.setattr(blocks, 'dense_initializer', keras.initializers.Zeros)
+  monkeypatch.setattr(blocks, 'dense_initializer',
+                      lambda _: keras.initializers.Zeros())
   model = efficientnetv2_tf.get_model(name)
   assert model.count_params() == PARAM_COUNTS[name]
   if name in TRAINABLE:
@@ -304,3 +305,28 @@ def test_a_bad_argument_is_named_by_the_constructor():
   with pytest.raises(UserError, match=r'model.dropout_rate must be in '
                      r'\[0, 1\); received: dropout_rate=1.5'):
     EfficientNet(V2_BASE_BLOCKS, dropout_rate=1.5)
+
+
+@pytest.mark.parametrize('head_init, bound', [
+    # The original's range, 1/sqrt(classes), and Glorot's,
+    # sqrt(6 / (fan_in + fan_out)), over the 1280 head features of b0.
+    ('original', 1 / np.sqrt(10)),
+    ('glorot_uniform', np.sqrt(6 / (1280 + 10))),
+    ('zeros', 0.0)])
+def test_head_init_draws_the_classifier_from_its_range(head_init, bound):
+  model = EfficientNet(V2_BASE_BLOCKS, num_classes=10, head_init=head_init)
+  kernel = model.classifier.kernel.numpy()
+  assert kernel.shape == (1280, 10)
+  assert np.abs(kernel).max() <= bound
+  # Drawn over the whole range, not from a narrower one.
+  assert np.abs(kernel).max() >= 0.9 * bound
+  clone = EfficientNet.from_config(model.get_config())
+  assert clone.spec.head_init == head_init
+
+
+def test_an_unknown_head_init_is_refused_with_the_choices():
+  with pytest.raises(UserError, match=r"model.head_init must be one of "
+                     r"original, glorot_uniform, zeros; received: "
+                     r"head_init='he_normal'"):
+    efficientnetv2_tf.get_model('efficientnetv2-b0', {'head_init':
+                                                      'he_normal'})
