@@ -365,3 +365,57 @@ def test_gpu_check_reads_the_end_to_end_trtexec_latency(tmp_path, summary,
     assert lines[0]['images_per_second'] == pytest.approx(402.0)
   else:
     assert 'no trtexec performance summary' in result.stderr
+
+
+def test_report_names_the_recipe_of_the_progressive_runs():
+  results = _results()
+  page = lambda: '\n'.join(report._progressive(results))  # pylint: disable=protected-access
+  assert 'progressive_recipe' not in page()
+  results['progressive']['settings'].update(
+      recipe='short', recipe_overrides=['train.optimizer=adam',
+                                        'train.lr_base=0.008'])
+  assert ('Both runs train with `train.optimizer=adam,train.lr_base=0.008` '
+          '(`--progressive_recipe=short`) over the digits preset.') in page()
+
+
+_RECIPE_PROBE = '''
+import json, sys
+sys.path.insert(0, 'bench')
+from absl import flags
+import run_all
+flags.FLAGS(['run_all'] + sys.argv[1:])
+plan = run_all.settings()
+staged = run_all.progressive_config('digits', True, plan)
+fixed = run_all.progressive_config('digits', False, plan)
+keys = ('optimizer', 'lr_base', 'lr_sched', 'lr_warmup_epoch',
+        'weight_decay', 'stages')
+print(json.dumps({'head_init': [c.model.head_init for c in (staged, fixed)],
+                  **{k: [c.train[k] for c in (staged, fixed)]
+                     for k in keys}}))
+'''
+
+
+@pytest.mark.slow
+def test_progressive_recipe_sets_both_runs_and_hparams_override_it():
+  """Both runs of a comparison get the same recipe, the short one by
+  default, the digits preset's on request; --progressive_hparams win."""
+  def probe(*flags):
+    out = subprocess.run([sys.executable, '-c', _RECIPE_PROBE, *flags],
+                         cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+  short = probe('--quick')
+  assert short['head_init'] == ['glorot_uniform'] * 2
+  assert short['optimizer'] == ['adam'] * 2
+  assert short['lr_sched'] == ['constant'] * 2
+  assert short['lr_warmup_epoch'] == [0.0] * 2
+  assert short['weight_decay'] == [0.0] * 2
+  assert short['stages'] == [4, 0]
+  preset = probe('--quick', '--progressive_recipe=preset')
+  assert preset['head_init'] == ['original'] * 2
+  assert preset['optimizer'] == ['rmsprop'] * 2
+  assert preset['lr_sched'] == ['cosine'] * 2
+  overridden = probe('--quick', '--progressive_hparams=train.lr_base=0.001')
+  assert overridden['lr_base'] == [0.001] * 2
+  assert overridden['optimizer'] == ['adam'] * 2
