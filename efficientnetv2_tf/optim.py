@@ -348,8 +348,6 @@ def clip_gradients(grads: Sequence[Optional[tf.Tensor]], clip_norm: float,
   return tf.clip_by_global_norm(grads, clip_norm)[0]
 
 
-
-
 def check_loss_type(loss_type: str, name: str = 'loss_type') -> str:
   """`loss_type` if it is one of `LOSS_TYPES`, else a `UserError` that
   calls it `name` (e.g. the config key)."""
