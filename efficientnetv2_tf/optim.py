@@ -45,6 +45,9 @@ import tensorflow as tf
 
 from hparams.errors import UserError
 from hparams.registry import Registry
+from efficientnetv2_tf.optimizers import AdamTF1
+from efficientnetv2_tf.optimizers import AdamWTF1
+from efficientnetv2_tf.optimizers import RMSpropTF1
 from hparams.specs import LOSS_TYPES  # what `classification_loss` computes
 
 Variables = Sequence[tf.Variable]
@@ -210,22 +213,6 @@ class PlateauReducer(tf.Module):
 # --------------------------------------------------------------- optimizers
 
 
-@keras.saving.register_keras_serializable(package='efficientnetv2_tf')
-class RMSpropTF1(keras.optimizers.RMSprop):
-  """Keras RMSprop whose mean-square accumulator starts at 1, as TF1's did.
-
-  Keras starts it at 0, which makes the first steps about
-  `1 / sqrt(1 - rho)` (3x at rho 0.9) larger than the original's.
-  """
-
-  def add_optimizer_variables(self, trainable_variables, name,
-                              initializer='zeros'):
-    if name == 'velocity':
-      initializer = 'ones'
-    return super().add_optimizer_variables(trainable_variables, name,
-                                           initializer)
-
-
 # Each factory takes (learning_rate, weight_decay); weight_decay is a float
 # for 'adamw', which requires one, and None (no decay) or a float otherwise.
 OPTIMIZERS: Registry[Callable[..., keras.optimizers.Optimizer]] = (
@@ -252,14 +239,13 @@ def _momentum(learning_rate, weight_decay):
 # epsilon 1e-8 is TF1 Adam's; with it Keras's update is the same as TF1's.
 @OPTIMIZERS.register('adam')
 def _adam(learning_rate, weight_decay):
-  return keras.optimizers.Adam(learning_rate, epsilon=1e-8,
-                               weight_decay=weight_decay)
+  return AdamTF1(learning_rate, epsilon=1e-8, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register('adamw')
 def _adamw(learning_rate, weight_decay):
-  return keras.optimizers.AdamW(learning_rate, epsilon=1e-8,
-                                weight_decay=weight_decay or 0.0)
+  return AdamWTF1(learning_rate, epsilon=1e-8,
+                  weight_decay=weight_decay or 0.0)
 
 
 def build_optimizer(
