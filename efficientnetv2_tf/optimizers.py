@@ -5,8 +5,9 @@ training kernel.
 one op where Keras builds about a dozen for each variable, so a training
 step traces much faster (building an efficientnetv2-b0 trainer under Adam
 and running its first step took 11 s against 19 s on 2 CPU cores), and
-XLA has kernels for both, for TPUs. Sparse gradients and the variants the kernels lack (centred RMSprop,
-RMSprop without momentum, AMSGrad) keep Keras's own update.
+XLA has kernels for both, for TPUs. Sparse gradients and the variants the
+kernels lack (centred RMSprop, RMSprop without momentum, AMSGrad) keep
+Keras's own update.
 
     >>> w = keras.Variable([1.0, 2.0])
     >>> opt = AdamTF1(0.1)
