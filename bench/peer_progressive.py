@@ -30,6 +30,7 @@ import tensorflow as tf
 from datasets.arrays import HeldOutArrays
 from datasets.digits import Digits
 import efficientnetv2_tf
+from efficientnetv2_tf import blocks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('dataset', 'mnist5k', ['mnist5k', 'digits'],
@@ -89,27 +90,24 @@ def at_size(images: np.ndarray, size: int) -> tf.Tensor:
   return tf.tile(resized / 127.5 - 1.0, [1, 1, 1, 3])
 
 
-def classifier_initializer() -> keras.initializers.Initializer:
-  if FLAGS.classifier_init == 'glorot':
-    return keras.initializers.GlorotUniform()
-  return keras.initializers.VarianceScaling(1 / 3, 'fan_out', 'uniform')
+def head_init() -> str:
+  """`--classifier_init` as `model.head_init` names it."""
+  return {'glorot': 'glorot_uniform'}.get(FLAGS.classifier_init,
+                                          FLAGS.classifier_init)
 
 
 def build(which: str) -> keras.Model:
   if which == 'ours':
     overrides = ','.join(filter(None, ['num_classes=10',
+                                       f'head_init={head_init()}',
                                        FLAGS.our_overrides]))
-    model = efficientnetv2_tf.get_model('efficientnetv2-b0', overrides)
-    if FLAGS.classifier_init != 'original':  # else as the model drew it
-      kernel = model.get_layer('predictions').kernel
-      kernel.assign(classifier_initializer()(kernel.shape))
-    return model
+    return efficientnetv2_tf.get_model('efficientnetv2-b0', overrides)
   backbone = keras.applications.EfficientNetV2B0(
       weights=None, include_top=False, include_preprocessing=False,
       input_shape=(None, None, 3), pooling='avg')
   # As `keras.applications`' own top, which needs a fixed image size.
   classifier = keras.layers.Dense(
-      10, kernel_initializer=classifier_initializer())
+      10, kernel_initializer=blocks.dense_initializer(head_init()))
   return keras.Sequential([backbone, keras.layers.Dropout(0.2), classifier])
 
 

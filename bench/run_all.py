@@ -368,12 +368,15 @@ SHORT_RECIPE = {
 }
 
 
+def recipe() -> Dict[str, Dict[str, Any]]:
+  """The overrides `--progressive_recipe` stands for, by config section."""
+  return SHORT_RECIPE if FLAGS.progressive_recipe == 'short' else {}
+
+
 def recipe_overrides() -> List[str]:
-  """The `--progressive_recipe` overrides as `section.key=value`."""
-  if FLAGS.progressive_recipe != 'short':
-    return []
+  """`recipe()` as `section.key=value`."""
   return [f'{section}.{key}={value}'
-          for section, values in SHORT_RECIPE.items()
+          for section, values in recipe().items()
           for key, value in values.items()]
 
 
@@ -393,12 +396,11 @@ def progressive_config(dataset: str, staged: bool,
   half of it or more from smaller images.
   """
   settings_ = plan['progressive']
-  recipe = SHORT_RECIPE if FLAGS.progressive_recipe == 'short' else {}
   overrides = {
-      'model': dict(recipe.get('model', {})),
+      'model': dict(recipe().get('model', {})),
       'data': {'dataset': dataset, 'seed': 0, 'ibase': settings_['ibase'],
                'per_class': settings_['per_class']},
-      'train': {**recipe.get('train', {}), 'epochs': settings_['epochs'],
+      'train': {**recipe().get('train', {}), 'epochs': settings_['epochs'],
                 'batch_size': settings_['batch_size'],
                 'image_size': settings_['size'],
                 'stages': 4 if staged else 0, 'sched': False,
