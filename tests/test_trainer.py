@@ -143,10 +143,14 @@ def test_an_early_stopped_run_keeps_its_evaluations_and_stays_stopped(
                             'train.early_stop_patience=1')
   trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
+  saved_at, save = [], trainer.state.save
+  trainer.state.save = lambda: saved_at.append(trainer.step) or save()
   first = trainer.train(evaluate=True)
   epoch = trainer.plan.steps_per_epoch
   assert first['step'] == 2 * epoch < trainer.plan.total_steps
-  # Each checkpoint holds the evaluation of its own step.
+  # One save an epoch, after its evaluation: each checkpoint holds the
+  # evaluation of its own step.
+  assert saved_at == [epoch, 2 * epoch]
   for step, since_best in ((epoch, 0), (2 * epoch, 1)):
     path = os.path.join(str(tmp_path), 'checkpoints', f'ckpt-{step}')
     saved = dict(tf.train.list_variables(path))
