@@ -118,13 +118,13 @@ def settings() -> Dict[str, Any]:
                 pipeline_batches=8, memory_steps=3,
                 xla=dict(models=(XLA_MODELS[0], XLA_MODELS[2]), steps=3,
                          repeats=3),
-                progressive=dict(epochs=8, size=128, ibase=64, per_class=65,
+                progressive=dict(epochs=12, size=128, ibase=64, per_class=65,
                                  batch_size=32, target=0.8, ema_decay=0.9))
   return dict(repeats=5, train_steps=10, train_variants=True,
               inference_calls={1: 30, 32: 3}, pipeline_images=512,
               pipeline_batches=30, memory_steps=10,
               xla=dict(models=XLA_MODELS, steps=3, repeats=3),
-              progressive=dict(epochs=8, size=128, ibase=64,
+              progressive=dict(epochs=12, size=128, ibase=64,
                                per_class=120, batch_size=32, target=0.9,
                                ema_decay=0.9))
 
