@@ -265,18 +265,15 @@ class Trainer:
             self.step == plan.total_steps:
           seed = None
           if self.step == stage.end_step < plan.total_steps:
-            # The next stage's input fills while this one is evaluated.
-            # Its seed is drawn for good after this step's save, as a run
-            # resumed from that checkpoint draws it.
+            # The next stage's input fills while this one is evaluated; its
+            # seed is drawn for good after this step's save, as on resuming.
             seed = self._next_seed(advance=False)
             upcoming.append(self._pipeline(
                 progressive.stage_at(plan.stages, self.step), seed))
           last_eval, stop = self._end_epoch(stage, evaluate, last_eval)
-          # One save an epoch, after the evaluation, so that it holds the
-          # early-stop and plateau state too. A save of b0 took 0.6-0.9 s
-          # on 2 cores, a tenth of a 20-step epoch at 128 px. A SIGTERM
-          # during the evaluation still saves (`_stop_agreed`); a hard
-          # kill then loses the epoch, as it would during the epoch.
+          # One save (0.6-0.9 s for b0 on 2 cores), after the evaluation,
+          # with its early-stop and plateau state; a SIGTERM during it
+          # still saves (`_stop_agreed`).
           self.state.save()
           if after_epoch:
             paused = time.time()
