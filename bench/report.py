@@ -322,9 +322,9 @@ def _progressive(results: Dict[str, Any]) -> List[str]:
          if settings.get('ema_decay') else '') + '. '
       + ('At most ' + str(settings['per_class']) + ' training images per '
          'class. ' if settings.get('per_class') else '') +
-      'Times are training seconds: tracing, input, the checkpoint saves '
-      'and the redrawn curves of each epoch included, evaluations left '
-      'out. Unlike the other sections, each run trains once: ' +
+      'Times are training seconds: tracing, input, checkpoint saves and '
+      'the curves redrawn after each earlier epoch included, evaluations '
+      'left out. Unlike the other sections, each run trains once: ' +
       _turns(settings) +
       (f'Both runs train with `{",".join(settings["recipe_overrides"])}` '
        f'(`--progressive_recipe={settings["recipe"]}`) over the digits '

@@ -148,9 +148,9 @@ def test_an_early_stopped_run_keeps_its_evaluations_and_stays_stopped(
   first = trainer.train(evaluate=True)
   epoch = trainer.plan.steps_per_epoch
   assert first['step'] == 2 * epoch < trainer.plan.total_steps
-  # One save an epoch, after its evaluation: each checkpoint holds the
-  # evaluation of its own step.
-  assert saved_at == [epoch, 2 * epoch]
+  # With early stopping, each epoch is saved again after its evaluation,
+  # so that each checkpoint holds the evaluation of its own step.
+  assert saved_at == [epoch, epoch, 2 * epoch, 2 * epoch]
   for step, since_best in ((epoch, 0), (2 * epoch, 1)):
     path = os.path.join(str(tmp_path), 'checkpoints', f'ckpt-{step}')
     saved = dict(tf.train.list_variables(path))
@@ -165,6 +165,28 @@ def test_an_early_stopped_run_keeps_its_evaluations_and_stays_stopped(
   results = again.train(evaluate=True)
   assert results['step'] == 2 * epoch and again.train_images == 0
   assert results['eval_top1'] == pytest.approx(first['eval_top1'])
+
+
+def test_an_epoch_is_saved_once_before_its_evaluation(tmp_path):
+  # Without early stopping or a plateau schedule nothing an evaluation
+  # changes is worth a second save, and an evaluation that fails leaves
+  # the epoch saved.
+  specs, dataset = tiny_run('train.epochs=2')
+  trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
+                                distribute.get_strategy('cpu'))
+  saved_at, save = [], trainer.state.save
+  trainer.state.save = lambda: saved_at.append(trainer.step) or save()
+
+  def broken(image_size=None):
+    raise OSError('the eval split is unreadable')
+
+  trainer.evaluate = broken
+  with pytest.raises(OSError, match='unreadable'):
+    trainer.train(evaluate=True)
+  epoch = trainer.plan.steps_per_epoch
+  assert saved_at == [epoch] and trainer.step == epoch
+  latest = tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
+  assert latest.endswith(f'ckpt-{epoch}')
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
