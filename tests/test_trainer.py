@@ -405,6 +405,8 @@ def test_a_thread_trains_and_after_epoch_is_not_training_time(tmp_path,
   specs, dataset = tiny_run('train.epochs=2')
   trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
+  saved_at, save = [], trainer.state.save
+  trainer.state.save = lambda: saved_at.append(trainer.step) or save()
   # The trainer's clock jumps an hour in each call: none of it may count.
   hours = [0.0]
   monkeypatch.setattr(trainer_lib, 'time', types.SimpleNamespace(
@@ -429,6 +431,8 @@ def test_a_thread_trains_and_after_epoch_is_not_training_time(tmp_path,
   assert 'error' not in outcome, outcome.get('error')
   epoch = trainer.plan.steps_per_epoch
   assert calls == [epoch, 2 * epoch] and epoch > 0
+  # Evaluated, without early stopping or a plateau: one save an epoch.
+  assert saved_at == [epoch, 2 * epoch]
   walls = [float(row['wall_seconds']) for row in trainer.reporter.rows()]
   assert len(walls) == 2 and 0 < walls[0] < walls[1] < 3600
   assert walls[1] <= outcome['results']['wall_seconds'] < 3600
