@@ -43,11 +43,11 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import keras
 import tensorflow as tf
 
-from hparams.errors import UserError
-from hparams.registry import Registry
 from efficientnetv2_tf.optimizers import AdamTF1
 from efficientnetv2_tf.optimizers import AdamWTF1
 from efficientnetv2_tf.optimizers import RMSpropTF1
+from hparams.errors import UserError
+from hparams.registry import Registry
 from hparams.specs import LOSS_TYPES  # what `classification_loss` computes
 
 Variables = Sequence[tf.Variable]
