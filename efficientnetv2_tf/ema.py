@@ -79,10 +79,13 @@ class ExponentialMovingAverage(tf.Module):
     The original passed the global step after the optimizer's update,
     i.e. `optimizer.iterations` once `apply_gradients` has run.
     """
-    decay = self.decay_at(step)
+    rate = 1.0 - self.decay_at(step)
+    rates = {}  # one cast per dtype rather than per variable: fewer ops
     for live, average in zip(self._live.variables, self.averages):
-      rate = tf.cast(1.0 - decay, average.dtype)
-      average.assign_sub(rate * (average - tf.cast(live, average.dtype)))
+      if average.dtype not in rates:
+        rates[average.dtype] = tf.cast(rate, average.dtype)
+      average.assign_sub(rates[average.dtype] *
+                         (average - tf.cast(live, average.dtype)))
 
   def share_before(self, start_step: int, end_step: int) -> float:
     """How much of the averages, once `update(end_step)` has run, still

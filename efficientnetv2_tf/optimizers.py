@@ -27,8 +27,47 @@ def _handle(variable) -> tf.Tensor:
   return variable.handle
 
 
+class _Fused:
+  """Updates each variable by one fused kernel (`_fused`). The scalars
+  the kernels share (learning rate, constants, Adam's step powers) are
+  made once per update, dtype and device rather than once per variable,
+  so that a traced step is smaller. `_fusable` says where Keras's own
+  update must run instead."""
+
+  def _fusable(self, gradient) -> bool:
+    return not isinstance(gradient, tf.IndexedSlices)
+
+  def update_step(self, gradient, variable, learning_rate):
+    if not self._fusable(gradient):
+      return super().update_step(gradient, variable, learning_rate)
+    return self._fused(gradient, variable,
+                       self._scalars(learning_rate, variable.dtype))
+
+  def _distributed_tf_update_step(self, distribution, grads_and_vars,
+                                  learning_rate):
+    made = {}  # by dtype and device: under a strategy, each copy's own
+
+    def update(variable, gradient, learning_rate):
+      if not self._fusable(gradient):
+        return super(_Fused, self).update_step(gradient, variable,
+                                               learning_rate)
+      key = (variable.dtype, variable.device)
+      if key not in made:
+        made[key] = self._scalars(learning_rate, variable.dtype)
+      return self._fused(gradient, variable, made[key])
+
+    for gradient, variable in grads_and_vars:
+      distribution.extended.update(variable, update,
+                                   args=(gradient, learning_rate),
+                                   group=False)
+
+  def _scalars(self, learning_rate, dtype):
+    return {name: tf.cast(value, dtype)
+            for name, value in self._shared(learning_rate).items()}
+
+
 @keras.saving.register_keras_serializable(package='efficientnetv2_tf')
-class RMSpropTF1(keras.optimizers.RMSprop):
+class RMSpropTF1(_Fused, keras.optimizers.RMSprop):
   """Keras RMSprop whose mean-square accumulator starts at 1, as TF1's did.
 
   Keras starts it at 0, which makes the first steps about
@@ -42,36 +81,41 @@ class RMSpropTF1(keras.optimizers.RMSprop):
     return super().add_optimizer_variables(trainable_variables, name,
                                            initializer)
 
-  def update_step(self, gradient, variable, learning_rate):
-    if (self.centered or not self.momentum > 0
-        or isinstance(gradient, tf.IndexedSlices)):
-      return super().update_step(gradient, variable, learning_rate)
+  def _fusable(self, gradient) -> bool:
+    return (not self.centered and self.momentum > 0 and
+            super()._fusable(gradient))
+
+  def _shared(self, learning_rate):
+    return dict(lr=learning_rate, rho=self.rho, momentum=self.momentum,
+                epsilon=self.epsilon)
+
+  def _fused(self, gradient, variable, scalars):
     index = self._get_variable_index(variable)
-    scalar = lambda value: tf.cast(value, variable.dtype)
     return tf.raw_ops.ResourceApplyRMSProp(
         var=_handle(variable), ms=_handle(self._velocities[index]),
-        mom=_handle(self._momentums[index]), lr=scalar(learning_rate),
-        rho=scalar(self.rho), momentum=scalar(self.momentum),
-        epsilon=scalar(self.epsilon), grad=scalar(gradient))
+        mom=_handle(self._momentums[index]),
+        grad=tf.cast(gradient, variable.dtype), **scalars)
 
 
-class _FusedAdam:
+class _FusedAdam(_Fused):
   """Adam's update of one variable by `ResourceApplyAdam`."""
 
-  def update_step(self, gradient, variable, learning_rate):
-    if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
-      return super().update_step(gradient, variable, learning_rate)
+  def _fusable(self, gradient) -> bool:
+    return not self.amsgrad and super()._fusable(gradient)
+
+  def _shared(self, learning_rate):
+    step = tf.cast(self.iterations + 1, tf.float32)
+    return dict(beta1_power=tf.pow(tf.cast(self.beta_1, tf.float32), step),
+                beta2_power=tf.pow(tf.cast(self.beta_2, tf.float32), step),
+                lr=learning_rate, beta1=self.beta_1, beta2=self.beta_2,
+                epsilon=self.epsilon)
+
+  def _fused(self, gradient, variable, scalars):
     index = self._get_variable_index(variable)
-    scalar = lambda value: tf.cast(value, variable.dtype)
-    step = scalar(self.iterations + 1)
     return tf.raw_ops.ResourceApplyAdam(
         var=_handle(variable), m=_handle(self._momentums[index]),
         v=_handle(self._velocities[index]),
-        beta1_power=tf.pow(scalar(self.beta_1), step),
-        beta2_power=tf.pow(scalar(self.beta_2), step),
-        lr=scalar(learning_rate), beta1=scalar(self.beta_1),
-        beta2=scalar(self.beta_2), epsilon=scalar(self.epsilon),
-        grad=scalar(gradient))
+        grad=tf.cast(gradient, variable.dtype), **scalars)
 
 
 @keras.saving.register_keras_serializable(package='efficientnetv2_tf')

@@ -44,6 +44,17 @@ def test_ema_updates_inside_tf_function():
   assert float(ema.averages[0].numpy()) == pytest.approx(0.5 * 0.5 + 0.5 * 2)
 
 
+def test_a_traced_update_makes_its_rate_once():
+  variables = [tf.Variable(tf.fill([3], float(i))) for i in range(4)]
+  ema = ema_lib.ExponentialMovingAverage(variables, 0.9)
+  graph = tf.function(ema.update).get_concrete_function(
+      tf.constant(5, tf.int64)).graph
+  scalings = [op for op in graph.get_operations() if op.type == 'Mul']
+  assert len(scalings) == len(variables)
+  # Each average moves by the one rate, 1 - decay, made for the update.
+  assert len({op.inputs[0].name for op in scalings}) == 1
+
+
 def test_ema_averages_batch_norm_moving_statistics():
   model = keras.Sequential([keras.Input((2,)),
                             keras.layers.BatchNormalization(momentum=0.5)])

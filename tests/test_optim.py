@@ -649,6 +649,44 @@ def test_fused_optimizers_follow_keras_own_over_several_steps(name, traced):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('name, kernel', [('adam', 'ResourceApplyAdam'),
+                                          ('rmsprop', 'ResourceApplyRMSProp')])
+def test_a_traced_update_makes_its_shared_scalars_once(name, kernel):
+  variables = [tf.Variable(tf.ones([4])) for _ in range(5)]
+  grads = [tf.ones([4]) for _ in variables]
+  optimizer = optim.build_optimizer(name, 0.05)
+  optimizer.build(variables)
+
+  @tf.function
+  def step():
+    optimizer.apply_gradients(zip(grads, variables))
+
+  graph = step.get_concrete_function().graph
+  kernels = [op for op in graph.get_operations() if op.type == kernel]
+  assert len(kernels) == len(variables)
+  # Inputs: the variable and its two slots, the scalars, the gradient.
+  # Every kernel reads the same scalar tensors (learning rate, constants
+  # and, for Adam, the step powers), made once for the whole update.
+  scalars = {tuple(t.name for t in op.inputs[3:-1]) for op in kernels}
+  assert len(scalars) == 1
+  assert len(next(iter(scalars))) == (6 if name == 'adam' else 4)
+
+
+def test_sparse_gradients_take_keras_own_adam_update():
+  start = np.arange(12, dtype=np.float32).reshape(4, 3)
+  sparse = tf.IndexedSlices(tf.ones([2, 3]), tf.constant([0, 2]),
+                            tf.constant([4, 3]))
+  results = []
+  for optimizer in (optim.build_optimizer('adam', 0.1),
+                    keras.optimizers.Adam(0.1, epsilon=1e-8)):
+    w = tf.Variable(start)
+    for _ in range(3):
+      optimizer.apply_gradients([(sparse, w)])
+    results.append(w.numpy())
+  assert not np.allclose(results[0], start)
+  np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
+
+
 def test_fused_optimizers_pass_the_doctest():
   from efficientnetv2_tf import optimizers  # pylint: disable=g-import-not-at-top
   assert doctest.testmod(optimizers).failed == 0
