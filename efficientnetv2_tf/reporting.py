@@ -99,7 +99,10 @@ class Reporter:
     loss_axes.set_yscale('log')
     figure.suptitle('dotted lines: progressive stage boundaries'
                     if len(stage_epochs) > 1 else '')
-    figure.tight_layout()
+    # Fixed margins: `tight_layout` measured every label and doubled the
+    # time of a redraw, which training waits for after each epoch.
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.86,
+                           wspace=0.2)
     path = self.run.curves
     figure.savefig(path, dpi=80)
     pyplot.close(figure)
