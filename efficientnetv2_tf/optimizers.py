@@ -38,28 +38,24 @@ class _Fused:
     return not isinstance(gradient, tf.IndexedSlices)
 
   def update_step(self, gradient, variable, learning_rate):
-    if not self._fusable(gradient):
-      return super().update_step(gradient, variable, learning_rate)
-    return self._fused(gradient, variable,
-                       self._scalars(learning_rate, variable.dtype))
+    return self._update(gradient, variable, learning_rate, {})
 
   def _distributed_tf_update_step(self, distribution, grads_and_vars,
                                   learning_rate):
     made = {}  # by dtype and device: under a strategy, each copy's own
-
-    def update(variable, gradient, learning_rate):
-      if not self._fusable(gradient):
-        return super(_Fused, self).update_step(gradient, variable,
-                                               learning_rate)
-      key = (variable.dtype, variable.device)
-      if key not in made:
-        made[key] = self._scalars(learning_rate, variable.dtype)
-      return self._fused(gradient, variable, made[key])
-
     for gradient, variable in grads_and_vars:
-      distribution.extended.update(variable, update,
-                                   args=(gradient, learning_rate),
-                                   group=False)
+      distribution.extended.update(
+          variable, lambda v, g, lr: self._update(g, v, lr, made),
+          args=(gradient, learning_rate), group=False)
+
+  def _update(self, gradient, variable, learning_rate, made):
+    """One variable's update, with the scalars `made` so far."""
+    if not self._fusable(gradient):
+      return super().update_step(gradient, variable, learning_rate)
+    key = (variable.dtype, variable.device)
+    if key not in made:
+      made[key] = self._scalars(learning_rate, variable.dtype)
+    return self._fused(gradient, variable, made[key])
 
   def _scalars(self, learning_rate, dtype):
     return {name: tf.cast(value, dtype)

@@ -134,6 +134,14 @@ def test_a_finished_run_resumes_to_nothing_more(finished_run):
   assert saved['eval_images'] == 359
 
 
+def _saves_counted(trainer) -> list:
+  """Makes `trainer` note the step of each checkpoint save in the list it
+  returns, saving as before."""
+  saved_at, save = [], trainer.state.save
+  trainer.state.save = lambda: saved_at.append(trainer.step) or save()
+  return saved_at
+
+
 def test_an_early_stopped_run_keeps_its_evaluations_and_stays_stopped(
     tmp_path):
   # Nothing learns (learning rate 0, BatchNorm frozen), so every evaluation
@@ -143,8 +151,7 @@ def test_an_early_stopped_run_keeps_its_evaluations_and_stays_stopped(
                             'train.early_stop_patience=1')
   trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
-  saved_at, save = [], trainer.state.save
-  trainer.state.save = lambda: saved_at.append(trainer.step) or save()
+  saved_at = _saves_counted(trainer)
   first = trainer.train(evaluate=True)
   epoch = trainer.plan.steps_per_epoch
   assert first['step'] == 2 * epoch < trainer.plan.total_steps
@@ -174,8 +181,7 @@ def test_an_epoch_is_saved_once_before_its_evaluation(tmp_path):
   specs, dataset = tiny_run('train.epochs=2')
   trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
-  saved_at, save = [], trainer.state.save
-  trainer.state.save = lambda: saved_at.append(trainer.step) or save()
+  saved_at = _saves_counted(trainer)
 
   def broken(image_size=None):
     raise OSError('the eval split is unreadable')
@@ -405,8 +411,7 @@ def test_a_thread_trains_and_after_epoch_is_not_training_time(tmp_path,
   specs, dataset = tiny_run('train.epochs=2')
   trainer = trainer_lib.Trainer(specs, dataset, str(tmp_path),
                                 distribute.get_strategy('cpu'))
-  saved_at, save = [], trainer.state.save
-  trainer.state.save = lambda: saved_at.append(trainer.step) or save()
+  saved_at = _saves_counted(trainer)
   # The trainer's clock jumps an hour in each call: none of it may count.
   hours = [0.0]
   monkeypatch.setattr(trainer_lib, 'time', types.SimpleNamespace(
