@@ -212,7 +212,9 @@ def _training(results: Dict[str, Any]) -> List[str]:
       'input pipeline: our `Trainer` against `keras.applications.'
       'EfficientNetV2B0(weights=None)` trained by `Model.fit`, both with '
       'RMSProp (TF1 accumulator), an EMA of the weights and label '
-      f'smoothing; {training["steps_per_turn"]} steps per turn.', '',
+      f'smoothing; {training["steps_per_turn"]} steps per turn. "1x1 as '
+      'convolutions" trains our 1x1 convolutions with TensorFlow\'s '
+      'convolution kernels instead of as matrix products.', '',
       _table(['setting', 'images/s', 'ratio to keras'],
              [[name, rate, _times(_ratio(rate, rates['keras']))]
               for name, rate in rates.items()]), '',

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
+from unittest import mock
 
 from absl import app
 from absl import flags
@@ -53,8 +54,10 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import datasets  # pylint: disable=g-import-not-at-top
 from app import inference as inference_lib  # pylint: disable=g-import-not-at-top
 import hparams  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf import blocks  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import distribute  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import optim  # pylint: disable=g-import-not-at-top
+from efficientnetv2_tf import pointwise  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import progressive  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import runtimes  # pylint: disable=g-import-not-at-top
 from efficientnetv2_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
@@ -162,6 +165,20 @@ def our_trainer(cfg) -> trainer_lib.Trainer:
                              distribute.get_strategy('cpu'))
 
 
+class _ConvolutionInTraining(pointwise.PointwiseConv2D):
+  """A 1x1 convolution that trains as TensorFlow's convolution."""
+
+  def call(self, inputs, training=False):
+    return keras.layers.Conv2D.call(self, inputs)
+
+
+def convolution_trainer(cfg) -> trainer_lib.Trainer:
+  """`our_trainer` whose 1x1 convolutions train as convolutions, not as
+  matrix products (`pointwise.PointwiseConv2D`)."""
+  with mock.patch.object(blocks, 'PointwiseConv2D', _ConvolutionInTraining):
+    return our_trainer(cfg)
+
+
 def keras_peer(cfg, steps_per_execution: int = 1,
                policy: str = 'float32') -> keras.Model:
   """Keras's EfficientNetV2-B0 compiled with our optimizer, EMA and loss,
@@ -239,7 +256,9 @@ def training(plan: Dict[str, Any]) -> Dict[str, Any]:
     # XLA has a section of its own (`xla`).
     looped = our_trainer(train_config(steps_per_loop=steps))
     peer_looped = keras_peer(cfg, steps_per_execution=steps)
+    convolutions = convolution_trainer(cfg)
     runs.update({
+        'ours, 1x1 as convolutions': lambda: loop_rate(convolutions, steps),
         f'ours, steps_per_loop={steps}': lambda: loop_rate(looped, steps),
         f'keras, steps_per_execution={steps}':
             lambda: fit_rate(peer_looped, data, 1)})

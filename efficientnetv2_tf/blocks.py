@@ -12,6 +12,7 @@ import keras
 from keras import ops
 import tensorflow as tf
 
+from efficientnetv2_tf.pointwise import PointwiseConv2D
 from hparams.errors import UserError
 
 
@@ -51,9 +52,12 @@ def activation(name: str):
 
 def _conv(filters: int, kernel_size: int, strides: int, name: str,
           use_bias: bool = False) -> keras.layers.Conv2D:
-  return keras.layers.Conv2D(
-      filters, kernel_size, strides=strides, padding='same', use_bias=use_bias,
-      kernel_initializer=conv_initializer(), name=name)
+  """A 'same' convolution; 1x1 ones of stride 1 train as a MatMul."""
+  layer = (PointwiseConv2D if (kernel_size, strides) == (1, 1)
+           else keras.layers.Conv2D)
+  return layer(filters, kernel_size, strides=strides, padding='same',
+               use_bias=use_bias, kernel_initializer=conv_initializer(),
+               name=name)
 
 
 class _Block(keras.layers.Layer):
