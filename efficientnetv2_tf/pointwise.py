@@ -3,11 +3,12 @@
 Such a convolution is a product of the pixels, as rows, with its kernel.
 TensorFlow's CPU convolution kernels (oneDNN) and their two gradients run
 it slower than `MatMul` on the same numbers, so in training the layer
-reshapes and multiplies: `bench/pointwise.py` measures the difference.
-Outside training it runs TensorFlow's convolution, so inference, the
-exported SavedModel, TFLite and ONNX graphs are the convolution's, and
-the variables (`kernel` of shape (1, 1, in, out), `bias`) are Keras's in
-both cases.
+reshapes and multiplies; the training section of `bench/run_all.py`
+measures the difference ("ours, 1x1 as convolutions"). Outside training
+it runs TensorFlow's convolution, so inference and the exported
+SavedModel, TFLite and ONNX graphs are the convolution's, and the
+variables (`kernel` of shape (1, 1, in, out), `bias`) are Keras's in both
+cases.
 """
 import keras
 import tensorflow as tf
@@ -20,16 +21,13 @@ class PointwiseConv2D(keras.layers.Conv2D):
 
   def __init__(self, filters: int, kernel_size=1, **kwargs):
     super().__init__(filters, kernel_size, **kwargs)
-    settings = {'kernel_size': self.kernel_size, 'strides': self.strides,
-                'dilation_rate': self.dilation_rate, 'groups': self.groups,
-                'data_format': self.data_format}
-    allowed = {'kernel_size': (1, 1), 'strides': (1, 1),
-               'dilation_rate': (1, 1), 'groups': 1,
-               'data_format': 'channels_last'}
-    for key, value in settings.items():
-      if value != allowed[key]:
+    for key, allowed in (('kernel_size', (1, 1)), ('strides', (1, 1)),
+                         ('dilation_rate', (1, 1)), ('groups', 1),
+                         ('data_format', 'channels_last')):
+      value = getattr(self, key)
+      if value != allowed:
         raise ValueError(f'PointwiseConv2D: {key}={value!r}; allowed: '
-                         f'{allowed[key]!r}')
+                         f'{allowed!r}')
 
   def call(self, inputs, training=False):
     if not training:
