@@ -33,7 +33,8 @@ def _output_and_gradients(layer, x, training):
 @pytest.mark.parametrize('use_bias', [False, True])
 def test_training_matches_keras_convolution_and_its_gradients(use_bias):
   ours, keras_conv = _pair(use_bias)
-  # Traced without a static image size, as a progressive run's step is.
+  # Traced at one size, then once more without a static size (relaxed by
+  # `reduce_retracing`), as a progressive run's shape-generic step is.
   run = tf.function(_output_and_gradients, reduce_retracing=True)
   for size in (7, 4):
     x = tf.random.normal([3, size, size, 5], seed=size)
